@@ -1,1 +1,36 @@
-pub mod placeholder {}
+//! amtgw: a TLS gateway for Intel AMT fleets.
+//!
+//! Legacy consoles speak plain TCP to the gateway on 16992 (WS-Man), 16994 (redirection) and
+//! 623 (DASH); the gateway relays each connection byte for byte to the right device over TLS on
+//! 16993, 16995 and 664, trusting the device by pin or by CA.
+//!
+//! ```text
+//! console --TCP--> listener --(accept, spawn)--> proxy: limits -> router -> upstream
+//!                                                       (TCP connect -> TLS handshake)
+//!                                                       -> relay (both directions, half-close,
+//!                                                          idle timeout) -> access log + metrics
+//! ```
+//!
+//! Modules follow that path: [`listener`] accepts, [`proxy`] runs one connection, [`router`]
+//! picks the device, [`upstream`] opens the device leg with a config from [`tls`] built once by
+//! [`fleet`], [`relay`] moves bytes; [`metrics`], `admin` and [`shutdown`] serve operators.
+
+pub mod config;
+pub mod fleet;
+pub mod gateway;
+pub mod metrics;
+pub mod relay;
+pub mod router;
+pub mod service;
+pub mod shutdown;
+pub mod tls;
+pub mod upstream;
+
+mod admin;
+mod listener;
+mod proxy;
+mod socket;
+
+pub use config::{Config, ConfigError};
+pub use gateway::{BoundAddress, DrainReport, Gateway, GatewayError};
+pub use service::Service;

@@ -1,0 +1,143 @@
+//! The admin HTTP listener: `/metrics`, `/healthz`, `/readyz`. Loopback by default; it keeps
+//! serving through the drain so `/readyz` can say so.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{ACCEPT, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::shutdown::Lifecycle;
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub(crate) struct AdminState {
+    pub(crate) registry: Registry,
+    pub(crate) lifecycle: Lifecycle,
+}
+
+pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::debug!(error = %e, "admin accept failed");
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(respond(&state, &request)) }
+            });
+            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "admin connection failed");
+                    }
+                }
+                () = stop.cancelled() => connection.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+}
+
+fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    match request.uri().path() {
+        "/metrics" => metrics(state, request),
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" if state.lifecycle.is_draining() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining: shutdown in progress\n")
+        }
+        "/readyz" => text(StatusCode::OK, "ready\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /metrics, /healthz or /readyz\n",
+        ),
+    }
+}
+
+fn metrics(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let mut body = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding failed: {e}\n"));
+    }
+    let wants_openmetrics = request
+        .headers()
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let (content_type, body) = if wants_openmetrics {
+        (OPENMETRICS, body)
+    } else {
+        (PROMETHEUS_TEXT, openmetrics_to_prometheus_text(&body))
+    };
+    Response::builder()
+        .header(CONTENT_TYPE, content_type)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response build failed\n"))
+}
+
+/// The classic Prometheus text format differs from OpenMetrics in what matters here: no
+/// `# EOF`/`# UNIT` lines, counter families named with their `_total` suffix, no `info` type.
+fn openmetrics_to_prometheus_text(openmetrics: &str) -> String {
+    let mut suffixes = std::collections::HashMap::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some(name) = rest.strip_suffix(" counter") {
+                suffixes.insert(name.to_owned(), "_total");
+            } else if let Some(name) = rest.strip_suffix(" info") {
+                suffixes.insert(name.to_owned(), "_info");
+            }
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = ["# TYPE ", "# HELP "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            let tail = if *prefix == "# TYPE " && tail == "info" {
+                "gauge"
+            } else {
+                tail
+            };
+            let suffix = suffixes.get(name).copied().unwrap_or("");
+            Some(format!("{prefix}{name}{suffix} {tail}"))
+        });
+        out.push_str(rewritten.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,252 @@
+//! Configuration pipeline: TOML file (figment) < `AMTGW_` environment variables -> [`raw`]
+//! serde shapes -> [`validate`] -> the typed [`Config`] the gateway runs on. Everything is
+//! checked, and every file it names is read, before anything binds.
+//!
+//! Environment overrides use `__` between keys: `AMTGW_GATEWAY__MAX_CONNECTIONS=5000`,
+//! `AMTGW_SERVICES__WSMAN__BIND='["0.0.0.0"]'`.
+
+mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use rustls::RootCertStore;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use crate::service::Service;
+use crate::tls::Pin;
+
+/// The environment variable prefix for overrides.
+pub const ENV_PREFIX: &str = "AMTGW_";
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it came from, for messages: a file path or a description of an embedded config.
+    pub source: String,
+    pub gateway: GatewaySettings,
+    /// The admin HTTP listener (`/metrics`, `/healthz`, `/readyz`), if enabled.
+    pub admin: Option<SocketAddr>,
+    /// Enabled services only.
+    pub services: Vec<ServiceSettings>,
+    pub devices: Vec<DeviceSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// Connections open at once across all services; more are closed at accept.
+    pub max_connections: usize,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    /// How long live sessions may drain after SIGTERM/SIGINT before they are cut.
+    pub shutdown_timeout: Duration,
+    /// TCP keepalive idle time on both legs; dead peers behind NAT are found even when idle.
+    pub tcp_keepalive: Duration,
+    /// TLS sessions remembered per device for resumption.
+    pub session_cache_per_device: usize,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `key=value` fields after a message (logfmt-like), for people.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    pub service: Service,
+    /// Plain port consoles connect to; 0 picks an ephemeral port (tests).
+    pub listen_port: u16,
+    /// TLS port on the device, unless a device overrides it.
+    pub device_port: u16,
+    /// Addresses bound for this service besides each device's own `listen` address.
+    pub bind: Vec<IpAddr>,
+    pub idle_timeout: Duration,
+    /// Device for connections whose local address belongs to no device.
+    pub default_device: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct DeviceSettings {
+    pub name: String,
+    pub host: Host,
+    /// The gateway-side alias address that selects this device.
+    pub listen: Option<IpAddr>,
+    /// TLS port per service (indexed by `Service::index`).
+    pub ports: [u16; 3],
+    /// Name sent as SNI (DNS names only) and checked in `ca` mode.
+    pub server_name: ServerName<'static>,
+    pub tls: TlsSettings,
+    pub max_connections: Option<usize>,
+}
+
+impl DeviceSettings {
+    pub fn port(&self, service: Service) -> u16 {
+        self.ports[service.index()]
+    }
+}
+
+impl fmt::Debug for DeviceSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceSettings")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("listen", &self.listen)
+            .field("ports", &self.ports)
+            .field("server_name", &self.server_name)
+            .field("trust", &self.tls.trust)
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A device address: an IP, or a DNS name resolved at connect time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    Ip(IpAddr),
+    Dns(String),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Ip(ip) => ip.fmt(f),
+            Host::Dns(name) => f.write_str(name),
+        }
+    }
+}
+
+/// Everything needed to build a device's rustls `ClientConfig`.
+#[derive(Clone)]
+pub struct TlsSettings {
+    pub trust: Trust,
+    pub client_identity: Option<Arc<ClientIdentity>>,
+    pub versions: Vec<&'static rustls::SupportedProtocolVersion>,
+    pub session_cache: usize,
+}
+
+/// How a device's certificate is trusted. There is deliberately no mode that skips verification.
+#[derive(Clone)]
+pub enum Trust {
+    /// Any of these pins matches the presented leaf; chain, validity and name are not checked,
+    /// the handshake signature is.
+    Pin(Vec<Pin>),
+    /// The leaf chains to one of these roots and is valid for the device's `server_name`.
+    Ca {
+        ca_file: PathBuf,
+        roots: Arc<RootCertStore>,
+    },
+}
+
+impl Trust {
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Trust::Pin(_) => "pin",
+            Trust::Ca { .. } => "ca",
+        }
+    }
+}
+
+impl fmt::Debug for Trust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Trust::Pin(pins) => f.debug_tuple("Pin").field(pins).finish(),
+            Trust::Ca { ca_file, roots } => f
+                .debug_struct("Ca")
+                .field("ca_file", ca_file)
+                .field("roots", &roots.len())
+                .finish(),
+        }
+    }
+}
+
+/// A client certificate chain and key for devices that demand mutual TLS.
+pub struct ClientIdentity {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl fmt::Debug for ClientIdentity {
+    // The key never reaches a log: only where it was read from.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("cert_path", &self.cert_path)
+            .field("key_path", &self.key_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A configuration problem, naming where it is and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read the configuration: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: key `{key}`: {message}")]
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConfigError::Read { .. } => "config_unreadable",
+            ConfigError::Invalid { .. } => "config_invalid",
+        }
+    }
+
+    /// The offending key, when there is one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::Invalid { key, .. } => Some(key),
+        }
+    }
+}
+
+impl Config {
+    /// Load a TOML file with `AMTGW_` environment overrides. Relative paths inside it are
+    /// relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        // figment treats a missing file as empty; an operator who names a file means it.
+        std::fs::metadata(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let figment = Figment::from(Toml::file_exact(path)).merge(env_overrides());
+        validate::load(&file, &base, figment)
+    }
+
+    /// Load a config held in memory (the embedded demo), with the same overrides and checks.
+    pub fn from_toml(source: &str, base: &Path, text: &str) -> Result<Config, ConfigError> {
+        let figment = Figment::from(Toml::string(text)).merge(env_overrides());
+        validate::load(source, base, figment)
+    }
+
+    pub fn device(&self, name: &str) -> Option<&DeviceSettings> {
+        self.devices.iter().find(|d| d.name == name)
+    }
+}
+
+fn env_overrides() -> Env {
+    // AMTGW_CONFIG names the file itself (a CLI flag default), not a key inside it.
+    Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"])
+}

@@ -1,0 +1,102 @@
+//! The configuration as written in TOML: plain serde shapes, every table `deny_unknown_fields`
+//! so a typo is an error instead of a silently ignored setting. `validate.rs` turns this into
+//! the typed [`super::Config`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawConfig {
+    pub(crate) gateway: RawGateway,
+    pub(crate) admin: RawAdmin,
+    pub(crate) services: RawServices,
+    pub(crate) defaults: RawTrust,
+    pub(crate) devices: Vec<RawDevice>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawGateway {
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) connect_timeout: Option<String>,
+    pub(crate) handshake_timeout: Option<String>,
+    pub(crate) shutdown_timeout: Option<String>,
+    pub(crate) tcp_keepalive: Option<String>,
+    pub(crate) session_cache_per_device: Option<usize>,
+    pub(crate) log_format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawAdmin {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawServices {
+    pub(crate) wsman: RawService,
+    pub(crate) redirection: RawService,
+    pub(crate) dash: RawService,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawService {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) listen_port: Option<u16>,
+    pub(crate) device_port: Option<u16>,
+    pub(crate) bind: Option<Vec<String>>,
+    pub(crate) idle_timeout: Option<String>,
+    pub(crate) default_device: Option<String>,
+}
+
+/// Trust settings: fleet-wide under `[defaults]`, overridable per device.
+#[derive(Debug, Default, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawTrust {
+    pub(crate) trust: Option<String>,
+    pub(crate) pins: Option<Vec<String>>,
+    pub(crate) ca_file: Option<String>,
+    pub(crate) client_cert: Option<String>,
+    pub(crate) client_key: Option<String>,
+    pub(crate) tls_versions: Option<Vec<String>>,
+    pub(crate) max_connections: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawDevice {
+    pub(crate) name: Option<String>,
+    pub(crate) host: Option<String>,
+    pub(crate) listen: Option<String>,
+    pub(crate) server_name: Option<String>,
+    pub(crate) ports: BTreeMap<String, u16>,
+    // The trust keys of `RawTrust`, spelled out: serde cannot combine `flatten` with
+    // `deny_unknown_fields`, and rejecting typos matters more here.
+    pub(crate) trust: Option<String>,
+    pub(crate) pins: Option<Vec<String>>,
+    pub(crate) ca_file: Option<String>,
+    pub(crate) client_cert: Option<String>,
+    pub(crate) client_key: Option<String>,
+    pub(crate) tls_versions: Option<Vec<String>>,
+    pub(crate) max_connections: Option<usize>,
+}
+
+impl RawDevice {
+    /// This device's trust keys, each falling back to the fleet-wide `[defaults]`.
+    pub(crate) fn trust_over(&self, defaults: &RawTrust) -> RawTrust {
+        RawTrust {
+            trust: self.trust.clone().or_else(|| defaults.trust.clone()),
+            pins: self.pins.clone().or_else(|| defaults.pins.clone()),
+            ca_file: self.ca_file.clone().or_else(|| defaults.ca_file.clone()),
+            client_cert: self.client_cert.clone().or_else(|| defaults.client_cert.clone()),
+            client_key: self.client_key.clone().or_else(|| defaults.client_key.clone()),
+            tls_versions: self.tls_versions.clone().or_else(|| defaults.tls_versions.clone()),
+            max_connections: self.max_connections.or(defaults.max_connections),
+        }
+    }
+}

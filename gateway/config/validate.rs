@@ -1,0 +1,511 @@
+//! `RawConfig` -> `Config`: every value parsed, every file read, every cross-field rule checked,
+//! each failure naming its key and the fix.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use figment::Figment;
+use rustls::RootCertStore;
+use rustls_pki_types::ServerName;
+
+use super::raw::{RawConfig, RawDevice, RawService, RawTrust};
+use super::{
+    ClientIdentity, Config, ConfigError, DeviceSettings, GatewaySettings, Host, LogFormat,
+    ServiceSettings, TlsSettings, Trust,
+};
+use crate::service::Service;
+use crate::tls::{Pin, load_certificates, load_private_key};
+
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9716";
+
+pub(super) fn load(file: &str, base: &Path, figment: Figment) -> Result<Config, ConfigError> {
+    let raw: RawConfig = figment.extract().map_err(|e| from_figment(file, e))?;
+    Validator { file, base }.config(raw)
+}
+
+/// Turn figment's error into ours, naming the key and, for environment overrides, the variable.
+fn from_figment(file: &str, error: figment::Error) -> ConfigError {
+    let mut key = error.path.join(".");
+    if let figment::error::Kind::UnknownField(field, _) = &error.kind {
+        key = if key.is_empty() {
+            field.clone()
+        } else {
+            format!("{key}.{field}")
+        };
+    }
+    let origin = match (&error.metadata, &error.profile) {
+        (Some(meta), Some(profile)) if meta.name.contains("environment") => {
+            format!(
+                " (from environment variable {})",
+                meta.interpolate(profile, &error.path)
+            )
+        }
+        _ => String::new(),
+    };
+    let message = match &error.kind {
+        figment::error::Kind::UnknownField(field, expected) => format!(
+            "unknown key `{field}`{origin}; expected one of: {}",
+            expected.join(", ")
+        ),
+        kind => format!("{kind}{origin}"),
+    };
+    ConfigError::Invalid {
+        file: file.to_owned(),
+        key: if key.is_empty() {
+            "(document)".to_owned()
+        } else {
+            key
+        },
+        message,
+    }
+}
+
+struct Validator<'a> {
+    file: &'a str,
+    base: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let gateway = self.gateway(&raw)?;
+        let admin = match raw.admin.enabled.unwrap_or(true) {
+            false => None,
+            true => Some(self.socket_addr(
+                "admin.listen",
+                raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
+            )?),
+        };
+
+        let mut devices = Vec::with_capacity(raw.devices.len());
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut listens: HashMap<IpAddr, usize> = HashMap::new();
+        for (i, device) in raw.devices.iter().enumerate() {
+            let device = self.device(i, device, &raw.defaults, &gateway, &raw)?;
+            if let Some(first) = names.insert(device.name.clone(), i) {
+                return Err(self.err(
+                    format!("devices[{i}].name"),
+                    format!(
+                        "device name `{}` is already used by devices[{first}]; names must be unique",
+                        device.name
+                    ),
+                ));
+            }
+            if let Some(listen) = device.listen {
+                if let Some(first) = listens.insert(listen, i) {
+                    return Err(self.err(
+                        format!("devices[{i}].listen"),
+                        format!(
+                            "{listen} is already the listen address of devices[{first}] ({}); \
+                             give each device its own alias address",
+                            devices
+                                .get(first)
+                                .map(|d: &DeviceSettings| d.name.as_str())
+                                .unwrap_or("?")
+                        ),
+                    ));
+                }
+            }
+            devices.push(device);
+        }
+
+        let mut services = Vec::new();
+        for service in Service::ALL {
+            let raw_service = match service {
+                Service::Wsman => &raw.services.wsman,
+                Service::Redirection => &raw.services.redirection,
+                Service::Dash => &raw.services.dash,
+            };
+            if let Some(settings) = self.service(service, raw_service, &devices)? {
+                services.push(settings);
+            }
+        }
+        if services.is_empty() {
+            return Err(self.err(
+                "services",
+                "every service is disabled; enable at least one of services.wsman, \
+                 services.redirection, services.dash",
+            ));
+        }
+
+        Ok(Config {
+            source: self.file.to_owned(),
+            gateway,
+            admin,
+            services,
+            devices,
+        })
+    }
+
+    fn gateway(&self, raw: &RawConfig) -> Result<GatewaySettings, ConfigError> {
+        let g = &raw.gateway;
+        let log_format = match g.log_format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(self.err(
+                    "gateway.log_format",
+                    format!("`{other}` is not a log format; use \"text\" or \"json\""),
+                ));
+            }
+        };
+        Ok(GatewaySettings {
+            max_connections: self.positive(
+                "gateway.max_connections",
+                g.max_connections.unwrap_or(10_000),
+            )?,
+            connect_timeout: self.duration(
+                "gateway.connect_timeout",
+                g.connect_timeout.as_deref(),
+                Duration::from_secs(10),
+            )?,
+            handshake_timeout: self.duration(
+                "gateway.handshake_timeout",
+                g.handshake_timeout.as_deref(),
+                Duration::from_secs(10),
+            )?,
+            shutdown_timeout: self.duration(
+                "gateway.shutdown_timeout",
+                g.shutdown_timeout.as_deref(),
+                Duration::from_secs(30),
+            )?,
+            tcp_keepalive: self.duration(
+                "gateway.tcp_keepalive",
+                g.tcp_keepalive.as_deref(),
+                Duration::from_secs(60),
+            )?,
+            session_cache_per_device: g.session_cache_per_device.unwrap_or(8),
+            log_format,
+        })
+    }
+
+    fn service(
+        &self,
+        service: Service,
+        raw: &RawService,
+        devices: &[DeviceSettings],
+    ) -> Result<Option<ServiceSettings>, ConfigError> {
+        if !raw.enabled.unwrap_or(true) {
+            return Ok(None);
+        }
+        let key = |k: &str| format!("services.{service}.{k}");
+        let bind = match &raw.bind {
+            None => vec![IpAddr::from([127, 0, 0, 1])],
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, text)| self.ip(&key(&format!("bind[{i}]")), text))
+                .collect::<Result<_, _>>()?,
+        };
+        if let Some(name) = &raw.default_device {
+            if !devices.iter().any(|d| &d.name == name) {
+                return Err(self.err(
+                    key("default_device"),
+                    format!("no device is named `{name}`; name one of the [[devices]]"),
+                ));
+            }
+        }
+        Ok(Some(ServiceSettings {
+            service,
+            listen_port: raw.listen_port.unwrap_or(service.legacy_port()),
+            device_port: raw.device_port.unwrap_or(service.device_port()),
+            bind,
+            idle_timeout: self.duration(
+                &key("idle_timeout"),
+                raw.idle_timeout.as_deref(),
+                service.default_idle_timeout(),
+            )?,
+            default_device: raw.default_device.clone(),
+        }))
+    }
+
+    fn device(
+        &self,
+        i: usize,
+        raw: &RawDevice,
+        defaults: &RawTrust,
+        gateway: &GatewaySettings,
+        whole: &RawConfig,
+    ) -> Result<DeviceSettings, ConfigError> {
+        let key = |k: &str| format!("devices[{i}].{k}");
+        let name = raw
+            .name
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .ok_or_else(|| self.err(key("name"), "every device needs a name"))?;
+        let host_text = raw.host.as_deref().ok_or_else(|| {
+            self.err(
+                key("host"),
+                format!("device `{name}` has no host: set its IP address or DNS name"),
+            )
+        })?;
+        let host = match host_text.parse::<IpAddr>() {
+            Ok(ip) => Host::Ip(ip),
+            Err(_) => match ServerName::try_from(host_text) {
+                Ok(ServerName::DnsName(_)) => Host::Dns(host_text.to_owned()),
+                _ => {
+                    return Err(self.err(
+                        key("host"),
+                        format!("`{host_text}` is neither an IP address nor a DNS name"),
+                    ));
+                }
+            },
+        };
+        let listen = raw
+            .listen
+            .as_deref()
+            .map(|text| self.ip(&key("listen"), text))
+            .transpose()?;
+        if let Some(ip) = listen {
+            if ip.is_unspecified() {
+                return Err(self.err(
+                    key("listen"),
+                    format!("{ip} matches every address; give the device its own alias address"),
+                ));
+            }
+        }
+        let server_name_text = raw.server_name.as_deref().unwrap_or(host_text);
+        let server_name = ServerName::try_from(server_name_text.to_owned()).map_err(|_| {
+            self.err(
+                key("server_name"),
+                format!("`{server_name_text}` is neither a DNS name nor an IP address"),
+            )
+        })?;
+
+        let mut ports = [0u16; 3];
+        for service in Service::ALL {
+            let configured = match service {
+                Service::Wsman => whole.services.wsman.device_port,
+                Service::Redirection => whole.services.redirection.device_port,
+                Service::Dash => whole.services.dash.device_port,
+            };
+            ports[service.index()] = configured.unwrap_or(service.device_port());
+        }
+        for (svc, port) in &raw.ports {
+            let service = Service::ALL
+                .into_iter()
+                .find(|s| s.as_str() == svc)
+                .ok_or_else(|| {
+                    self.err(
+                        key(&format!("ports.{svc}")),
+                        "unknown service; use wsman, redirection or dash",
+                    )
+                })?;
+            ports[service.index()] = *port;
+        }
+
+        let trust = raw.trust_over(defaults);
+        let tls = self.tls(i, &name, &trust, gateway)?;
+        let max_connections = trust
+            .max_connections
+            .map(|n| self.positive(&key("max_connections"), n))
+            .transpose()?;
+        Ok(DeviceSettings {
+            name,
+            host,
+            listen,
+            ports,
+            server_name,
+            tls,
+            max_connections,
+        })
+    }
+
+    fn tls(
+        &self,
+        i: usize,
+        name: &str,
+        raw: &RawTrust,
+        gateway: &GatewaySettings,
+    ) -> Result<TlsSettings, ConfigError> {
+        let key = |k: &str| format!("devices[{i}].{k}");
+        let trust = match raw.trust.as_deref() {
+            None => {
+                return Err(self.err(
+                    key("trust"),
+                    format!(
+                        "device `{name}` has no trust mode: set trust = \"pin\" with pins, or \
+                         trust = \"ca\" with ca_file, on the device or under [defaults]"
+                    ),
+                ));
+            }
+            Some("pin") => {
+                if raw.ca_file.is_some() {
+                    return Err(self.err(
+                        key("ca_file"),
+                        "ca_file is not used with trust = \"pin\"; remove it or use trust = \"ca\"",
+                    ));
+                }
+                let texts = raw.pins.as_deref().unwrap_or_default();
+                if texts.is_empty() {
+                    return Err(self.err(
+                        key("pins"),
+                        format!(
+                            "device `{name}` trusts by pin but has no pins; add its certificate \
+                             pin (amtgw prints it with `openssl x509 -fingerprint -sha256`, as \
+                             cert-sha256:<hex>)"
+                        ),
+                    ));
+                }
+                let pins = texts
+                    .iter()
+                    .enumerate()
+                    .map(|(p, text)| {
+                        Pin::parse(text).map_err(|e| self.err(key(&format!("pins[{p}]")), e.to_string()))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Trust::Pin(pins)
+            }
+            Some("ca") => {
+                if raw.pins.as_ref().is_some_and(|p| !p.is_empty()) {
+                    return Err(self.err(
+                        key("pins"),
+                        "pins are not used with trust = \"ca\"; remove them or use trust = \"pin\"",
+                    ));
+                }
+                let file = raw.ca_file.as_deref().ok_or_else(|| {
+                    self.err(
+                        key("ca_file"),
+                        format!("device `{name}` trusts by CA but no ca_file is set"),
+                    )
+                })?;
+                let path = self.base.join(file);
+                let certs = load_certificates(&path)
+                    .map_err(|e| self.err(key("ca_file"), e.to_string()))?;
+                let mut roots = RootCertStore::empty();
+                for (n, cert) in certs.into_iter().enumerate() {
+                    roots.add(cert).map_err(|e| {
+                        self.err(
+                            key("ca_file"),
+                            format!("certificate #{} of {} is not a usable CA: {e}", n + 1, path.display()),
+                        )
+                    })?;
+                }
+                Trust::Ca {
+                    ca_file: path,
+                    roots: Arc::new(roots),
+                }
+            }
+            Some(other) => {
+                return Err(self.err(
+                    key("trust"),
+                    format!("`{other}` is not a trust mode; use \"pin\" or \"ca\""),
+                ));
+            }
+        };
+
+        let client_identity = match (&raw.client_cert, &raw.client_key) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(self.err(
+                    key("client_key"),
+                    "client_cert is set but client_key is not; give both or neither",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(self.err(
+                    key("client_cert"),
+                    "client_key is set but client_cert is not; give both or neither",
+                ));
+            }
+            (Some(cert), Some(key_file)) => {
+                let cert_path = self.base.join(cert);
+                let key_path = self.base.join(key_file);
+                let chain = load_certificates(&cert_path)
+                    .map_err(|e| self.err(key("client_cert"), e.to_string()))?;
+                let private_key = load_private_key(&key_path)
+                    .map_err(|e| self.err(key("client_key"), e.to_string()))?;
+                Some(Arc::new(ClientIdentity {
+                    cert_path,
+                    key_path,
+                    chain,
+                    key: private_key,
+                }))
+            }
+        };
+
+        let versions = match raw.tls_versions.as_deref() {
+            None => vec![&rustls::version::TLS13, &rustls::version::TLS12],
+            Some([]) => {
+                return Err(self.err(key("tls_versions"), "list at least one of \"1.2\", \"1.3\""));
+            }
+            Some(list) => list
+                .iter()
+                .map(|v| match v.as_str() {
+                    "1.2" => Ok(&rustls::version::TLS12),
+                    "1.3" => Ok(&rustls::version::TLS13),
+                    other => Err(self.err(
+                        key("tls_versions"),
+                        format!(
+                            "`{other}` is not supported; use \"1.2\" and/or \"1.3\" (AMT 11 and \
+                             older speak only TLS 1.0/1.1, which rustls does not)"
+                        ),
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+        };
+
+        Ok(TlsSettings {
+            trust,
+            client_identity,
+            versions,
+            session_cache: gateway.session_cache_per_device,
+        })
+    }
+
+    fn ip(&self, key: &str, text: &str) -> Result<IpAddr, ConfigError> {
+        text.parse().map_err(|_| {
+            self.err(
+                key,
+                format!("`{text}` is not an IP address (for example 127.0.0.1, 0.0.0.0 or ::1)"),
+            )
+        })
+    }
+
+    fn socket_addr(&self, key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+        text.parse().map_err(|_| {
+            self.err(
+                key,
+                format!("`{text}` is not an address with a port (for example 127.0.0.1:9716)"),
+            )
+        })
+    }
+
+    fn duration(
+        &self,
+        key: &str,
+        text: Option<&str>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(text) = text else {
+            return Ok(default);
+        };
+        let value = humantime::parse_duration(text).map_err(|e| {
+            self.err(
+                key,
+                format!("`{text}` is not a duration ({e}); write it like \"500ms\", \"10s\" or \"5m\""),
+            )
+        })?;
+        if value.is_zero() {
+            return Err(self.err(key, "must be longer than zero"));
+        }
+        Ok(value)
+    }
+
+    fn positive(&self, key: &str, value: usize) -> Result<usize, ConfigError> {
+        if value == 0 {
+            return Err(self.err(key, "must be at least 1"));
+        }
+        Ok(value)
+    }
+}

@@ -1,0 +1,56 @@
+//! The accept loop of one plain-TCP listener. It only accepts and spawns: limits, routing,
+//! the device connect and the handshake all happen in the connection's own task, so a slow
+//! device never delays other consoles.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+use crate::proxy::{self, ListenerContext};
+
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<ListenerContext>,
+    connections: TaskTracker,
+    ids: Arc<AtomicU64>,
+) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = ctx.lifecycle.stopping() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                backoff = Duration::from_millis(5);
+                let id = ids.fetch_add(1, Ordering::Relaxed);
+                connections.spawn(proxy::serve(socket, peer, id, ctx.clone()));
+            }
+            // The console gave up between SYN and accept: nothing to do.
+            Err(e) if is_per_connection(&e) => {}
+            // Out of file descriptors or memory: wait instead of spinning, then try again.
+            Err(e) => {
+                tracing::warn!(service = ctx.service.service.as_str(), error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                tokio::select! {
+                    () = ctx.lifecycle.stopping() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+            }
+        }
+    }
+}
+
+fn is_per_connection(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    )
+}

@@ -1,0 +1,298 @@
+//! One console connection, start to finish: limits, route, device connect and handshake,
+//! relay, and exactly one summary line (the access log) plus metrics at close.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{Instrument, Level, info_span};
+
+use crate::config::{GatewaySettings, ServiceSettings};
+use crate::fleet::Device;
+use crate::metrics::{HandshakeLabels, Metrics, OutcomeLabels, ReasonLabels, ServiceLabels};
+use crate::relay::{DEFAULT_BUFFER_SIZE, Relay};
+use crate::router::{RouteQuery, Router};
+use crate::shutdown::Lifecycle;
+use crate::socket;
+use crate::upstream::{self, UpstreamError, UpstreamTimings};
+
+/// What every connection on one listener shares.
+pub(crate) struct ListenerContext {
+    pub(crate) service: ServiceSettings,
+    pub(crate) gateway: GatewaySettings,
+    pub(crate) router: Arc<dyn Router>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) lifecycle: Lifecycle,
+    pub(crate) global_limit: Arc<tokio::sync::Semaphore>,
+}
+
+/// How a connection ended.
+enum Outcome {
+    /// Both sides closed after relaying.
+    Closed,
+    /// Refused or failed before any relaying.
+    Rejected {
+        reason: &'static str,
+        error: String,
+    },
+    /// Failed or cut while relaying.
+    Broken {
+        reason: &'static str,
+        error: String,
+    },
+}
+
+pub(crate) async fn serve(
+    console: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    ctx: Arc<ListenerContext>,
+) {
+    let service = ctx.service.service;
+    let span = info_span!("conn", id, service = service.as_str(), %peer, device = tracing::field::Empty);
+    async move {
+        let accepted = Instant::now();
+        let labels = ServiceLabels { service };
+        ctx.metrics.accepted.get_or_create(&labels).inc();
+        let open = ctx.metrics.open.get_or_create(&labels).clone();
+        open.inc();
+        let mut record = Record::default();
+        let outcome = connection(console, peer, &ctx, &mut record).await;
+        open.dec();
+        finish(&ctx, accepted, &record, outcome);
+    }
+    .instrument(span)
+    .await
+}
+
+/// What the summary line reports beyond the outcome.
+#[derive(Default)]
+struct Record {
+    device: Option<Arc<Device>>,
+    upstream: UpstreamTimings,
+    first_byte: Option<Duration>,
+    to_device: u64,
+    to_console: u64,
+}
+
+async fn connection(
+    mut console: TcpStream,
+    peer: SocketAddr,
+    ctx: &ListenerContext,
+    record: &mut Record,
+) -> Outcome {
+    let service = ctx.service.service;
+    let Ok(_global_permit) = ctx.global_limit.clone().try_acquire_owned() else {
+        return Outcome::Rejected {
+            reason: "limit",
+            error: format!(
+                "gateway.max_connections ({}) reached",
+                ctx.gateway.max_connections
+            ),
+        };
+    };
+    let local = match console.local_addr() {
+        Ok(local) => local,
+        Err(e) => {
+            return Outcome::Rejected {
+                reason: "console_reset",
+                error: e.to_string(),
+            };
+        }
+    };
+    let device = match ctx.router.route(&RouteQuery {
+        service,
+        local,
+        peer,
+    }) {
+        Ok(device) => device,
+        Err(e) => {
+            return Outcome::Rejected {
+                reason: e.kind(),
+                error: e.to_string(),
+            };
+        }
+    };
+    tracing::Span::current().record("device", device.name());
+    record.device = Some(device.clone());
+    let _device_permit: Option<OwnedSemaphorePermit> = match &device.limit {
+        None => None,
+        Some(limit) => match limit.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                return Outcome::Rejected {
+                    reason: "device_limit",
+                    error: format!(
+                        "max_connections ({}) for device `{}` reached",
+                        device.settings.max_connections.unwrap_or_default(),
+                        device.name()
+                    ),
+                };
+            }
+        },
+    };
+    socket::tune(&console, ctx.gateway.tcp_keepalive);
+
+    // Connections still setting up when shutdown starts are cancelled, not drained.
+    let connecting = upstream::connect(&device, service, &ctx.gateway, &mut record.upstream);
+    let connected = tokio::select! {
+        result = connecting => result,
+        () = ctx.lifecycle.stopping() => {
+            return Outcome::Rejected { reason: "shutdown", error: "gateway is shutting down".into() };
+        }
+    };
+    observe_setup(ctx, &record.upstream, connected.as_ref().err());
+    let mut tls = match connected {
+        Ok(tls) => tls,
+        Err(e) => {
+            return Outcome::Rejected {
+                reason: e.kind(),
+                error: e.to_string(),
+            };
+        }
+    };
+
+    let observer = ctx.metrics.relay_observer(service);
+    let mut relay = Relay::new(
+        DEFAULT_BUFFER_SIZE,
+        ctx.service.idle_timeout,
+        service.measures_exchanges(),
+    );
+    let result = tokio::select! {
+        result = relay.run(&mut console, &mut tls, &observer) => result,
+        () = ctx.lifecycle.aborted() => {
+            record.to_device = relay.bytes_to_device();
+            record.to_console = relay.bytes_to_console();
+            return Outcome::Broken { reason: "shutdown", error: "cut at the end of the shutdown drain".into() };
+        }
+    };
+    record.first_byte = relay.first_device_byte();
+    record.to_device = relay.bytes_to_device();
+    record.to_console = relay.bytes_to_console();
+    match result {
+        Ok(()) => {
+            ctx.metrics
+                .established
+                .get_or_create(&ServiceLabels { service })
+                .inc();
+            Outcome::Closed
+        }
+        Err(e) if e.is_handshake_failure() => Outcome::Rejected {
+            reason: e.kind(),
+            error: e.to_string(),
+        },
+        Err(e) => {
+            ctx.metrics
+                .established
+                .get_or_create(&ServiceLabels { service })
+                .inc();
+            Outcome::Broken {
+                reason: e.kind(),
+                error: e.to_string(),
+            }
+        }
+    }
+}
+
+/// Connect and handshake histograms, labelled with the phase's own outcome: a failed handshake
+/// still had a successful connect.
+fn observe_setup(ctx: &ListenerContext, timings: &UpstreamTimings, error: Option<&UpstreamError>) {
+    let service = ctx.service.service;
+    let phase_outcome = |in_phase: bool| match error {
+        Some(e) if in_phase => e.kind(),
+        _ => "ok",
+    };
+    if let Some(connect) = timings.connect {
+        let outcome = phase_outcome(error.is_some_and(|e| !e.is_handshake_phase()));
+        ctx.metrics
+            .connect_seconds
+            .get_or_create(&OutcomeLabels { service, outcome })
+            .observe(connect.as_secs_f64());
+    }
+    if let Some(handshake) = timings.handshake {
+        let outcome = phase_outcome(error.is_some_and(UpstreamError::is_handshake_phase));
+        ctx.metrics
+            .handshake_seconds
+            .get_or_create(&OutcomeLabels { service, outcome })
+            .observe(handshake.as_secs_f64());
+        if error.is_none() {
+            ctx.metrics
+                .handshakes
+                .get_or_create(&HandshakeLabels {
+                    service,
+                    handshake: if timings.resumed { "resumed" } else { "full" },
+                })
+                .inc();
+        }
+    }
+}
+
+fn finish(ctx: &ListenerContext, accepted: Instant, record: &Record, outcome: Outcome) {
+    let service = ctx.service.service;
+    let duration = accepted.elapsed();
+    let (outcome_label, error, level) = match &outcome {
+        Outcome::Closed => ("ok", None, Level::INFO),
+        Outcome::Rejected { reason, error } | Outcome::Broken { reason, error } => {
+            ctx.metrics
+                .failed
+                .get_or_create(&ReasonLabels { service, reason })
+                .inc();
+            let level = if matches!(*reason, "console_reset" | "shutdown") {
+                Level::INFO
+            } else {
+                Level::WARN
+            };
+            (*reason, Some(error.as_str()), level)
+        }
+    };
+    if let Some(first_byte) = record.first_byte {
+        ctx.metrics
+            .first_byte_seconds
+            .get_or_create(&ServiceLabels { service })
+            .observe(first_byte.as_secs_f64());
+    }
+    ctx.metrics
+        .closed
+        .get_or_create(&OutcomeLabels {
+            service,
+            outcome: outcome_label,
+        })
+        .inc();
+    ctx.metrics
+        .duration_seconds
+        .get_or_create(&OutcomeLabels {
+            service,
+            outcome: outcome_label,
+        })
+        .observe(duration.as_secs_f64());
+
+    let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+    let t = &record.upstream;
+    macro_rules! summary {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                outcome = outcome_label,
+                error,
+                device_addr = t.addr.map(tracing::field::display),
+                connect_ms = ms(t.connect),
+                handshake_ms = ms(t.handshake),
+                first_byte_ms = ms(record.first_byte),
+                duration_ms = duration.as_secs_f64() * 1000.0,
+                bytes_to_device = record.to_device,
+                bytes_to_console = record.to_console,
+                tls_version = t.version,
+                cipher = t.cipher,
+                resumed = t.handshake.map(|_| t.resumed),
+                "connection closed"
+            )
+        };
+    }
+    if level == Level::WARN {
+        summary!(Level::WARN);
+    } else {
+        summary!(Level::INFO);
+    }
+}

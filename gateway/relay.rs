@@ -1,0 +1,372 @@
+//! The byte-transparent relay between a console and a device.
+//!
+//! One future polls both directions on the unsplit streams, so there is no lock on the per-byte
+//! path (`tokio::io::split` would take one per poll). Each direction reads into its own buffer
+//! and writes it out before reading again; an EOF becomes a write shutdown on the other side
+//! (half-close: TCP FIN towards the console, TLS close_notify plus FIN towards the device). When
+//! a direction has nothing more to read it flushes, so small messages (SOL keystrokes) leave
+//! at once. Counts live in `Relay` and survive an error or an abort.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+use crate::tls;
+
+/// Per-direction buffer. 16 KiB holds a full TLS record's plaintext.
+pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
+
+/// Receives what the relay sees, as it happens. Implementations must be cheap: they run on
+/// every buffer.
+pub trait RelayObserver {
+    /// Bytes written from the console to the device.
+    fn to_device(&self, bytes: u64);
+    /// Bytes written from the device to the console.
+    fn to_console(&self, bytes: u64);
+    /// Time from the console's last request byte to the device's first answering byte.
+    fn exchange(&self, latency: Duration);
+}
+
+/// An observer that records nothing.
+pub struct NoObserver;
+
+impl RelayObserver for NoObserver {
+    fn to_device(&self, _: u64) {}
+    fn to_console(&self, _: u64) {}
+    fn exchange(&self, _: Duration) {}
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("console connection failed: {0}")]
+    Console(io::Error),
+    #[error("device connection failed: {0}")]
+    Device(io::Error),
+    /// Under TLS 1.3 a device refuses the client certificate after the client considers the
+    /// handshake done; the refusal arrives as an alert on the first read.
+    #[error("device rejected the client certificate: {0}")]
+    ClientCertificateRejected(io::Error),
+    #[error("no bytes in either direction for {0:?}")]
+    Idle(Duration),
+}
+
+impl RelayError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RelayError::Console(_) => "console_reset",
+            RelayError::Device(error) => match tls::rustls_error(error) {
+                Some(tls_error) => tls::failure_kind(tls_error),
+                None => "device_reset",
+            },
+            RelayError::ClientCertificateRejected(_) => "client_cert_rejected",
+            RelayError::Idle(_) => "idle_timeout",
+        }
+    }
+
+    /// Whether the device refused the session during (TLS 1.3: just after) the handshake, which
+    /// counts as a handshake failure rather than a failure of an established session.
+    pub fn is_handshake_failure(&self) -> bool {
+        matches!(self, RelayError::ClientCertificateRejected(_))
+    }
+}
+
+struct Direction {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    eof: bool,
+    done: bool,
+    unflushed: bool,
+    bytes: u64,
+}
+
+enum Side {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+impl Direction {
+    fn new(size: usize) -> Direction {
+        Direction {
+            buf: vec![0; size].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            eof: false,
+            done: false,
+            unflushed: false,
+            bytes: 0,
+        }
+    }
+
+    /// Move bytes until the reader is exhausted for now (Pending) or finished (Ready(Ok)).
+    /// `on_read` sees each chunk's length as it arrives; `on_write` each written amount.
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+        mut on_read: impl FnMut(usize),
+        mut on_write: impl FnMut(usize),
+    ) -> Poll<Result<(), Side>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if self.start == self.end && !self.eof {
+                let mut read_buf = ReadBuf::new(&mut self.buf);
+                match reader.as_mut().poll_read(cx, &mut read_buf) {
+                    Poll::Pending => {
+                        if self.unflushed {
+                            ready!(writer.as_mut().poll_flush(cx)).map_err(Side::Write)?;
+                            self.unflushed = false;
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(Side::Read(error))),
+                    Poll::Ready(Ok(())) => {
+                        let n = read_buf.filled().len();
+                        if n == 0 {
+                            self.eof = true;
+                        } else {
+                            self.start = 0;
+                            self.end = n;
+                            on_read(n);
+                        }
+                    }
+                }
+            }
+            while self.start < self.end {
+                let n = ready!(
+                    writer
+                        .as_mut()
+                        .poll_write(cx, &self.buf[self.start..self.end])
+                )
+                .map_err(Side::Write)?;
+                if n == 0 {
+                    return Poll::Ready(Err(Side::Write(io::ErrorKind::WriteZero.into())));
+                }
+                self.start += n;
+                self.bytes += n as u64;
+                self.unflushed = true;
+                on_write(n);
+            }
+            if self.eof {
+                ready!(writer.as_mut().poll_shutdown(cx)).map_err(Side::Write)?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+/// One console-device pairing. Create it, `run` it (possibly inside a `select!` that may drop
+/// the run future), then read the counts.
+pub struct Relay {
+    to_device: Direction,
+    to_console: Direction,
+    idle_timeout: Duration,
+    idle_timer: Pin<Box<Sleep>>,
+    last_activity: Instant,
+    established: Instant,
+    first_device_byte: Option<Duration>,
+    awaiting_answer_since: Option<Instant>,
+    measure_exchanges: bool,
+}
+
+impl Relay {
+    pub fn new(buffer_size: usize, idle_timeout: Duration, measure_exchanges: bool) -> Relay {
+        let now = Instant::now();
+        Relay {
+            to_device: Direction::new(buffer_size),
+            to_console: Direction::new(buffer_size),
+            idle_timeout,
+            idle_timer: Box::pin(tokio::time::sleep(idle_timeout)),
+            last_activity: now,
+            established: now,
+            first_device_byte: None,
+            awaiting_answer_since: None,
+            measure_exchanges,
+        }
+    }
+
+    pub fn bytes_to_device(&self) -> u64 {
+        self.to_device.bytes
+    }
+
+    pub fn bytes_to_console(&self) -> u64 {
+        self.to_console.bytes
+    }
+
+    /// Time from the start of the relay to the device's first byte.
+    pub fn first_device_byte(&self) -> Option<Duration> {
+        self.first_device_byte
+    }
+
+    /// Relay until both directions have finished (each side sent EOF and it was passed on), a
+    /// side fails, or nothing moved for the idle timeout.
+    pub async fn run<C, D, O>(
+        &mut self,
+        console: &mut C,
+        device: &mut D,
+        observer: &O,
+    ) -> Result<(), RelayError>
+    where
+        C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        D: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        O: RelayObserver + ?Sized,
+    {
+        poll_fn(|cx| self.poll_run(cx, &mut *console, &mut *device, observer)).await
+    }
+
+    fn poll_run<C, D, O>(
+        &mut self,
+        cx: &mut Context<'_>,
+        console: &mut C,
+        device: &mut D,
+        observer: &O,
+    ) -> Poll<Result<(), RelayError>>
+    where
+        C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        D: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        O: RelayObserver + ?Sized,
+    {
+        let Relay {
+            to_device,
+            last_activity,
+            awaiting_answer_since,
+            measure_exchanges,
+            ..
+        } = self;
+
+        let up = to_device.poll_copy(
+            cx,
+            Pin::new(&mut *console),
+            Pin::new(&mut *device),
+            |_| {
+                let now = Instant::now();
+                *last_activity = now;
+                if *measure_exchanges {
+                    *awaiting_answer_since = Some(now);
+                }
+            },
+            |n| observer.to_device(n as u64),
+        );
+        if let Poll::Ready(Err(side)) = up {
+            return Poll::Ready(Err(match side {
+                Side::Read(e) => RelayError::Console(e),
+                Side::Write(e) => self.device_error(e),
+            }));
+        }
+
+        let established = self.established;
+        let first_device_byte = &mut self.first_device_byte;
+        let last_activity = &mut self.last_activity;
+        let awaiting = &mut self.awaiting_answer_since;
+        let down = self.to_console.poll_copy(
+            cx,
+            Pin::new(&mut *device),
+            Pin::new(&mut *console),
+            |_| {
+                let now = Instant::now();
+                *last_activity = now;
+                first_device_byte.get_or_insert_with(|| now - established);
+                if let Some(since) = awaiting.take() {
+                    observer.exchange(now - since);
+                }
+            },
+            |n| observer.to_console(n as u64),
+        );
+        if let Poll::Ready(Err(side)) = down {
+            return Poll::Ready(Err(match side {
+                Side::Read(e) => self.device_error(e),
+                Side::Write(e) => RelayError::Console(e),
+            }));
+        }
+
+        if up.is_ready() && down.is_ready() {
+            return Poll::Ready(Ok(()));
+        }
+
+        // The timer is re-armed from the last activity only when it fires, so busy
+        // connections never touch it.
+        while self.idle_timer.as_mut().poll(cx).is_ready() {
+            let deadline = self.last_activity + self.idle_timeout;
+            if Instant::now() >= deadline {
+                return Poll::Ready(Err(RelayError::Idle(self.idle_timeout)));
+            }
+            self.idle_timer
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(deadline));
+        }
+        Poll::Pending
+    }
+
+    fn device_error(&self, error: io::Error) -> RelayError {
+        let refused_certificate = self.first_device_byte.is_none()
+            && tls::rustls_error(&error).is_some_and(|e| {
+                matches!(e, rustls::Error::AlertReceived(alert) if tls::rejects_client_certificate(*alert))
+            });
+        if refused_certificate {
+            RelayError::ClientCertificateRejected(error)
+        } else {
+            RelayError::Device(error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    #[tokio::test]
+    async fn copies_both_ways_and_propagates_half_close() {
+        let (mut console, mut console_far) = duplex(64);
+        let (mut device, mut device_far) = duplex(64);
+        let relay = tokio::spawn(async move {
+            let mut relay = Relay::new(16, Duration::from_secs(60), false);
+            let result = relay.run(&mut console_far, &mut device_far, &NoObserver).await;
+            (result, relay.bytes_to_device(), relay.bytes_to_console())
+        });
+        console.write_all(b"request bytes, more than one buffer").await.unwrap();
+        console.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        device.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"request bytes, more than one buffer");
+        // The console half-closed; the device can still answer.
+        device.write_all(b"answer").await.unwrap();
+        device.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        console.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"answer");
+        let (result, up, down) = relay.await.unwrap();
+        result.unwrap();
+        assert_eq!((up, down), (35, 6));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_fires_only_after_silence() {
+        let (mut console, mut console_far) = duplex(64);
+        let (_device, mut device_far) = duplex(64);
+        let started = tokio::time::Instant::now();
+        let relay = tokio::spawn(async move {
+            let mut relay = Relay::new(16, Duration::from_secs(30), false);
+            relay.run(&mut console_far, &mut device_far, &NoObserver).await
+        });
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        console.write_all(b"x").await.unwrap();
+        let err = relay.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), "idle_timeout");
+        // Activity at 20 s pushed the deadline to 50 s.
+        assert!(started.elapsed() >= Duration::from_secs(50), "{:?}", started.elapsed());
+    }
+}

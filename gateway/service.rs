@@ -1,0 +1,72 @@
+//! The three AMT services amtgw relays, and their well-known ports.
+
+use std::fmt;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelValue;
+use serde::Deserialize;
+
+/// A legacy plain-TCP AMT service and its TLS twin on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, EncodeLabelValue)]
+#[serde(rename_all = "lowercase")]
+pub enum Service {
+    /// WS-Management over HTTP: 16992 plain, 16993 TLS.
+    Wsman,
+    /// Redirection protocol (SOL, IDE-R, KVM): 16994 plain, 16995 TLS.
+    Redirection,
+    /// DASH WS-Management: 623 plain, 664 TLS.
+    Dash,
+}
+
+impl Service {
+    pub const ALL: [Service; 3] = [Service::Wsman, Service::Redirection, Service::Dash];
+
+    /// Stable name used in config keys, log fields and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Service::Wsman => "wsman",
+            Service::Redirection => "redirection",
+            Service::Dash => "dash",
+        }
+    }
+
+    /// The plain port legacy consoles connect to.
+    pub fn legacy_port(self) -> u16 {
+        match self {
+            Service::Wsman => 16992,
+            Service::Redirection => 16994,
+            Service::Dash => 623,
+        }
+    }
+
+    /// The TLS port the device serves the same protocol on.
+    pub fn device_port(self) -> u16 {
+        match self {
+            Service::Wsman => 16993,
+            Service::Redirection => 16995,
+            Service::Dash => 664,
+        }
+    }
+
+    /// Idle timeout when the config names none. AMT WS-Man operations may take 30 s and more,
+    /// and SOL sessions can sit quiet between heartbeats, so the default is generous.
+    pub fn default_idle_timeout(self) -> Duration {
+        Duration::from_secs(600)
+    }
+
+    /// Whether request/response latency per exchange is meaningful for this protocol: WS-Man is
+    /// strictly request then response; redirection interleaves heartbeats and echoes.
+    pub(crate) fn measures_exchanges(self) -> bool {
+        matches!(self, Service::Wsman | Service::Dash)
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,136 @@
+//! Upstream TLS: one rustls `ClientConfig` per device, built once when the config is loaded;
+//! the trust verifiers; PEM loading; and the mapping of rustls errors to stable reasons.
+
+mod pem;
+mod pin;
+mod verifier;
+
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::{ClientSessionMemoryCache, Resumption};
+use rustls::crypto::CryptoProvider;
+use rustls::{AlertDescription, CertificateError, ClientConfig};
+
+pub use pem::{PemError, load_certificates, load_private_key};
+pub use pin::{Pin, PinKind, PinParseError};
+pub use verifier::{Fingerprints, PinMismatch};
+
+use crate::config::{TlsSettings, Trust};
+use verifier::PinVerifier;
+
+/// The one crypto provider amtgw uses: aws-lc-rs, rustls' default.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS versions not supported by the crypto provider: {0}")]
+    Versions(rustls::Error),
+    #[error("CA bundle is unusable: {0}")]
+    CaBundle(rustls::client::VerifierBuilderError),
+    #[error("client certificate {cert} and key {key} cannot be used together: {source}")]
+    ClientIdentity {
+        cert: String,
+        key: String,
+        source: rustls::Error,
+    },
+}
+
+impl TlsError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TlsError::Versions(_) => "tls_versions",
+            TlsError::CaBundle(_) => "ca_bundle",
+            TlsError::ClientIdentity { .. } => "client_identity",
+        }
+    }
+}
+
+/// Build a device's client config. Called at load, never per connection.
+pub fn client_config(
+    settings: &TlsSettings,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&settings.versions)
+        .map_err(TlsError::Versions)?;
+    let builder = match &settings.trust {
+        Trust::Pin(pins) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinVerifier::new(
+                pins.clone(),
+                provider.signature_verification_algorithms,
+            ))),
+        Trust::Ca { roots, .. } => {
+            let verifier =
+                WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+                    .build()
+                    .map_err(TlsError::CaBundle)?;
+            builder.with_webpki_verifier(verifier)
+        }
+    };
+    let mut config = match &settings.client_identity {
+        None => builder.with_no_client_auth(),
+        Some(identity) => builder
+            .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+            .map_err(|source| TlsError::ClientIdentity {
+                cert: identity.cert_path.display().to_string(),
+                key: identity.key_path.display().to_string(),
+                source,
+            })?,
+    };
+    config.resumption = Resumption::store(Arc::new(ClientSessionMemoryCache::new(
+        settings.session_cache.max(1),
+    )));
+    Ok(Arc::new(config))
+}
+
+/// Why a TLS exchange with a device failed, as a stable reason for logs and metrics.
+pub(crate) fn failure_kind(error: &rustls::Error) -> &'static str {
+    match error {
+        rustls::Error::InvalidCertificate(cert) => match cert {
+            CertificateError::Other(other) if other.0.downcast_ref::<PinMismatch>().is_some() => {
+                "pin_mismatch"
+            }
+            CertificateError::NotValidForName
+            | CertificateError::NotValidForNameContext { .. } => "name_mismatch",
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. } => "cert_expired",
+            _ => "cert_invalid",
+        },
+        rustls::Error::AlertReceived(alert) if rejects_client_certificate(*alert) => {
+            "client_cert_rejected"
+        }
+        rustls::Error::AlertReceived(_) => "tls_alert",
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+            "not_tls"
+        }
+        rustls::Error::PeerIncompatible(_) => "tls_incompatible",
+        _ => "tls_error",
+    }
+}
+
+/// Alerts a server sends when it refuses the client's certificate (or its absence). Under
+/// TLS 1.3 they arrive after the client considers the handshake finished.
+pub(crate) fn rejects_client_certificate(alert: AlertDescription) -> bool {
+    matches!(
+        alert,
+        AlertDescription::CertificateRequired
+            | AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::UnsupportedCertificate
+            | AlertDescription::CertificateExpired
+            | AlertDescription::CertificateRevoked
+            | AlertDescription::AccessDenied
+    )
+}
+
+/// The rustls error inside an I/O error from tokio-rustls, if there is one.
+pub(crate) fn rustls_error(error: &std::io::Error) -> Option<&rustls::Error> {
+    error.get_ref()?.downcast_ref::<rustls::Error>()
+}

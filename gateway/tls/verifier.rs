@@ -1,0 +1,115 @@
+//! The pinning verifier.
+//!
+//! It replaces three WebPKI checks (chain to a root, validity period, name) with "the leaf's
+//! certificate or public-key SHA-256 equals a configured pin", and keeps the fourth: the
+//! handshake signature is verified against the leaf's key, so a peer must hold the pinned key.
+//! No WebPKI end-entity check runs: AMT firmware marks its self-signed leaf CA:TRUE on some
+//! generations, which WebPKI rejects as an end entity.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
+use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use super::Pin;
+
+/// The fingerprints of a presented certificate, in both pin forms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprints {
+    pub certificate: Pin,
+    pub public_key: Pin,
+}
+
+impl Fingerprints {
+    /// `None` when the DER does not parse as an X.509 certificate.
+    pub fn of(cert: &CertificateDer<'_>) -> Option<Fingerprints> {
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+        Some(Fingerprints {
+            certificate: Pin::of_certificate(cert.as_ref()),
+            public_key: Pin::of_public_key(parsed.tbs_certificate.subject_pki.raw),
+        })
+    }
+
+    /// Whether any pin matches. Every pin is compared, so timing does not reveal which matched.
+    pub fn match_any(&self, pins: &[Pin]) -> bool {
+        pins.iter().fold(false, |matched, pin| {
+            matched | pin.ct_eq(&self.certificate) | pin.ct_eq(&self.public_key)
+        })
+    }
+}
+
+/// The device presented a certificate matching none of its pins.
+#[derive(Debug)]
+pub struct PinMismatch {
+    pub presented: Fingerprints,
+}
+
+impl fmt::Display for PinMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "certificate matches no pin (presented {} / {})",
+            self.presented.certificate, self.presented.public_key
+        )
+    }
+}
+
+impl std::error::Error for PinMismatch {}
+
+#[derive(Debug)]
+pub(crate) struct PinVerifier {
+    pins: Vec<Pin>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl PinVerifier {
+    pub(crate) fn new(pins: Vec<Pin>, algorithms: WebPkiSupportedAlgorithms) -> PinVerifier {
+        PinVerifier { pins, algorithms }
+    }
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let presented = Fingerprints::of(end_entity)
+            .ok_or(rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        if presented.match_any(&self.pins) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                OtherError(Arc::new(PinMismatch { presented })),
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
