@@ -65,9 +65,10 @@ fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byt
     match request.uri().path() {
         "/metrics" => metrics(state, request),
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if state.lifecycle.is_draining() => {
-            text(StatusCode::SERVICE_UNAVAILABLE, "draining: shutdown in progress\n")
-        }
+        "/readyz" if state.lifecycle.is_draining() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining: shutdown in progress\n",
+        ),
         "/readyz" => text(StatusCode::OK, "ready\n"),
         _ => text(
             StatusCode::NOT_FOUND,
@@ -79,7 +80,10 @@ fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byt
 fn metrics(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     let mut body = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &state.registry) {
-        return text(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding failed: {e}\n"));
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("encoding failed: {e}\n"),
+        );
     }
     let wants_openmetrics = request
         .headers()

@@ -27,7 +27,10 @@ use crate::shutdown::Lifecycle;
 pub enum GatewayError {
     #[error(transparent)]
     Fleet(#[from] FleetError),
-    #[error("cannot listen for {service} on {addr}: {source}{}", bind_hint(source, addr))]
+    #[error(
+        "cannot listen for {service} on {addr}: {source}{}",
+        bind_hint(source, addr)
+    )]
     Bind {
         service: &'static str,
         addr: SocketAddr,
@@ -50,7 +53,9 @@ fn bind_hint(error: &io::Error, addr: &SocketAddr) -> String {
             " (port {} is privileged: run with CAP_NET_BIND_SERVICE, or choose a port >= 1024)",
             addr.port()
         ),
-        io::ErrorKind::AddrInUse => " (another process listens there; stop it or change the port)".into(),
+        io::ErrorKind::AddrInUse => {
+            " (another process listens there; stop it or change the port)".into()
+        }
         io::ErrorKind::AddrNotAvailable => format!(
             " ({} is on no interface of this host; add it, e.g. `ip addr add {}/32 dev lo`)",
             addr.ip(),
@@ -109,26 +114,28 @@ impl Gateway {
             });
             for ip in listen_addresses(&config, service.service) {
                 let addr = SocketAddr::new(ip, service.listen_port);
-                let listener = TcpListener::bind(addr).await.map_err(|source| {
-                    GatewayError::Bind {
-                        service: service.service.as_str(),
-                        addr,
-                        source,
-                    }
-                })?;
+                let listener =
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| GatewayError::Bind {
+                            service: service.service.as_str(),
+                            addr,
+                            source,
+                        })?;
                 listeners.push((ctx.clone(), listener));
             }
         }
         let admin = match config.admin {
             None => None,
             Some(addr) => {
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| GatewayError::Bind {
-                        service: "admin",
-                        addr,
-                        source,
-                    })?;
+                let listener =
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| GatewayError::Bind {
+                            service: "admin",
+                            addr,
+                            source,
+                        })?;
                 let state = Arc::new(AdminState {
                     registry,
                     lifecycle: lifecycle.clone(),
@@ -188,9 +195,9 @@ impl Gateway {
         }
         accept_loops.close();
         let admin_stop = CancellationToken::new();
-        let admin_task = self
-            .admin
-            .map(|(listener, state)| tokio::spawn(admin::serve(listener, state, admin_stop.clone())));
+        let admin_task = self.admin.map(|(listener, state)| {
+            tokio::spawn(admin::serve(listener, state, admin_stop.clone()))
+        });
 
         shutdown.cancelled().await;
         let deadline = self.config.gateway.shutdown_timeout;
@@ -203,9 +210,15 @@ impl Gateway {
         accept_loops.wait().await;
         connections.close();
         let mut cut = 0;
-        if tokio::time::timeout(deadline, connections.wait()).await.is_err() {
+        if tokio::time::timeout(deadline, connections.wait())
+            .await
+            .is_err()
+        {
             cut = connections.len();
-            tracing::warn!(cut, "drain deadline reached; cutting the remaining sessions");
+            tracing::warn!(
+                cut,
+                "drain deadline reached; cutting the remaining sessions"
+            );
             self.lifecycle.abort();
             connections.wait().await;
         }

@@ -173,28 +173,27 @@ impl Metrics {
         metrics
     }
 
-    /// Handles for one connection's data path, resolved once.
+    /// Handles for one connection's data path, resolved once. Each lookup is its own
+    /// statement: `get_or_create` returns a read guard, and holding one while another lookup
+    /// inserts a new label set deadlocks the family's lock.
     pub(crate) fn relay_observer(&self, service: Service) -> ConnectionObserver {
+        let to_device = self.byte_counter(service, "to_device");
+        let to_console = self.byte_counter(service, "to_console");
+        let exchange = self
+            .exchange_seconds
+            .get_or_create(&ServiceLabels { service })
+            .clone();
         ConnectionObserver {
-            to_device: self
-                .bytes
-                .get_or_create(&DirectionLabels {
-                    service,
-                    direction: "to_device",
-                })
-                .clone(),
-            to_console: self
-                .bytes
-                .get_or_create(&DirectionLabels {
-                    service,
-                    direction: "to_console",
-                })
-                .clone(),
-            exchange: self
-                .exchange_seconds
-                .get_or_create(&ServiceLabels { service })
-                .clone(),
+            to_device,
+            to_console,
+            exchange,
         }
+    }
+
+    fn byte_counter(&self, service: Service, direction: &'static str) -> Counter {
+        self.bytes
+            .get_or_create(&DirectionLabels { service, direction })
+            .clone()
     }
 }
 

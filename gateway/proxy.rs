@@ -33,15 +33,9 @@ enum Outcome {
     /// Both sides closed after relaying.
     Closed,
     /// Refused or failed before any relaying.
-    Rejected {
-        reason: &'static str,
-        error: String,
-    },
+    Rejected { reason: &'static str, error: String },
     /// Failed or cut while relaying.
-    Broken {
-        reason: &'static str,
-        error: String,
-    },
+    Broken { reason: &'static str, error: String },
 }
 
 pub(crate) async fn serve(
@@ -51,17 +45,22 @@ pub(crate) async fn serve(
     ctx: Arc<ListenerContext>,
 ) {
     let service = ctx.service.service;
-    let span = info_span!("conn", id, service = service.as_str(), %peer, device = tracing::field::Empty);
+    let span =
+        info_span!("conn", id, service = service.as_str(), %peer, device = tracing::field::Empty);
     async move {
         let accepted = Instant::now();
         let labels = ServiceLabels { service };
         ctx.metrics.accepted.get_or_create(&labels).inc();
         let open = ctx.metrics.open.get_or_create(&labels).clone();
         open.inc();
+        let mut console = console;
         let mut record = Record::default();
-        let outcome = connection(console, peer, &ctx, &mut record).await;
+        let outcome = connection(&mut console, peer, &ctx, &mut record).await;
         open.dec();
+        // Logged and counted before the console sees the close, so whoever watches the
+        // console can rely on both.
         finish(&ctx, accepted, &record, outcome);
+        drop(console);
     }
     .instrument(span)
     .await
@@ -78,7 +77,7 @@ struct Record {
 }
 
 async fn connection(
-    mut console: TcpStream,
+    console: &mut TcpStream,
     peer: SocketAddr,
     ctx: &ListenerContext,
     record: &mut Record,
@@ -133,14 +132,21 @@ async fn connection(
             }
         },
     };
-    socket::tune(&console, ctx.gateway.tcp_keepalive);
+    socket::tune(console, ctx.gateway.tcp_keepalive);
 
-    // Connections still setting up when shutdown starts are cancelled, not drained.
+    // Connections still setting up when shutdown starts are cancelled, not drained; so are
+    // those whose console leaves before the device answers.
     let connecting = upstream::connect(&device, service, &ctx.gateway, &mut record.upstream);
     let connected = tokio::select! {
         result = connecting => result,
         () = ctx.lifecycle.stopping() => {
             return Outcome::Rejected { reason: "shutdown", error: "gateway is shutting down".into() };
+        }
+        () = console_gone(console) => {
+            return Outcome::Rejected {
+                reason: "console_closed",
+                error: "console closed the connection before the device handshake finished".into(),
+            };
         }
     };
     observe_setup(ctx, &record.upstream, connected.as_ref().err());
@@ -161,7 +167,7 @@ async fn connection(
         service.measures_exchanges(),
     );
     let result = tokio::select! {
-        result = relay.run(&mut console, &mut tls, &observer) => result,
+        result = relay.run(console, &mut tls, &observer) => result,
         () = ctx.lifecycle.aborted() => {
             record.to_device = relay.bytes_to_device();
             record.to_console = relay.bytes_to_console();
@@ -193,6 +199,16 @@ async fn connection(
                 error: e.to_string(),
             }
         }
+    }
+}
+
+/// Resolves when the console closes or resets; stays pending once it has sent data (which
+/// waits in the socket for the relay), so it never consumes bytes.
+async fn console_gone(console: &TcpStream) {
+    let mut probe = [0u8; 1];
+    match console.peek(&mut probe).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
     }
 }
 

@@ -11,10 +11,12 @@ use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+// tokio's clock, not std's: the idle timer and the activity stamps must share one clock
+// (and tests can pause it).
+use tokio::time::{Instant, Sleep};
 
 use crate::tls;
 
@@ -303,9 +305,7 @@ impl Relay {
             if Instant::now() >= deadline {
                 return Poll::Ready(Err(RelayError::Idle(self.idle_timeout)));
             }
-            self.idle_timer
-                .as_mut()
-                .reset(tokio::time::Instant::from_std(deadline));
+            self.idle_timer.as_mut().reset(deadline);
         }
         Poll::Pending
     }
@@ -334,10 +334,15 @@ mod tests {
         let (mut device, mut device_far) = duplex(64);
         let relay = tokio::spawn(async move {
             let mut relay = Relay::new(16, Duration::from_secs(60), false);
-            let result = relay.run(&mut console_far, &mut device_far, &NoObserver).await;
+            let result = relay
+                .run(&mut console_far, &mut device_far, &NoObserver)
+                .await;
             (result, relay.bytes_to_device(), relay.bytes_to_console())
         });
-        console.write_all(b"request bytes, more than one buffer").await.unwrap();
+        console
+            .write_all(b"request bytes, more than one buffer")
+            .await
+            .unwrap();
         console.shutdown().await.unwrap();
         let mut got = Vec::new();
         device.read_to_end(&mut got).await.unwrap();
@@ -360,13 +365,19 @@ mod tests {
         let started = tokio::time::Instant::now();
         let relay = tokio::spawn(async move {
             let mut relay = Relay::new(16, Duration::from_secs(30), false);
-            relay.run(&mut console_far, &mut device_far, &NoObserver).await
+            relay
+                .run(&mut console_far, &mut device_far, &NoObserver)
+                .await
         });
         tokio::time::sleep(Duration::from_secs(20)).await;
         console.write_all(b"x").await.unwrap();
         let err = relay.await.unwrap().unwrap_err();
         assert_eq!(err.kind(), "idle_timeout");
         // Activity at 20 s pushed the deadline to 50 s.
-        assert!(started.elapsed() >= Duration::from_secs(50), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= Duration::from_secs(50),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -25,7 +25,9 @@ pub struct RouteQuery {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
-    #[error("no device for {service} connections to {local}: it is no device's listen address and the service has no default_device")]
+    #[error(
+        "no device for {service} connections to {local}: it is no device's listen address and the service has no default_device"
+    )]
     NoRoute { service: Service, local: IpAddr },
 }
 
@@ -49,8 +51,7 @@ pub struct AddressRouter {
 
 impl AddressRouter {
     pub fn new(config: &Config, devices: &[Arc<Device>]) -> AddressRouter {
-        let by_name: HashMap<&str, &Arc<Device>> =
-            devices.iter().map(|d| (d.name(), d)).collect();
+        let by_name: HashMap<&str, &Arc<Device>> = devices.iter().map(|d| (d.name(), d)).collect();
         let by_listen = devices
             .iter()
             .filter_map(|d| Some((d.settings.listen?, d.clone())))

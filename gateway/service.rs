@@ -3,11 +3,11 @@
 use std::fmt;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelValue;
+use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 use serde::Deserialize;
 
 /// A legacy plain-TCP AMT service and its TLS twin on the device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Service {
     /// WS-Management over HTTP: 16992 plain, 16993 TLS.
@@ -68,5 +68,12 @@ impl Service {
 impl fmt::Display for Service {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Metric labels carry the same stable name as config keys and logs.
+impl EncodeLabelValue for Service {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+        fmt::Write::write_str(encoder, self.as_str())
     }
 }

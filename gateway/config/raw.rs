@@ -89,13 +89,31 @@ pub(crate) struct RawDevice {
 impl RawDevice {
     /// This device's trust keys, each falling back to the fleet-wide `[defaults]`.
     pub(crate) fn trust_over(&self, defaults: &RawTrust) -> RawTrust {
+        // A device that picks a different trust mode than [defaults] takes none of the fleet's
+        // pins or CA: otherwise a fleet-wide ca_file would forbid pinning any single device.
+        let same_mode = self.trust.is_none() || self.trust == defaults.trust;
         RawTrust {
             trust: self.trust.clone().or_else(|| defaults.trust.clone()),
-            pins: self.pins.clone().or_else(|| defaults.pins.clone()),
-            ca_file: self.ca_file.clone().or_else(|| defaults.ca_file.clone()),
-            client_cert: self.client_cert.clone().or_else(|| defaults.client_cert.clone()),
-            client_key: self.client_key.clone().or_else(|| defaults.client_key.clone()),
-            tls_versions: self.tls_versions.clone().or_else(|| defaults.tls_versions.clone()),
+            pins: self
+                .pins
+                .clone()
+                .or_else(|| defaults.pins.clone().filter(|_| same_mode)),
+            ca_file: self
+                .ca_file
+                .clone()
+                .or_else(|| defaults.ca_file.clone().filter(|_| same_mode)),
+            client_cert: self
+                .client_cert
+                .clone()
+                .or_else(|| defaults.client_cert.clone()),
+            client_key: self
+                .client_key
+                .clone()
+                .or_else(|| defaults.client_key.clone()),
+            tls_versions: self
+                .tls_versions
+                .clone()
+                .or_else(|| defaults.tls_versions.clone()),
             max_connections: self.max_connections.or(defaults.max_connections),
         }
     }

@@ -23,35 +23,48 @@ const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9716";
 
 pub(super) fn load(file: &str, base: &Path, figment: Figment) -> Result<Config, ConfigError> {
     let raw: RawConfig = figment.extract().map_err(|e| from_figment(file, e))?;
-    Validator { file, base }.config(raw)
+    Validator {
+        file,
+        base,
+        figment: &figment,
+    }
+    .config(raw)
 }
 
-/// Turn figment's error into ours, naming the key and, for environment overrides, the variable.
+/// Turn figment's error into ours, naming the key the way the validator does
+/// (`devices[0].pins[1]`) and, for environment overrides, the variable to fix.
 fn from_figment(file: &str, error: figment::Error) -> ConfigError {
-    let mut key = error.path.join(".");
-    if let figment::error::Kind::UnknownField(field, _) = &error.kind {
-        key = if key.is_empty() {
-            field.clone()
-        } else {
-            format!("{key}.{field}")
-        };
+    use figment::error::Kind;
+    let mut path = error.path.clone();
+    if let Kind::UnknownField(field, _) = &error.kind {
+        // figment's path usually ends with the unknown field already; never name it twice.
+        if path.last() != Some(field) {
+            path.push(field.clone());
+        }
     }
-    let origin = match (&error.metadata, &error.profile) {
-        (Some(meta), Some(profile)) if meta.name.contains("environment") => {
-            format!(
-                " (from environment variable {})",
-                meta.interpolate(profile, &error.path)
-            )
+    let origin = match &error.metadata {
+        Some(meta) if meta.name.contains("environment") => {
+            format!(" (from environment variable {})", env_var(&path))
         }
         _ => String::new(),
     };
+    // Durations are strings with a unit; a bare number is the usual mistake.
+    let hint = match (&error.kind, path.last().map(String::as_str)) {
+        (Kind::InvalidType(..), Some(last))
+            if last.ends_with("_timeout") || last == "tcp_keepalive" =>
+        {
+            "; write a duration as a quoted string with a unit, like \"600s\" or \"10m\""
+        }
+        _ => "",
+    };
     let message = match &error.kind {
-        figment::error::Kind::UnknownField(field, expected) => format!(
+        Kind::UnknownField(field, expected) => format!(
             "unknown key `{field}`{origin}; expected one of: {}",
             expected.join(", ")
         ),
-        kind => format!("{kind}{origin}"),
+        kind => format!("{kind}{origin}{hint}"),
     };
+    let key = key_of(&path);
     ConfigError::Invalid {
         file: file.to_owned(),
         key: if key.is_empty() {
@@ -63,17 +76,56 @@ fn from_figment(file: &str, error: figment::Error) -> ConfigError {
     }
 }
 
+/// A figment path spelled like the validator's keys: `devices.0.pins.1` -> `devices[0].pins[1]`.
+fn key_of(path: &[String]) -> String {
+    let mut key = String::new();
+    for part in path {
+        if part.parse::<usize>().is_ok() {
+            key.push_str(&format!("[{part}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(part);
+        }
+    }
+    key
+}
+
+/// The variable that sets a key: `AMTGW_` + the path up to the first array index, `__`-joined
+/// (an array is overridden as a whole: `AMTGW_SERVICES__WSMAN__BIND='["0.0.0.0"]'`).
+fn env_var(path: &[String]) -> String {
+    let parts: Vec<String> = path
+        .iter()
+        .take_while(|part| part.parse::<usize>().is_err())
+        .map(|part| part.to_ascii_uppercase())
+        .collect();
+    format!("{}{}", super::ENV_PREFIX, parts.join("__"))
+}
+
 struct Validator<'a> {
     file: &'a str,
     base: &'a Path,
+    figment: &'a Figment,
 }
 
 impl Validator<'_> {
     fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let key = key.into();
+        let mut message = message.into();
+        // The figment key that supplied the value: up to the first `[index]`, since arrays
+        // (devices, pins, bind) come whole from one source.
+        let source_key = key.split('[').next().unwrap_or_default();
+        if let Some(meta) = self.figment.find_metadata(source_key) {
+            if meta.name.contains("environment") {
+                let path: Vec<String> = source_key.split('.').map(str::to_owned).collect();
+                message.push_str(&format!(" (from environment variable {})", env_var(&path)));
+            }
+        }
         ConfigError::Invalid {
             file: self.file.to_owned(),
-            key: key.into(),
-            message: message.into(),
+            key,
+            message,
         }
     }
 
@@ -361,7 +413,8 @@ impl Validator<'_> {
                     .iter()
                     .enumerate()
                     .map(|(p, text)| {
-                        Pin::parse(text).map_err(|e| self.err(key(&format!("pins[{p}]")), e.to_string()))
+                        Pin::parse(text)
+                            .map_err(|e| self.err(key(&format!("pins[{p}]")), e.to_string()))
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 Trust::Pin(pins)
@@ -387,7 +440,11 @@ impl Validator<'_> {
                     roots.add(cert).map_err(|e| {
                         self.err(
                             key("ca_file"),
-                            format!("certificate #{} of {} is not a usable CA: {e}", n + 1, path.display()),
+                            format!(
+                                "certificate #{} of {} is not a usable CA: {e}",
+                                n + 1,
+                                path.display()
+                            ),
                         )
                     })?;
                 }
@@ -493,7 +550,9 @@ impl Validator<'_> {
         let value = humantime::parse_duration(text).map_err(|e| {
             self.err(
                 key,
-                format!("`{text}` is not a duration ({e}); write it like \"500ms\", \"10s\" or \"5m\""),
+                format!(
+                    "`{text}` is not a duration ({e}); write it like \"500ms\", \"10s\" or \"5m\""
+                ),
             )
         })?;
         if value.is_zero() {

@@ -94,8 +94,9 @@ pub(crate) fn failure_kind(error: &rustls::Error) -> &'static str {
             CertificateError::Other(other) if other.0.downcast_ref::<PinMismatch>().is_some() => {
                 "pin_mismatch"
             }
-            CertificateError::NotValidForName
-            | CertificateError::NotValidForNameContext { .. } => "name_mismatch",
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                "name_mismatch"
+            }
             CertificateError::Expired
             | CertificateError::ExpiredContext { .. }
             | CertificateError::NotValidYet
@@ -106,9 +107,7 @@ pub(crate) fn failure_kind(error: &rustls::Error) -> &'static str {
             "client_cert_rejected"
         }
         rustls::Error::AlertReceived(_) => "tls_alert",
-        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
-            "not_tls"
-        }
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => "not_tls",
         rustls::Error::PeerIncompatible(_) => "tls_incompatible",
         _ => "tls_error",
     }

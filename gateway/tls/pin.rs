@@ -44,6 +44,9 @@ impl Pin {
         } else {
             return Err(PinParseError("unknown pin prefix"));
         };
+        if value.is_empty() {
+            return Err(PinParseError("pin value is empty"));
+        }
         let digest = decode_hex(value)
             .or_else(|| match kind {
                 PinKind::PublicKey => BASE64.decode(value).ok(),
@@ -152,7 +155,7 @@ mod tests {
             ("sha256:abcd", "unknown pin prefix"),
             ("cert-sha256:zz", "neither hex nor base64"),
             ("cert-sha256:abcd", "must be 32 bytes"),
-            ("spki-sha256:", "neither hex nor base64"),
+            ("spki-sha256:", "pin value is empty"),
         ] {
             let err = Pin::parse(text).unwrap_err().to_string();
             assert!(err.contains(reason), "{text}: {err}");

@@ -1,0 +1,267 @@
+//! Each way a connection can fail closes that one connection, names the reason in the metrics
+//! (and the summary log line), and leaves the gateway serving others.
+
+mod common;
+
+use std::time::Duration;
+
+use amtgw::Service;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn pinned(identity: &Identity) -> String {
+    format!("trust = \"pin\"\npins = [\"{}\"]", identity.cert_pin())
+}
+
+/// A port where nothing listens.
+async fn closed_port() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+async fn fails_with(gateway: &TestGateway, reason: &str) {
+    expect_closed(gateway.connect(Service::Wsman).await).await;
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        metrics.failed(reason),
+        1.0,
+        "reason {reason}:\n{}",
+        metrics.0
+    );
+    let failures = metrics.value("amtgw_connections_failed_total", &[("service", "wsman")]);
+    assert_eq!(
+        failures, 1.0,
+        "exactly one failure, of the expected reason:\n{}",
+        metrics.0
+    );
+}
+
+#[tokio::test]
+async fn device_refusing_the_connection() {
+    let identity = amt_self_signed(false, false);
+    let gateway =
+        TestGateway::start(&one_device_config(closed_port().await, &pinned(&identity))).await;
+    fails_with(&gateway, "connect_refused").await;
+}
+
+#[tokio::test]
+async fn device_resetting_during_the_handshake() {
+    let identity = amt_self_signed(false, false);
+    let device = tcp_device(|tcp| async move {
+        // Linger 0 turns the close into a RST.
+        let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+        drop(tcp);
+    })
+    .await;
+    let gateway = TestGateway::start(&one_device_config(device, &pinned(&identity))).await;
+    fails_with(&gateway, "device_reset").await;
+}
+
+#[tokio::test]
+async fn device_speaking_plain_http_instead_of_tls() {
+    let identity = amt_self_signed(false, false);
+    let device = tcp_device(|mut tcp| async move {
+        let _ = tcp
+            .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            .await;
+        let mut sink = Vec::new();
+        let _ = tcp.read_to_end(&mut sink).await;
+    })
+    .await;
+    let gateway = TestGateway::start(&one_device_config(device, &pinned(&identity))).await;
+    fails_with(&gateway, "not_tls").await;
+}
+
+#[tokio::test]
+async fn device_stalling_the_handshake() {
+    let identity = amt_self_signed(false, false);
+    let device = tcp_device(|mut tcp| async move {
+        let mut sink = Vec::new();
+        let _ = tcp.read_to_end(&mut sink).await;
+    })
+    .await;
+    let config = one_device_config(device, &pinned(&identity)).replace(
+        "handshake_timeout = \"2s\"",
+        "handshake_timeout = \"200ms\"",
+    );
+    let gateway = TestGateway::start(&config).await;
+    fails_with(&gateway, "handshake_timeout").await;
+}
+
+#[tokio::test]
+async fn device_not_answering_the_tcp_connect() {
+    // A listener whose accept queue is full drops further SYNs: the connect hangs. With a
+    // backlog of 0 the queue holds one connection, which the filler takes.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    socket.listen(0).unwrap();
+    let device = socket.local_addr().unwrap().as_socket().unwrap();
+    let _filler = TcpStream::connect(device).await.unwrap();
+    let identity = amt_self_signed(false, false);
+    let config = one_device_config(device, &pinned(&identity))
+        .replace("connect_timeout = \"2s\"", "connect_timeout = \"200ms\"");
+    let gateway = TestGateway::start(&config).await;
+    fails_with(&gateway, "connect_timeout").await;
+    drop(socket);
+}
+
+#[tokio::test]
+async fn idle_session_is_closed_after_the_idle_timeout() {
+    let identity = amt_self_signed(false, false);
+    let pin = pinned(&identity);
+    let device = echo_device(DeviceTls::new(identity)).await;
+    let config = one_device_config(device, &pin).replace(
+        "default_device = \"dut\"",
+        "default_device = \"dut\"\nidle_timeout = \"300ms\"",
+    );
+    let gateway = TestGateway::start(&config).await;
+    let mut conn = gateway.connect(Service::Wsman).await;
+    conn.write_all(b"still here").await.unwrap();
+    let mut echo = [0u8; 10];
+    conn.read_exact(&mut echo).await.unwrap();
+    // Now silence: the gateway must close.
+    expect_closed(conn).await;
+    let metrics = gateway.metrics().await;
+    assert_eq!(metrics.failed("idle_timeout"), 1.0, "{}", metrics.0);
+}
+
+#[tokio::test]
+async fn console_leaving_during_the_handshake_ends_it_at_once() {
+    let identity = amt_self_signed(false, false);
+    let (accepted_tx, accepted_rx) = tokio::sync::oneshot::channel::<()>();
+    let accepted_tx = std::sync::Mutex::new(Some(accepted_tx));
+    let device = tcp_device(move |mut tcp| {
+        let tx = accepted_tx.lock().unwrap().take();
+        async move {
+            if let Some(tx) = tx {
+                let _ = tx.send(());
+            }
+            let mut sink = Vec::new();
+            let _ = tcp.read_to_end(&mut sink).await;
+        }
+    })
+    .await;
+    // The handshake timeout is long: the close must come from the console leaving.
+    let config = one_device_config(device, &pinned(&identity))
+        .replace("handshake_timeout = \"2s\"", "handshake_timeout = \"60s\"");
+    let gateway = TestGateway::start(&config).await;
+    let conn = gateway.connect(Service::Wsman).await;
+    accepted_rx.await.unwrap();
+    drop(conn);
+    // Shutdown drains only once every connection task has ended.
+    let report = gateway.stop().await;
+    assert!(report.drained());
+}
+
+#[tokio::test]
+async fn connection_without_a_route_is_closed_at_once() {
+    let identity = amt_self_signed(false, false);
+    // The device owns alias 127.0.0.2; the service also listens on 127.0.0.1 with no default.
+    let config = one_device_config(closed_port().await, &pinned(&identity))
+        .replace("default_device = \"dut\"", "")
+        .replace("name = \"dut\"", "name = \"dut\"\nlisten = \"127.0.0.2\"");
+    let gateway = TestGateway::start(&config).await;
+    expect_closed(
+        TcpStream::connect(gateway.addr_on(Service::Wsman, "127.0.0.1"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(gateway.metrics().await.failed("no_route"), 1.0);
+}
+
+#[tokio::test]
+async fn connections_past_the_global_limit_are_refused_and_others_continue() {
+    let identity = amt_self_signed(false, false);
+    let pin = pinned(&identity);
+    let device = echo_device(DeviceTls::new(identity)).await;
+    let config =
+        one_device_config(device, &pin).replace("[gateway]", "[gateway]\nmax_connections = 1");
+    let gateway = TestGateway::start(&config).await;
+    let mut first = gateway.connect(Service::Wsman).await;
+    first.write_all(b"one").await.unwrap();
+    let mut echo = [0u8; 3];
+    first.read_exact(&mut echo).await.unwrap();
+
+    expect_closed(gateway.connect(Service::Wsman).await).await;
+    assert_eq!(gateway.metrics().await.failed("limit"), 1.0);
+
+    // The session holding the slot is undisturbed.
+    assert_eq!(exchange(first, b"two").await.unwrap(), b"two");
+}
+
+#[tokio::test]
+async fn connections_past_the_device_limit_are_refused() {
+    let identity = amt_self_signed(false, false);
+    let pin = format!("{}\nmax_connections = 1", pinned(&identity));
+    let device = echo_device(DeviceTls::new(identity)).await;
+    let gateway = TestGateway::start(&one_device_config(device, &pin)).await;
+    let mut first = gateway.connect(Service::Wsman).await;
+    first.write_all(b"one").await.unwrap();
+    let mut echo = [0u8; 3];
+    first.read_exact(&mut echo).await.unwrap();
+    expect_closed(gateway.connect(Service::Wsman).await).await;
+    assert_eq!(gateway.metrics().await.failed("device_limit"), 1.0);
+}
+
+#[tokio::test]
+async fn a_failing_device_does_not_disturb_a_healthy_one() {
+    let good = amt_self_signed(false, false);
+    let bad = amt_self_signed(false, false);
+    let good_addr = echo_device(DeviceTls::new(good.clone_identity())).await;
+    let bad_addr = echo_device(DeviceTls::new(amt_self_signed(false, false))).await;
+    let config = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+[services.wsman]
+listen_port = 0
+bind = []
+[services.redirection]
+enabled = false
+[services.dash]
+enabled = false
+[[devices]]
+name = "good"
+host = "127.0.0.1"
+listen = "127.0.0.2"
+ports = {{ wsman = {} }}
+{}
+[[devices]]
+name = "bad"
+host = "127.0.0.1"
+listen = "127.0.0.3"
+ports = {{ wsman = {} }}
+{}
+"#,
+        good_addr.port(),
+        pinned(&good),
+        bad_addr.port(),
+        pinned(&bad)
+    );
+    let gateway = TestGateway::start(&config).await;
+    let mut good_conn = TcpStream::connect(gateway.addr_on(Service::Wsman, "127.0.0.2"))
+        .await
+        .unwrap();
+    good_conn.write_all(b"before").await.unwrap();
+    let mut buf = [0u8; 6];
+    good_conn.read_exact(&mut buf).await.unwrap();
+    for _ in 0..20 {
+        expect_closed(
+            TcpStream::connect(gateway.addr_on(Service::Wsman, "127.0.0.3"))
+                .await
+                .unwrap(),
+        )
+        .await;
+    }
+    assert_eq!(exchange(good_conn, b"after").await.unwrap(), b"after");
+    assert_eq!(gateway.metrics().await.failed("pin_mismatch"), 20.0);
+}
