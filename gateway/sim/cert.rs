@@ -106,6 +106,7 @@ fn serial_from_spki(spki: &[u8]) -> SerialNumber {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (project rule)
 mod tests {
     use super::*;
     use x509_parser::prelude::*;

@@ -205,6 +205,7 @@ pub(crate) fn parse_authorization(value: &str) -> Result<DigestFields, DigestErr
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (project rule)
 mod tests {
     use super::*;
 

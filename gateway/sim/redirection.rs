@@ -234,10 +234,8 @@ impl Console {
                     }
                     out.extend_from_slice(format!("{name} login: ").as_bytes());
                 }
-                0x08 | 0x7f => {
-                    if self.line.pop().is_some() {
-                        out.extend_from_slice(b"\x08 \x08");
-                    }
+                0x08 | 0x7f if self.line.pop().is_some() => {
+                    out.extend_from_slice(b"\x08 \x08");
                 }
                 0x20..=0x7e if self.line.len() < MAX_LINE => {
                     self.line.push(b);
@@ -514,6 +512,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (project rule)
 mod tests {
     use super::*;
     use crate::sim::digest::expected_response;

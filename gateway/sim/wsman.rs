@@ -521,6 +521,7 @@ fn fault(ctx: &DeviceState, relates_to: &str, kind: Fault) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (project rule)
 mod tests {
     use super::*;
     use std::sync::Arc;
