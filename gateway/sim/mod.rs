@@ -492,17 +492,30 @@ mod tests {
         }
     }
 
+    type ClientIdentity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
     async fn connect(
         addr: SocketAddr,
         expected: CertificateDer<'static>,
     ) -> io::Result<TlsStream<TcpStream>> {
+        connect_as(addr, expected, None).await
+    }
+
+    async fn connect_as(
+        addr: SocketAddr,
+        expected: CertificateDer<'static>,
+        client: Option<ClientIdentity>,
+    ) -> io::Result<TlsStream<TcpStream>> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = ClientConfig::builder_with_provider(provider.clone())
+        let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .unwrap()
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ExpectCert { expected, provider }))
-            .with_no_client_auth();
+            .with_custom_certificate_verifier(Arc::new(ExpectCert { expected, provider }));
+        let config = match client {
+            Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+            None => builder.with_no_client_auth(),
+        };
         let tcp = TcpStream::connect(addr).await?;
         TlsConnector::from(Arc::new(config))
             .connect(ServerName::try_from("amt.invalid").unwrap(), tcp)
@@ -566,6 +579,83 @@ mod tests {
         assert!(rest.is_empty());
 
         device.shutdown().await;
+    }
+
+    /// A CA and a client certificate it issued, as a gateway would hold.
+    fn client_pki() -> (CertificateDer<'static>, ClientIdentity) {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::default();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "test console CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, "amtgw");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        (ca.der().clone(), (vec![cert.der().clone()], key))
+    }
+
+    /// Sends a WS-Identify and reports whether any response came back.
+    async fn identify_answered(mut tls: TlsStream<TcpStream>) -> bool {
+        let request = format!(
+            "POST /wsman HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{IDENTIFY}",
+            IDENTIFY.len()
+        );
+        if tls.write_all(request.as_bytes()).await.is_err() {
+            return false;
+        }
+        let mut chunk = [0u8; 64];
+        matches!(tls.read(&mut chunk).await, Ok(n) if n > 0)
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_and_tls12_only() {
+        let (ca, client) = client_pki();
+        let mut config = SimConfig::demo("mtls-host");
+        config.client_auth_roots = Some(vec![ca]);
+        config.tls12_only = true;
+        config.identity = SimIdentity::Generated {
+            ca_true: true,
+            style: CertStyle::IntelNamed,
+        };
+        let device = SimDevice::start(config).await.unwrap();
+        let cert = device.certificate();
+
+        let tls = connect_as(device.wsman_addr(), cert.clone(), Some(client))
+            .await
+            .unwrap();
+        assert_eq!(
+            tls.get_ref().1.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+        assert!(identify_answered(tls).await);
+
+        // Without a client certificate the device refuses the handshake.
+        match connect(device.wsman_addr(), cert).await {
+            Err(_) => {}
+            Ok(tls) => assert!(!identify_answered(tls).await),
+        }
+        device.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn provided_identity_is_served() {
+        let (cert, key) = generate_amt_identity(false, CertStyle::IntelNamed).unwrap();
+        let mut config = SimConfig::demo("provided");
+        config.identity = SimIdentity::Provided {
+            chain: vec![cert.clone()],
+            key,
+        };
+        let device = SimDevice::start(config).await.unwrap();
+        assert_eq!(device.certificate().as_ref(), cert.as_ref());
+        identify(device.dash_addr(), cert).await;
     }
 
     #[tokio::test]

@@ -527,7 +527,7 @@ mod tests {
     use std::sync::Arc;
     use tokio::io::DuplexStream;
 
-    pub(crate) const IDENTIFY: &str = include_str!("../../scripts/wsman/identify.xml");
+    const IDENTIFY: &str = include_str!("../../scripts/wsman/identify.xml");
     const GET_SETTINGS: &str = include_str!("../../scripts/wsman/get-general-settings.xml");
 
     fn device() -> Arc<DeviceState> {
