@@ -1,6 +1,6 @@
 //! The device's redirection protocol endpoint (16995 twin): session start,
-//! USERPASS and digest authentication, and a simulated serial console over
-//! SOL. Byte layouts follow amt-protocol.md §5; every reply is written and
+//! USERPASS and digest authentication, a simulated serial console over SOL
+//! and a minimal RFB handshake for KVM (IDE-R is refused). Byte layouts follow amt-protocol.md §5; every reply is written and
 //! flushed on its own because amtterm 1.4 discards whatever else arrives in
 //! the same `read()` after 0x14, 0x21 and 0x23 (§9).
 
@@ -30,7 +30,10 @@ const SOL_SETTINGS_UNKNOWN: u8 = 0x27;
 const SOL_DATA_TO_HOST: u8 = 0x28;
 const SOL_DATA_FROM_HOST: u8 = 0x2A;
 const SOL_HEARTBEAT: u8 = 0x2B;
+/// Starts IDE-R (18 bytes) or, in a KVM session, KVM (8 bytes).
 const IDER_OR_KVM_START: u8 = 0x40;
+const KVM_START_REPLY: u8 = 0x41;
+const KVM_START_LEN: usize = 8;
 
 const STATUS_SUCCESS: u8 = 0;
 const STATUS_FAILURE: u8 = 1;
@@ -49,6 +52,11 @@ const AUTH_HEADER_LEN: usize = 9;
 const SOL_DATA_HEADER_LEN: usize = 10;
 
 const MAX_MESSAGE: usize = 64 * 1024;
+
+const RFB_VERSION: &[u8; 12] = b"RFB 003.008\n";
+const RFB_SECURITY_NONE: u8 = 1;
+const RFB_WIDTH: u16 = 640;
+const RFB_HEIGHT: u16 = 480;
 /// Before SOL runs nothing keeps the connection busy, so a console must make
 /// progress within this time.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -142,7 +150,7 @@ impl Phase {
 
 /// Total length of the message at the start of `buf`, or `None` while its
 /// header or declared payload has not fully arrived.
-fn message_len(buf: &[u8]) -> Result<Option<usize>, RedirectionError> {
+fn message_len(buf: &[u8], phase: Phase) -> Result<Option<usize>, RedirectionError> {
     let Some(&kind) = buf.first() else {
         return Ok(None);
     };
@@ -170,8 +178,11 @@ fn message_len(buf: &[u8]) -> Result<Option<usize>, RedirectionError> {
             };
             fixed(SOL_DATA_HEADER_LEN + usize::from(u16::from_le_bytes([len[0], len[1]])))
         }
-        // Starting IDE-R or KVM: those sessions open and authenticate, but
-        // their payload protocols are not simulated.
+        IDER_OR_KVM_START if phase == Phase::Authenticated(SessionType::Kvm) => {
+            fixed(KVM_START_LEN)
+        }
+        // IDE-R sessions open and authenticate, but IDE-R itself is not
+        // simulated.
         IDER_OR_KVM_START => Err(RedirectionError::Unsupported(kind)),
         other => Err(RedirectionError::UnknownMessage(other)),
     }
@@ -302,10 +313,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                 {
                     // Checked on the first byte so an unauthenticated peer
                     // cannot make us wait for a large payload.
-                    message_len(&self.buf)?;
+                    message_len(&self.buf, self.phase)?;
                     return Err(RedirectionError::NotAuthenticated(kind));
                 }
-                let Some(len) = message_len(&self.buf)? else {
+                let Some(len) = message_len(&self.buf, self.phase)? else {
                     break;
                 };
                 let message: Vec<u8> = self.buf.drain(..len).collect();
@@ -403,8 +414,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                 heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
                 self.heartbeat = Some(heartbeat);
             }
-            (START_SOL, Phase::Authenticated(_)) => {
-                return Err(RedirectionError::UnexpectedMessage(kind));
+            (IDER_OR_KVM_START, Phase::Authenticated(SessionType::Kvm)) => {
+                self.send(&[KVM_START_REPLY, 0, 0, 0, 0, 0, 0, 0]).await?;
+                // From here the socket carries raw RFB (§5 KVM).
+                return self.serve_rfb().await.map(Some);
             }
             (END_SOL, Phase::Sol) => {
                 let mut reply = [0u8; 8];
@@ -500,6 +513,55 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
             return Err(RedirectionError::AuthFailed);
         }
         Ok(())
+    }
+
+    /// Bytes from the buffer first, then the socket; used once the stream
+    /// stops being redirection messages (RFB).
+    async fn take(&mut self, n: usize) -> Result<Vec<u8>, RedirectionError> {
+        let mut chunk = [0u8; 256];
+        while self.buf.len() < n {
+            let read = tokio::time::timeout(SETUP_TIMEOUT, self.stream.read(&mut chunk))
+                .await
+                .map_err(|_| RedirectionError::SetupTimeout)??;
+            if read == 0 {
+                return Err(RedirectionError::Truncated);
+            }
+            self.buf.extend_from_slice(&chunk[..read]);
+        }
+        Ok(self.buf.drain(..n).collect())
+    }
+
+    /// A minimal RFB 3.8 server: version, security type None (the
+    /// redirection layer already authenticated, which is why MeshCommander
+    /// picks None), ServerInit for a blank screen. Client messages after that
+    /// are read and dropped; no framebuffer updates are sent.
+    async fn serve_rfb(&mut self) -> Result<RedirectionClose, RedirectionError> {
+        self.send(RFB_VERSION).await?;
+        let version = self.take(RFB_VERSION.len()).await?;
+        if !version.starts_with(b"RFB 003.") {
+            return Err(RedirectionError::Malformed("RFB version"));
+        }
+        self.send(&[1, RFB_SECURITY_NONE]).await?;
+        if self.take(1).await? != [RFB_SECURITY_NONE] {
+            return Err(RedirectionError::Malformed("RFB security type"));
+        }
+        self.send(&0u32.to_be_bytes()).await?;
+        self.take(1).await?; // ClientInit (shared flag)
+
+        let name = self.ctx.name.as_bytes();
+        let mut init = Vec::with_capacity(24 + name.len());
+        init.extend_from_slice(&RFB_WIDTH.to_be_bytes());
+        init.extend_from_slice(&RFB_HEIGHT.to_be_bytes());
+        // 32 bpp, depth 24, little-endian, true colour, 8 bits per channel.
+        init.extend_from_slice(&[32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0]);
+        init.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        init.extend_from_slice(name);
+        self.send(&init).await?;
+
+        self.buf.clear();
+        let mut chunk = [0u8; 4096];
+        while self.stream.read(&mut chunk).await? > 0 {}
+        Ok(RedirectionClose::ClientClosed)
     }
 
     fn challenge(&self) -> Vec<u8> {
@@ -896,6 +958,57 @@ mod tests {
         assert!(matches!(
             task.await.unwrap(),
             Err(RedirectionError::Truncated)
+        ));
+    }
+
+    #[tokio::test]
+    async fn kvm_start_leads_to_rfb_handshake() {
+        let (mut client, task) = spawn(device(Duration::from_secs(60)));
+        let mut start = vec![START_REDIRECTION_SESSION, 1, 0, 0];
+        start.extend_from_slice(b"KVMR");
+        client.write_all(&start).await.unwrap();
+        assert_eq!(read_n(&mut client, 13).await[1], STATUS_SUCCESS);
+        client
+            .write_all(&amtterm_userpass(USER, PASS))
+            .await
+            .unwrap();
+        assert_eq!(read_message(&mut client).await[1], STATUS_SUCCESS);
+
+        client
+            .write_all(&[0x40, 0, 0, 0, 0, 0, 0, 0])
+            .await
+            .unwrap();
+        assert_eq!(read_n(&mut client, 8).await, [0x41, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(read_n(&mut client, 12).await, b"RFB 003.008\n");
+        client.write_all(b"RFB 003.008\n").await.unwrap();
+        assert_eq!(read_n(&mut client, 2).await, [1, 1]);
+        client.write_all(&[1]).await.unwrap();
+        assert_eq!(read_n(&mut client, 4).await, [0, 0, 0, 0]);
+        client.write_all(&[1]).await.unwrap();
+        let init = read_n(&mut client, 24).await;
+        assert_eq!(u16::from_be_bytes([init[0], init[1]]), 640);
+        let name_len = u32::from_be_bytes(init[20..24].try_into().unwrap()) as usize;
+        assert_eq!(read_n(&mut client, name_len).await, b"simhost");
+
+        // SetEncodings (RAW) is accepted; closing ends the session cleanly.
+        client.write_all(&[2, 0, 0, 1, 0, 0, 0, 0]).await.unwrap();
+        drop(client);
+        assert_eq!(task.await.unwrap().unwrap(), RedirectionClose::ClientClosed);
+    }
+
+    #[tokio::test]
+    async fn ider_start_is_refused() {
+        let (mut client, task) = spawn(device(Duration::from_secs(60)));
+        start_session(&mut client, b"IDER").await;
+        client
+            .write_all(&amtterm_userpass(USER, PASS))
+            .await
+            .unwrap();
+        read_message(&mut client).await;
+        client.write_all(&[0x40, 0, 0, 0]).await.unwrap();
+        assert!(matches!(
+            task.await.unwrap(),
+            Err(RedirectionError::Unsupported(0x40))
         ));
     }
 
