@@ -23,6 +23,7 @@ pub mod relay;
 pub mod router;
 pub mod service;
 pub mod shutdown;
+pub mod sim;
 pub mod tls;
 pub mod upstream;
 
