@@ -16,6 +16,7 @@
 //! [`fleet`], [`relay`] moves bytes; [`metrics`], `admin` and [`shutdown`] serve operators.
 
 pub mod config;
+pub mod demo;
 pub mod fleet;
 pub mod gateway;
 pub mod metrics;

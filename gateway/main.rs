@@ -2,6 +2,7 @@
 //! the library. Exit codes: 0 success (all sessions drained), 1 runtime failure or sessions cut
 //! at the drain deadline, 64 invalid configuration or usage.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,6 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use amtgw::config::LogFormat;
+use amtgw::demo::{Demo, DemoOptions};
+use amtgw::sim::{self, CertStyle, SimConfig, SimDevice, SimIdentity};
+use amtgw::tls::{Fingerprints, load_certificates, load_private_key};
 use amtgw::{Config, Gateway};
 
 const EX_USAGE: u8 = 64;
@@ -34,6 +38,53 @@ enum Command {
     Check {
         #[arg(long, short, env = "AMTGW_CONFIG")]
         config: PathBuf,
+    },
+    /// Run the demo: simulated AMT devices behind the gateway on the legacy ports of
+    /// 127.0.0.1 (and 127.0.0.2 for the second device).
+    Demo {
+        #[arg(long, default_value_t = 16992)]
+        wsman_port: u16,
+        #[arg(long, default_value_t = 16994)]
+        redirection_port: u16,
+        #[arg(long, default_value_t = 623)]
+        dash_port: u16,
+        #[arg(long, default_value = "127.0.0.1:9716")]
+        admin: SocketAddr,
+    },
+    /// Run one simulated AMT device (TLS only, like CSME 16.1+). SIGUSR1 "unprovisions" it:
+    /// a new key and self-signed certificate, as the firmware makes.
+    Sim {
+        /// Host name the device reports in AMT_GeneralSettings.
+        #[arg(long, default_value = "amt-sim")]
+        name: String,
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: IpAddr,
+        #[arg(long, default_value_t = 16993)]
+        wsman_port: u16,
+        #[arg(long, default_value_t = 16995)]
+        redirection_port: u16,
+        #[arg(long, default_value_t = 664)]
+        dash_port: u16,
+        /// Mark the generated certificate CA:TRUE, as some firmware does.
+        #[arg(long)]
+        ca_true: bool,
+        /// Generate "CN=Intel(R) AMT self-signed certificate" instead of all-"Unknown" DN fields.
+        #[arg(long)]
+        intel_named: bool,
+        /// Serve this certificate chain (PEM) instead of a generated one; needs --key.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+        /// Require a client certificate chaining to these CA certificates (mutual TLS).
+        #[arg(long)]
+        client_ca: Option<PathBuf>,
+        #[arg(long)]
+        tls12_only: bool,
+        #[arg(long, default_value = sim::DEMO_USERNAME)]
+        user: String,
+        #[arg(long, env = "AMT_SIM_PASSWORD", default_value = sim::DEMO_PASSWORD)]
+        password: String,
     },
 }
 
@@ -71,7 +122,77 @@ fn main() -> ExitCode {
             init_logging(config.gateway.log_format);
             report(runtime().and_then(|rt| rt.block_on(serve(config))))
         }
+        Command::Demo {
+            wsman_port,
+            redirection_port,
+            dash_port,
+            admin,
+        } => {
+            init_logging(LogFormat::Text);
+            let options = DemoOptions {
+                wsman_port,
+                redirection_port,
+                dash_port,
+                admin,
+            };
+            report(runtime().and_then(|rt| rt.block_on(demo(options))))
+        }
+        Command::Sim {
+            name,
+            bind,
+            wsman_port,
+            redirection_port,
+            dash_port,
+            ca_true,
+            intel_named,
+            cert,
+            key,
+            client_ca,
+            tls12_only,
+            user,
+            password,
+        } => {
+            init_logging(LogFormat::Text);
+            let identity = match (cert, key) {
+                (Some(cert), Some(key)) => match (load_certificates(&cert), load_private_key(&key)) {
+                    (Ok(chain), Ok(key)) => SimIdentity::Provided { chain, key },
+                    (Err(e), _) => return usage_error(&e),
+                    (_, Err(e)) => return usage_error(&e),
+                },
+                _ => SimIdentity::Generated {
+                    ca_true,
+                    style: if intel_named {
+                        CertStyle::IntelNamed
+                    } else {
+                        CertStyle::Unknown
+                    },
+                },
+            };
+            let client_auth_roots = match client_ca.as_deref().map(load_certificates).transpose() {
+                Ok(roots) => roots,
+                Err(e) => return usage_error(&e),
+            };
+            let config = SimConfig {
+                name,
+                bind,
+                wsman_port,
+                redirection_port,
+                dash_port,
+                identity,
+                client_auth_roots,
+                tls12_only,
+                username: user,
+                password,
+                heartbeat: sim::DEFAULT_HEARTBEAT,
+            };
+            report(runtime().and_then(|rt| rt.block_on(simulate(config))))
+        }
     }
+}
+
+fn usage_error(error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::from(EX_USAGE)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -95,7 +216,11 @@ fn report(result: anyhow::Result<bool>) -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Logs go to stderr: stdout is for what a command prints on purpose (the demo's
+    // instructions, `check`'s verdict).
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -128,5 +253,65 @@ fn announce(gateway: &Gateway) {
     }
     if let Some(addr) = gateway.admin_addr() {
         tracing::info!(%addr, "admin listening (/metrics /healthz /readyz)");
+    }
+}
+
+async fn demo(options: DemoOptions) -> anyhow::Result<bool> {
+    let demo = Demo::start(&options).await.context("starting the demo")?;
+    announce(&demo.gateway);
+    println!("{}", demo.instructions());
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(demo.gateway.run(shutdown.clone()));
+    let signal = amtgw::shutdown::signal()
+        .await
+        .context("cannot install signal handlers")?;
+    tracing::info!(signal, "shutdown requested");
+    shutdown.cancel();
+    let report = run.await.context("gateway task failed")?;
+    for device in demo.devices {
+        device.shutdown().await;
+    }
+    Ok(report.drained())
+}
+
+async fn simulate(config: SimConfig) -> anyhow::Result<bool> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let name = config.name.clone();
+    let device = SimDevice::start(config)
+        .await
+        .context("starting the simulated device")?;
+    println!(
+        "simulated AMT device {name}: WS-Man TLS {}, redirection TLS {}, DASH TLS {}",
+        device.wsman_addr(),
+        device.redirection_addr(),
+        device.dash_addr()
+    );
+    print_pins(&device);
+    println!("SIGUSR1 unprovisions it (new key and certificate); Ctrl-C stops it.");
+    let mut unprovision = signal(SignalKind::user_defined1()).context("installing SIGUSR1")?;
+    let stop = amtgw::shutdown::signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = unprovision.recv() => match device.unprovision() {
+                Ok(()) => {
+                    println!("unprovisioned: new key and certificate");
+                    print_pins(&device);
+                }
+                Err(e) => tracing::warn!(error = %e, "unprovision failed"),
+            },
+            signal = &mut stop => {
+                tracing::info!(signal = signal.context("cannot install signal handlers")?, "stopping");
+                break;
+            }
+        }
+    }
+    device.shutdown().await;
+    Ok(true)
+}
+
+fn print_pins(device: &SimDevice) {
+    if let Some(fingerprints) = Fingerprints::of(&device.certificate()) {
+        println!("  pins: {}  {}", fingerprints.certificate, fingerprints.public_key);
     }
 }

@@ -74,6 +74,8 @@ struct Record {
     first_byte: Option<Duration>,
     to_device: u64,
     to_console: u64,
+    /// Set once relaying ended: whether the device closed with TLS close_notify.
+    device_close_notify: Option<bool>,
 }
 
 async fn connection(
@@ -175,6 +177,7 @@ async fn connection(
         }
     };
     record.first_byte = relay.first_device_byte();
+    record.device_close_notify = Some(!relay.device_closed_uncleanly());
     record.to_device = relay.bytes_to_device();
     record.to_console = relay.bytes_to_console();
     match result {
@@ -302,6 +305,7 @@ fn finish(ctx: &ListenerContext, accepted: Instant, record: &Record, outcome: Ou
                 tls_version = t.version,
                 cipher = t.cipher,
                 resumed = t.handshake.map(|_| t.resumed),
+                device_close_notify = record.device_close_notify,
                 "connection closed"
             )
         };

@@ -78,6 +78,10 @@ impl RelayError {
 }
 
 struct Direction {
+    /// Accept an EOF without TLS close_notify as the end of the stream (see `Relay::run`).
+    lenient_eof: bool,
+    /// Whether the stream ended that way.
+    unclean_eof: bool,
     buf: Box<[u8]>,
     start: usize,
     end: usize,
@@ -93,8 +97,10 @@ enum Side {
 }
 
 impl Direction {
-    fn new(size: usize) -> Direction {
+    fn new(size: usize, lenient_eof: bool) -> Direction {
         Direction {
+            lenient_eof,
+            unclean_eof: false,
             buf: vec![0; size].into_boxed_slice(),
             start: 0,
             end: 0,
@@ -132,6 +138,12 @@ impl Direction {
                             self.unflushed = false;
                         }
                         return Poll::Pending;
+                    }
+                    Poll::Ready(Err(error))
+                        if self.lenient_eof && error.kind() == io::ErrorKind::UnexpectedEof =>
+                    {
+                        self.unclean_eof = true;
+                        self.eof = true;
                     }
                     Poll::Ready(Err(error)) => return Poll::Ready(Err(Side::Read(error))),
                     Poll::Ready(Ok(())) => {
@@ -188,8 +200,12 @@ impl Relay {
     pub fn new(buffer_size: usize, idle_timeout: Duration, measure_exchanges: bool) -> Relay {
         let now = Instant::now();
         Relay {
-            to_device: Direction::new(buffer_size),
-            to_console: Direction::new(buffer_size),
+            to_device: Direction::new(buffer_size, false),
+            // Embedded TLS stacks, AMT's among them, often close TCP without close_notify
+            // (after a 401, say). The byte stream is relayed transparently either way, and
+            // the console could not be told the difference, so it ends like a clean close and
+            // the summary says it was unclean.
+            to_console: Direction::new(buffer_size, true),
             idle_timeout,
             idle_timer: Box::pin(tokio::time::sleep(idle_timeout)),
             last_activity: now,
@@ -206,6 +222,11 @@ impl Relay {
 
     pub fn bytes_to_console(&self) -> u64 {
         self.to_console.bytes
+    }
+
+    /// Whether the device ended its stream without TLS close_notify.
+    pub fn device_closed_uncleanly(&self) -> bool {
+        self.to_console.unclean_eof
     }
 
     /// Time from the start of the relay to the device's first byte.

@@ -435,6 +435,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
             // ping-pong forever. They may also trail an EndSOL.
             (SOL_HEARTBEAT, Phase::Sol | Phase::Authenticated(_)) => {}
             (SOL_SETTINGS_UNKNOWN, Phase::Sol) => {}
+            // amtterm's ^] sends EndSOL and then the keys typed with it as SOL data; the
+            // session is over, so they are dropped.
+            (SOL_DATA_TO_HOST, Phase::Authenticated(SessionType::Sol)) => {}
             (SOL_DATA_TO_HOST, Phase::Sol) => {
                 let output = self
                     .console
