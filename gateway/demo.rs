@@ -8,12 +8,12 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
+use crate::ConfigError;
 use crate::config::Config;
 use crate::gateway::{Gateway, GatewayError};
 use crate::service::Service;
 use crate::sim::{self, SimConfig, SimDevice, SimError};
 use crate::tls::Fingerprints;
-use crate::ConfigError;
 
 /// Names of the simulated devices, in order; the first is every service's default.
 pub const DEVICE_NAMES: [&str; 2] = ["amt-sim-01", "amt-sim-02"];
@@ -41,7 +41,10 @@ impl Default for DemoOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error("cannot start simulated device {name}: {source}")]
-    Simulator { name: &'static str, source: SimError },
+    Simulator {
+        name: &'static str,
+        source: SimError,
+    },
     #[error("demo configuration is invalid (a bug): {0}")]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -108,7 +111,11 @@ impl Demo {
                 .local_addr(service, IpAddr::V4(Ipv4Addr::LOCALHOST))
                 .map(|a| a.port())
         };
-        let _ = writeln!(out, "amtgw demo: a gateway in front of {} simulated AMT devices.\n", self.devices.len());
+        let _ = writeln!(
+            out,
+            "amtgw demo: a gateway in front of {} simulated AMT devices.\n",
+            self.devices.len()
+        );
         for (i, device) in self.devices.iter().enumerate() {
             let ip = if i == 0 { "127.0.0.1" } else { "127.0.0.2" };
             let pin = Fingerprints::of(&device.certificate())
@@ -123,7 +130,12 @@ impl Demo {
                 dash = device.dash_addr().port(),
             );
         }
-        let _ = writeln!(out, "\nCredentials: {} / {}\n", sim::DEMO_USERNAME, sim::DEMO_PASSWORD);
+        let _ = writeln!(
+            out,
+            "\nCredentials: {} / {}\n",
+            sim::DEMO_USERNAME,
+            sim::DEMO_PASSWORD
+        );
         let _ = writeln!(out, "Try, from the repository root in another terminal:");
         if let Some(wsman) = port(Service::Wsman) {
             let _ = writeln!(

@@ -26,7 +26,8 @@ impl Device {
 #[error("device `{device}`: {source}")]
 pub struct FleetError {
     pub device: String,
-    pub source: TlsError,
+    // Boxed: rustls errors are large and this travels up through every startup Result.
+    pub source: Box<TlsError>,
 }
 
 impl FleetError {
@@ -45,7 +46,7 @@ pub fn build(config: &Config) -> Result<Vec<Arc<Device>>, FleetError> {
             let client_config =
                 tls::client_config(&settings.tls, &provider).map_err(|source| FleetError {
                     device: settings.name.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             Ok(Arc::new(Device {
                 settings: settings.clone(),

@@ -154,7 +154,8 @@ fn main() -> ExitCode {
         } => {
             init_logging(LogFormat::Text);
             let identity = match (cert, key) {
-                (Some(cert), Some(key)) => match (load_certificates(&cert), load_private_key(&key)) {
+                (Some(cert), Some(key)) => match (load_certificates(&cert), load_private_key(&key))
+                {
                     (Ok(chain), Ok(key)) => SimIdentity::Provided { chain, key },
                     (Err(e), _) => return usage_error(&e),
                     (_, Err(e)) => return usage_error(&e),
@@ -312,6 +313,9 @@ async fn simulate(config: SimConfig) -> anyhow::Result<bool> {
 
 fn print_pins(device: &SimDevice) {
     if let Some(fingerprints) = Fingerprints::of(&device.certificate()) {
-        println!("  pins: {}  {}", fingerprints.certificate, fingerprints.public_key);
+        println!(
+            "  pins: {}  {}",
+            fingerprints.certificate, fingerprints.public_key
+        );
     }
 }

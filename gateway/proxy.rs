@@ -162,6 +162,12 @@ async fn connection(
         }
     };
 
+    // Counted when relaying starts. A TLS 1.3 device that refuses the client certificate
+    // does so only after this point, so such a connection is also counted as failed.
+    ctx.metrics
+        .established
+        .get_or_create(&ServiceLabels { service })
+        .inc();
     let observer = ctx.metrics.relay_observer(service);
     let mut relay = Relay::new(
         DEFAULT_BUFFER_SIZE,
@@ -181,27 +187,15 @@ async fn connection(
     record.to_device = relay.bytes_to_device();
     record.to_console = relay.bytes_to_console();
     match result {
-        Ok(()) => {
-            ctx.metrics
-                .established
-                .get_or_create(&ServiceLabels { service })
-                .inc();
-            Outcome::Closed
-        }
+        Ok(()) => Outcome::Closed,
         Err(e) if e.is_handshake_failure() => Outcome::Rejected {
             reason: e.kind(),
             error: e.to_string(),
         },
-        Err(e) => {
-            ctx.metrics
-                .established
-                .get_or_create(&ServiceLabels { service })
-                .inc();
-            Outcome::Broken {
-                reason: e.kind(),
-                error: e.to_string(),
-            }
-        }
+        Err(e) => Outcome::Broken {
+            reason: e.kind(),
+            error: e.to_string(),
+        },
     }
 }
 

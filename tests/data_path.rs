@@ -1,5 +1,6 @@
 //! Bytes through the gateway: both directions, large transfers, half-close each way, routing
 //! by alias address, and the summary metrics of a clean session.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -257,20 +258,30 @@ async fn device_closing_without_close_notify_ends_the_session_cleanly() {
     let device = tls_device(DeviceTls::new(identity), |mut stream| async move {
         let mut request = [0u8; 4];
         stream.read_exact(&mut request).await.unwrap();
-        stream.write_all(b"HTTP/1.1 401 Unauthorized\r\n\r\n").await.unwrap();
+        stream
+            .write_all(b"HTTP/1.1 401 Unauthorized\r\n\r\n")
+            .await
+            .unwrap();
         stream.flush().await.unwrap();
         let (tcp, _) = stream.into_inner();
         drop(tcp);
     })
     .await;
-    let gateway =
-        TestGateway::start(&one_device_config(device, &format!("trust = \"pin\"\npins = [\"{pin}\"]")))
-            .await;
-    let answer = exchange(gateway.connect(Service::Wsman).await, b"POST").await.unwrap();
+    let gateway = TestGateway::start(&one_device_config(
+        device,
+        &format!("trust = \"pin\"\npins = [\"{pin}\"]"),
+    ))
+    .await;
+    let answer = exchange(gateway.connect(Service::Wsman).await, b"POST")
+        .await
+        .unwrap();
     assert_eq!(answer, b"HTTP/1.1 401 Unauthorized\r\n\r\n");
     let metrics = gateway.metrics().await;
     assert_eq!(
-        metrics.value("amtgw_connections_closed_total", &[("service", "wsman"), ("outcome", "ok")]),
+        metrics.value(
+            "amtgw_connections_closed_total",
+            &[("service", "wsman"), ("outcome", "ok")]
+        ),
         1.0,
         "{}",
         metrics.0

@@ -1,5 +1,6 @@
 //! Each way a connection can fail closes that one connection, names the reason in the metrics
 //! (and the summary log line), and leaves the gateway serving others.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

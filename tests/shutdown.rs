@@ -1,4 +1,5 @@
 //! Graceful shutdown: stop accepting, keep relaying live sessions until the deadline, then cut.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

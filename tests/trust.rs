@@ -1,5 +1,6 @@
 //! Device trust: pins, CA validation and mutual TLS. Each negative test differs from a passing
 //! setup in exactly one respect and asserts the reason the gateway reports.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! Shared harness for the integration tests: test PKI generated with rcgen at run time, fake
 //! devices (TLS servers and misbehaving TCP servers) on 127.0.0.1:0, a gateway started from a
 //! TOML string, and a `/metrics` scraper.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::future::Future;
 use std::net::SocketAddr;
