@@ -176,7 +176,7 @@ impl Metrics {
     /// Handles for one connection's data path, resolved once. Each lookup is its own
     /// statement: `get_or_create` returns a read guard, and holding one while another lookup
     /// inserts a new label set deadlocks the family's lock.
-    pub(crate) fn relay_observer(&self, service: Service) -> ConnectionObserver {
+    pub fn relay_observer(&self, service: Service) -> ConnectionObserver {
         let to_device = self.byte_counter(service, "to_device");
         let to_console = self.byte_counter(service, "to_console");
         let exchange = self
@@ -198,7 +198,7 @@ impl Metrics {
 }
 
 /// Counter and histogram handles of one connection: atomics, no registry lock.
-pub(crate) struct ConnectionObserver {
+pub struct ConnectionObserver {
     to_device: Counter,
     to_console: Counter,
     exchange: Histogram,
