@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use amtgw::config::MetricsSettings;
 use amtgw::metrics::Metrics;
 use amtgw::relay::{DEFAULT_BUFFER_SIZE, NoObserver, Relay, RelayObserver};
 use amtgw::router::{AddressRouter, RouteQuery, Router};
@@ -105,8 +106,15 @@ fn relay_throughput(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let mut registry = Registry::default();
-    let metrics = Arc::new(Metrics::register(&mut registry));
-    let observer = metrics.relay_observer(Service::Wsman);
+    // "On" is the most expensive configuration: service counters plus per-device counters.
+    let settings = MetricsSettings {
+        per_device: true,
+        max_device_series: 1000,
+        device_series_idle: Duration::from_secs(600),
+    };
+    let metrics = Arc::new(Metrics::register(&mut registry, settings));
+    let series = metrics.devices.enter("amt-bench");
+    let observer = metrics.relay_observer(Service::Wsman, series.as_ref());
     let mut group = c.benchmark_group("relay 16 MiB in memory");
     group.throughput(Throughput::Bytes(TOTAL as u64));
     group.bench_function("metrics off", |b| {

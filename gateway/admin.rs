@@ -15,6 +15,8 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Trust;
+use crate::fleet::Device;
 use crate::shutdown::Lifecycle;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -23,6 +25,7 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub(crate) struct AdminState {
     pub(crate) registry: Registry,
     pub(crate) lifecycle: Lifecycle,
+    pub(crate) devices: Vec<Arc<Device>>,
 }
 
 pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
@@ -70,9 +73,10 @@ fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byt
             "draining: shutdown in progress\n",
         ),
         "/readyz" => text(StatusCode::OK, "ready\n"),
+        "/devices" => json(&devices(&state.devices)),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics, /healthz or /readyz\n",
+            "not found; try /metrics, /healthz, /readyz or /devices\n",
         ),
     }
 }
@@ -134,6 +138,52 @@ fn openmetrics_to_prometheus_text(openmetrics: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// One JSON object per device: its configuration as used and what the gateway last saw.
+fn devices(devices: &[Arc<Device>]) -> serde_json::Value {
+    let list: Vec<serde_json::Value> = devices
+        .iter()
+        .map(|device| {
+            let settings = &device.settings;
+            let (mode, pins) = match &settings.tls.trust {
+                Trust::Pin(pins) => ("pin", pins.iter().map(ToString::to_string).collect()),
+                Trust::Ca { .. } => ("ca", Vec::new()),
+            };
+            let client_certificate = settings.tls.client_identity.as_ref().map(|identity| {
+                serde_json::json!({
+                    "file": identity.cert_path.display().to_string(),
+                    "not_after": identity.chain.first().and_then(crate::tls::not_after),
+                })
+            });
+            serde_json::json!({
+                "name": settings.name,
+                "host": settings.host.to_string(),
+                "listen": settings.listen.map(|ip| ip.to_string()),
+                "ports": {
+                    "wsman": settings.port(crate::Service::Wsman),
+                    "redirection": settings.port(crate::Service::Redirection),
+                    "dash": settings.port(crate::Service::Dash),
+                },
+                "trust": mode,
+                "pins": pins,
+                "server_name": settings.server_name.to_str(),
+                "client_certificate": client_certificate,
+                "open_connections": device.status().open_connections(),
+                "last_handshake": device.status().last_handshake(),
+            })
+        })
+        .collect();
+    serde_json::json!({ "devices": list })
+}
+
+fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

@@ -1,25 +1,105 @@
 //! The devices the gateway serves, as used at run time: settings plus everything built once at
 //! load (the TLS connector, the connection limit).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use rustls_pki_types::CertificateDer;
+use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{Config, DeviceSettings};
-use crate::tls::{self, TlsError};
+use crate::tls::{self, CertificateSummary, TlsError};
 
 pub struct Device {
     pub settings: DeviceSettings,
     pub(crate) connector: TlsConnector,
     /// Per-device connection limit; `None` means only the global limit applies.
     pub(crate) limit: Option<Arc<Semaphore>>,
+    pub(crate) status: DeviceStatus,
 }
 
 impl Device {
     pub fn name(&self) -> &str {
         &self.settings.name
     }
+
+    pub fn status(&self) -> &DeviceStatus {
+        &self.status
+    }
+}
+
+/// What the gateway has seen of a device, for `/devices`. Updated once per connection setup and
+/// close, never per byte.
+#[derive(Default)]
+pub struct DeviceStatus {
+    open: AtomicU64,
+    last: Mutex<Option<HandshakeRecord>>,
+}
+
+/// The outcome of the latest device handshake.
+#[derive(Debug, Clone, Serialize)]
+pub struct HandshakeRecord {
+    /// Unix seconds.
+    pub at: u64,
+    /// `ok` or the failure reason.
+    pub result: &'static str,
+    pub error: Option<String>,
+    pub tls_version: Option<&'static str>,
+    pub cipher: Option<&'static str>,
+    pub resumed: bool,
+    /// The certificate the device presented in its latest full handshake.
+    pub certificate: Option<CertificateSummary>,
+}
+
+impl DeviceStatus {
+    pub fn open_connections(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    pub fn last_handshake(&self) -> Option<HandshakeRecord> {
+        self.last.lock().ok()?.clone()
+    }
+
+    /// Count a connection to this device as open until the guard drops.
+    pub(crate) fn open_guard(&self) -> OpenGuard<'_> {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(&self.open)
+    }
+
+    pub(crate) fn record_handshake(
+        &self,
+        mut record: HandshakeRecord,
+        leaf: Option<&CertificateDer<'_>>,
+    ) {
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
+        // A resumed handshake shows no new certificate: keep the one from the full handshake
+        // rather than parsing it again.
+        record.certificate = match (leaf, record.resumed) {
+            (Some(leaf), false) => CertificateSummary::of(leaf),
+            _ => last.as_ref().and_then(|l| l.certificate.clone()),
+        };
+        *last = Some(record);
+    }
+}
+
+pub(crate) struct OpenGuard<'a>(&'a AtomicU64);
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +134,7 @@ pub fn build(config: &Config) -> Result<Vec<Arc<Device>>, FleetError> {
                 limit: settings
                     .max_connections
                     .map(|n| Arc::new(Semaphore::new(n))),
+                status: DeviceStatus::default(),
             }))
         })
         .collect()

@@ -89,6 +89,7 @@ pub struct Gateway {
     config: Config,
     listeners: Vec<(Arc<ListenerContext>, TcpListener)>,
     admin: Option<(TcpListener, Arc<AdminState>)>,
+    metrics: Arc<Metrics>,
     lifecycle: Lifecycle,
 }
 
@@ -98,7 +99,19 @@ impl Gateway {
         let devices = fleet::build(&config)?;
         let router: Arc<dyn Router> = Arc::new(AddressRouter::new(&config, &devices));
         let mut registry = Registry::default();
-        let metrics = Arc::new(Metrics::register(&mut registry));
+        let metrics = Arc::new(Metrics::register(&mut registry, config.metrics.clone()));
+        for identity in config
+            .devices
+            .iter()
+            .filter_map(|d| d.tls.client_identity.as_ref())
+        {
+            if let Some(not_after) = identity.chain.first().and_then(crate::tls::not_after) {
+                metrics.set_client_certificate_expiry(
+                    &identity.cert_path.display().to_string(),
+                    not_after,
+                );
+            }
+        }
         let lifecycle = Lifecycle::default();
         let global_limit = Arc::new(Semaphore::new(config.gateway.max_connections));
 
@@ -139,6 +152,7 @@ impl Gateway {
                 let state = Arc::new(AdminState {
                     registry,
                     lifecycle: lifecycle.clone(),
+                    devices: devices.clone(),
                 });
                 Some((listener, state))
             }
@@ -147,6 +161,7 @@ impl Gateway {
             config,
             listeners,
             admin,
+            metrics,
             lifecycle,
         })
     }
@@ -195,6 +210,24 @@ impl Gateway {
         }
         accept_loops.close();
         let admin_stop = CancellationToken::new();
+        if self.metrics.devices.enabled() {
+            let metrics = self.metrics.clone();
+            let stop = admin_stop.clone();
+            tokio::spawn(async move {
+                let mut sweep = tokio::time::interval(metrics.devices.sweep_interval());
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        _ = sweep.tick() => {
+                            let expired = metrics.devices.expire_idle();
+                            if expired > 0 {
+                                tracing::debug!(expired, "per-device metric series expired");
+                            }
+                        }
+                    }
+                }
+            });
+        }
         let admin_task = self.admin.map(|(listener, state)| {
             tokio::spawn(admin::serve(listener, state, admin_stop.clone()))
         });

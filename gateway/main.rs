@@ -221,6 +221,7 @@ fn init_logging(format: LogFormat) {
     // instructions, `check`'s verdict).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

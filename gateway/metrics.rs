@@ -2,7 +2,11 @@
 //! and tabled in the README. Handles are resolved once per connection; the data path only does
 //! atomic adds on them.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -12,6 +16,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::config::MetricsSettings;
 use crate::relay::RelayObserver;
 use crate::service::Service;
 
@@ -71,6 +76,8 @@ pub struct Metrics {
     pub(crate) first_byte_seconds: Family<ServiceLabels, Histogram>,
     pub(crate) duration_seconds: Family<OutcomeLabels, Histogram>,
     pub(crate) exchange_seconds: Family<ServiceLabels, Histogram>,
+    pub(crate) client_certificate_expiry: Family<CertificateLabels, Gauge>,
+    pub devices: DeviceMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -83,7 +90,8 @@ fn duration_histogram() -> Histogram {
 
 impl Metrics {
     /// Create every metric and register it under the `amtgw_` prefix.
-    pub fn register(registry: &mut Registry) -> Metrics {
+    pub fn register(registry: &mut Registry, settings: MetricsSettings) -> Metrics {
+        let devices = DeviceMetrics::register(registry, settings);
         let metrics = Metrics {
             accepted: Family::default(),
             established: Family::default(),
@@ -97,6 +105,8 @@ impl Metrics {
             first_byte_seconds: Family::new_with_constructor(latency_histogram),
             duration_seconds: Family::new_with_constructor(duration_histogram),
             exchange_seconds: Family::new_with_constructor(latency_histogram),
+            client_certificate_expiry: Family::default(),
+            devices,
         };
         let r = registry.sub_registry_with_prefix("amtgw");
         r.register(
@@ -170,30 +180,42 @@ impl Metrics {
             Unit::Seconds,
             metrics.exchange_seconds.clone(),
         );
+        r.register(
+            "client_certificate_expiry_timestamp_seconds",
+            "notAfter of each client certificate the gateway presents, unix seconds",
+            metrics.client_certificate_expiry.clone(),
+        );
         metrics
     }
 
-    /// Handles for one connection's data path, resolved once. Each lookup is its own
-    /// statement: `get_or_create` returns a read guard, and holding one while another lookup
-    /// inserts a new label set deadlocks the family's lock.
-    pub fn relay_observer(&self, service: Service) -> ConnectionObserver {
-        let to_device = self.byte_counter(service, "to_device");
-        let to_console = self.byte_counter(service, "to_console");
-        let exchange = self
-            .exchange_seconds
-            .get_or_create(&ServiceLabels { service })
-            .clone();
-        ConnectionObserver {
-            to_device,
-            to_console,
-            exchange,
-        }
+    /// Record a client certificate's expiry, labelled by its file.
+    pub fn set_client_certificate_expiry(&self, certificate: &str, not_after: i64) {
+        self.client_certificate_expiry
+            .get_or_create_owned(&CertificateLabels {
+                certificate: certificate.to_owned(),
+            })
+            .set(not_after);
     }
 
-    fn byte_counter(&self, service: Service, direction: &'static str) -> Counter {
-        self.bytes
-            .get_or_create(&DirectionLabels { service, direction })
-            .clone()
+    /// Handles for one connection's data path, resolved once (`get_or_create_owned` holds
+    /// no guard, so lookups can't deadlock against an insert).
+    pub fn relay_observer(
+        &self,
+        service: Service,
+        device: Option<&DeviceSeries>,
+    ) -> ConnectionObserver {
+        let bytes = |direction| {
+            self.bytes
+                .get_or_create_owned(&DirectionLabels { service, direction })
+        };
+        ConnectionObserver {
+            to_device: bytes("to_device"),
+            to_console: bytes("to_console"),
+            device: device.map(|d| (d.to_device.clone(), d.to_console.clone())),
+            exchange: self
+                .exchange_seconds
+                .get_or_create_owned(&ServiceLabels { service }),
+        }
     }
 }
 
@@ -201,17 +223,351 @@ impl Metrics {
 pub struct ConnectionObserver {
     to_device: Counter,
     to_console: Counter,
+    /// The per-device byte counters, when per-device metrics are on.
+    device: Option<(Counter, Counter)>,
     exchange: Histogram,
 }
 
 impl RelayObserver for ConnectionObserver {
     fn to_device(&self, bytes: u64) {
         self.to_device.inc_by(bytes);
+        if let Some((to_device, _)) = &self.device {
+            to_device.inc_by(bytes);
+        }
     }
     fn to_console(&self, bytes: u64) {
         self.to_console.inc_by(bytes);
+        if let Some((_, to_console)) = &self.device {
+            to_console.inc_by(bytes);
+        }
     }
     fn exchange(&self, latency: Duration) {
         self.exchange.observe(latency.as_secs_f64());
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceLabels {
+    pub device: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceOutcomeLabels {
+    pub device: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceDirectionLabels {
+    pub device: String,
+    pub direction: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    /// The client certificate's file.
+    pub certificate: String,
+}
+
+/// The label shared by devices beyond `metrics.max_device_series`.
+pub const OVERFLOW_DEVICE: &str = "_overflow";
+
+/// Opt-in per-device series, bounded: at most `max_device_series` devices have their own
+/// label at once, and a device's series go when it has had no connection for
+/// `device_series_idle`. Touched once per connection start and end, never per byte.
+pub struct DeviceMetrics {
+    settings: MetricsSettings,
+    tracked: DashMap<String, Tracked>,
+    /// Slots taken in `tracked`, reserved before inserting so the cap is never exceeded.
+    slots: AtomicUsize,
+    connections: Family<DeviceOutcomeLabels, Counter>,
+    bytes: Family<DeviceDirectionLabels, Counter>,
+    handshake_seconds: Family<DeviceLabels, Histogram>,
+    certificate_expiry: Family<DeviceLabels, Gauge>,
+    overflowed: Counter,
+    series: Gauge,
+}
+
+struct Tracked {
+    active: u32,
+    last_used: Instant,
+    /// Outcome labels this device has used, so expiry can remove every series it has.
+    outcomes: Vec<&'static str>,
+}
+
+/// One connection's per-device handles.
+pub struct DeviceSeries {
+    device: String,
+    to_device: Counter,
+    to_console: Counter,
+}
+
+impl DeviceMetrics {
+    pub fn register(registry: &mut Registry, settings: MetricsSettings) -> DeviceMetrics {
+        let metrics = DeviceMetrics {
+            settings,
+            tracked: DashMap::new(),
+            slots: AtomicUsize::new(0),
+            connections: Family::default(),
+            bytes: Family::default(),
+            handshake_seconds: Family::new_with_constructor(latency_histogram),
+            certificate_expiry: Family::default(),
+            overflowed: Counter::default(),
+            series: Gauge::default(),
+        };
+        if !metrics.settings.per_device {
+            return metrics;
+        }
+        let r = registry.sub_registry_with_prefix("amtgw_device");
+        r.register(
+            "connections",
+            "Connections per device, by outcome (per-device metrics)",
+            metrics.connections.clone(),
+        );
+        r.register_with_unit(
+            "relayed",
+            "Bytes relayed per device, by direction (per-device metrics)",
+            Unit::Bytes,
+            metrics.bytes.clone(),
+        );
+        r.register_with_unit(
+            "tls_handshake_duration",
+            "TLS handshake time per device (per-device metrics)",
+            Unit::Seconds,
+            metrics.handshake_seconds.clone(),
+        );
+        r.register(
+            "certificate_expiry_timestamp_seconds",
+            "notAfter of the certificate the device presented, unix seconds (per-device metrics)",
+            metrics.certificate_expiry.clone(),
+        );
+        r.register(
+            "series_overflowed",
+            "Connections counted under device=\"_overflow\" because metrics.max_device_series was reached",
+            metrics.overflowed.clone(),
+        );
+        r.register(
+            "series",
+            "Devices with their own series now",
+            metrics.series.clone(),
+        );
+        metrics
+    }
+
+    /// A connection to `device` starts. `None` when per-device metrics are off.
+    pub fn enter(&self, device: &str) -> Option<DeviceSeries> {
+        if !self.settings.per_device {
+            return None;
+        }
+        let now = Instant::now();
+        let label = match self.tracked.get_mut(device) {
+            Some(mut tracked) => {
+                tracked.active += 1;
+                tracked.last_used = now;
+                device
+            }
+            None if self.reserve_slot() => {
+                let mut raced = false;
+                self.tracked
+                    .entry(device.to_owned())
+                    .and_modify(|t| {
+                        raced = true;
+                        t.active += 1;
+                        t.last_used = now;
+                    })
+                    .or_insert(Tracked {
+                        active: 1,
+                        last_used: now,
+                        outcomes: Vec::new(),
+                    });
+                if raced {
+                    self.slots.fetch_sub(1, Ordering::AcqRel);
+                }
+                self.series.set(self.slots.load(Ordering::Acquire) as i64);
+                device
+            }
+            None => {
+                self.overflowed.inc();
+                OVERFLOW_DEVICE
+            }
+        };
+        let bytes = |direction| {
+            self.bytes.get_or_create_owned(&DeviceDirectionLabels {
+                device: label.to_owned(),
+                direction,
+            })
+        };
+        Some(DeviceSeries {
+            device: label.to_owned(),
+            to_device: bytes("to_device"),
+            to_console: bytes("to_console"),
+        })
+    }
+
+    fn reserve_slot(&self) -> bool {
+        self.slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.settings.max_device_series).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    pub fn observe_handshake(&self, series: &DeviceSeries, seconds: f64, not_after: Option<i64>) {
+        let labels = DeviceLabels {
+            device: series.device.clone(),
+        };
+        self.handshake_seconds
+            .get_or_create_owned(&labels)
+            .observe(seconds);
+        if let Some(not_after) = not_after {
+            self.certificate_expiry
+                .get_or_create_owned(&labels)
+                .set(not_after);
+        }
+    }
+
+    /// The connection ended with `outcome`.
+    pub fn leave(&self, series: DeviceSeries, outcome: &'static str) {
+        self.connections
+            .get_or_create_owned(&DeviceOutcomeLabels {
+                device: series.device.clone(),
+                outcome,
+            })
+            .inc();
+        if let Some(mut tracked) = self.tracked.get_mut(&series.device) {
+            tracked.active = tracked.active.saturating_sub(1);
+            tracked.last_used = Instant::now();
+            if !tracked.outcomes.contains(&outcome) {
+                tracked.outcomes.push(outcome);
+            }
+        }
+    }
+
+    /// Drop the series of devices idle for `device_series_idle`; returns how many went.
+    pub fn expire_idle(&self) -> usize {
+        let now = Instant::now();
+        let idle = self.settings.device_series_idle;
+        let mut expired = Vec::new();
+        self.tracked.retain(|device, tracked| {
+            let keep = tracked.active > 0 || now.duration_since(tracked.last_used) < idle;
+            if !keep {
+                expired.push((device.clone(), std::mem::take(&mut tracked.outcomes)));
+            }
+            keep
+        });
+        for (device, outcomes) in &expired {
+            for outcome in outcomes {
+                self.connections.remove(&DeviceOutcomeLabels {
+                    device: device.clone(),
+                    outcome,
+                });
+            }
+            for direction in ["to_device", "to_console"] {
+                self.bytes.remove(&DeviceDirectionLabels {
+                    device: device.clone(),
+                    direction,
+                });
+            }
+            let labels = DeviceLabels {
+                device: device.clone(),
+            };
+            self.handshake_seconds.remove(&labels);
+            self.certificate_expiry.remove(&labels);
+        }
+        self.slots.fetch_sub(expired.len(), Ordering::AcqRel);
+        self.series.set(self.slots.load(Ordering::Acquire) as i64);
+        expired.len()
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.settings.per_device
+    }
+
+    /// How often `expire_idle` should run.
+    pub fn sweep_interval(&self) -> Duration {
+        (self.settings.device_series_idle / 4)
+            .clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device_metrics(cap: usize, idle: Duration) -> (Registry, DeviceMetrics) {
+        let mut registry = Registry::default();
+        let metrics = DeviceMetrics::register(
+            &mut registry,
+            MetricsSettings {
+                per_device: true,
+                max_device_series: cap,
+                device_series_idle: idle,
+            },
+        );
+        (registry, metrics)
+    }
+
+    fn device_labels(registry: &Registry) -> std::collections::BTreeSet<String> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text.lines()
+            .filter_map(|line| {
+                let start = line.find("device=\"")? + 8;
+                let end = start + line[start..].find('"')?;
+                Some(line[start..end].to_owned())
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_device_series_stay_under_the_cap_for_10000_devices_and_expire() {
+        let (registry, metrics) = device_metrics(1000, Duration::from_secs(600));
+        for i in 0..10_000 {
+            let series = metrics.enter(&format!("amt-{i:05}")).unwrap();
+            metrics.observe_handshake(&series, 0.002, Some(2_000_000_000));
+            metrics.leave(series, "ok");
+        }
+        let labels = device_labels(&registry);
+        assert_eq!(labels.len(), 1001, "1000 devices plus the overflow label");
+        assert!(labels.contains(OVERFLOW_DEVICE));
+        assert_eq!(metrics.overflowed.get(), 9000);
+        assert_eq!(metrics.series.get(), 1000);
+
+        // Idle devices go; the overflow series stays.
+        tokio::time::advance(Duration::from_secs(601)).await;
+        assert_eq!(metrics.expire_idle(), 1000);
+        assert_eq!(
+            device_labels(&registry).into_iter().collect::<Vec<_>>(),
+            [OVERFLOW_DEVICE]
+        );
+        assert_eq!(metrics.series.get(), 0);
+
+        // Freed slots are reused by new devices.
+        let series = metrics.enter("amt-new").unwrap();
+        metrics.leave(series, "ok");
+        assert!(device_labels(&registry).contains("amt-new"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_device_with_an_open_connection_never_expires() {
+        let (registry, metrics) = device_metrics(10, Duration::from_secs(60));
+        let long_session = metrics.enter("amt-sol").unwrap();
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(metrics.expire_idle(), 0);
+        metrics.leave(long_session, "ok");
+        assert!(device_labels(&registry).contains("amt-sol"));
+    }
+
+    #[test]
+    fn per_device_metrics_are_off_by_default() {
+        let mut registry = Registry::default();
+        let settings = MetricsSettings {
+            per_device: false,
+            max_device_series: 10,
+            device_series_idle: Duration::from_secs(60),
+        };
+        let metrics = DeviceMetrics::register(&mut registry, settings);
+        assert!(metrics.enter("amt-1").is_none());
+        assert!(device_labels(&registry).is_empty());
     }
 }

@@ -10,8 +10,10 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, Level, info_span};
 
 use crate::config::{GatewaySettings, ServiceSettings};
-use crate::fleet::Device;
-use crate::metrics::{HandshakeLabels, Metrics, OutcomeLabels, ReasonLabels, ServiceLabels};
+use crate::fleet::{self, Device, HandshakeRecord};
+use crate::metrics::{
+    DeviceSeries, HandshakeLabels, Metrics, OutcomeLabels, ReasonLabels, ServiceLabels,
+};
 use crate::relay::{DEFAULT_BUFFER_SIZE, Relay};
 use crate::router::{RouteQuery, Router};
 use crate::shutdown::Lifecycle;
@@ -59,7 +61,7 @@ pub(crate) async fn serve(
         open.dec();
         // Logged and counted before the console sees the close, so whoever watches the
         // console can rely on both.
-        finish(&ctx, accepted, &record, outcome);
+        finish(&ctx, accepted, record, outcome);
         drop(console);
     }
     .instrument(span)
@@ -70,6 +72,7 @@ pub(crate) async fn serve(
 #[derive(Default)]
 struct Record {
     device: Option<Arc<Device>>,
+    device_series: Option<DeviceSeries>,
     upstream: UpstreamTimings,
     first_byte: Option<Duration>,
     to_device: u64,
@@ -118,6 +121,8 @@ async fn connection(
     };
     tracing::Span::current().record("device", device.name());
     record.device = Some(device.clone());
+    let _open = device.status.open_guard();
+    record.device_series = ctx.metrics.devices.enter(device.name());
     let _device_permit: Option<OwnedSemaphorePermit> = match &device.limit {
         None => None,
         Some(limit) => match limit.clone().try_acquire_owned() {
@@ -152,6 +157,12 @@ async fn connection(
         }
     };
     observe_setup(ctx, &record.upstream, connected.as_ref().err());
+    let leaf = connected
+        .as_ref()
+        .ok()
+        .and_then(|tls| tls.get_ref().1.peer_certificates())
+        .and_then(|chain| chain.first());
+    observe_device(ctx, &device, record, connected.as_ref().err(), leaf);
     let mut tls = match connected {
         Ok(tls) => tls,
         Err(e) => {
@@ -168,7 +179,9 @@ async fn connection(
         .established
         .get_or_create(&ServiceLabels { service })
         .inc();
-    let observer = ctx.metrics.relay_observer(service);
+    let observer = ctx
+        .metrics
+        .relay_observer(service, record.device_series.as_ref());
     let mut relay = Relay::new(
         DEFAULT_BUFFER_SIZE,
         ctx.service.idle_timeout,
@@ -196,6 +209,38 @@ async fn connection(
             reason: e.kind(),
             error: e.to_string(),
         },
+    }
+}
+
+/// The device's `/devices` status and, when enabled, its per-device series.
+fn observe_device(
+    ctx: &ListenerContext,
+    device: &Device,
+    record: &Record,
+    error: Option<&UpstreamError>,
+    leaf: Option<&rustls_pki_types::CertificateDer<'_>>,
+) {
+    let timings = &record.upstream;
+    let Some(handshake) = timings.handshake else {
+        return; // The TCP connect failed: nothing was learnt about the device's TLS.
+    };
+    device.status.record_handshake(
+        HandshakeRecord {
+            at: fleet::unix_now(),
+            result: error.map_or("ok", UpstreamError::kind),
+            error: error.map(ToString::to_string),
+            tls_version: timings.version,
+            cipher: timings.cipher,
+            resumed: timings.resumed,
+            certificate: None,
+        },
+        leaf,
+    );
+    if let Some(series) = &record.device_series {
+        let not_after = leaf.and_then(crate::tls::not_after);
+        ctx.metrics
+            .devices
+            .observe_handshake(series, handshake.as_secs_f64(), not_after);
     }
 }
 
@@ -242,7 +287,7 @@ fn observe_setup(ctx: &ListenerContext, timings: &UpstreamTimings, error: Option
     }
 }
 
-fn finish(ctx: &ListenerContext, accepted: Instant, record: &Record, outcome: Outcome) {
+fn finish(ctx: &ListenerContext, accepted: Instant, mut record: Record, outcome: Outcome) {
     let service = ctx.service.service;
     let duration = accepted.elapsed();
     let (outcome_label, error, level) = match &outcome {
@@ -265,6 +310,9 @@ fn finish(ctx: &ListenerContext, accepted: Instant, record: &Record, outcome: Ou
             .first_byte_seconds
             .get_or_create(&ServiceLabels { service })
             .observe(first_byte.as_secs_f64());
+    }
+    if let Some(series) = record.device_series.take() {
+        ctx.metrics.devices.leave(series, outcome_label);
     }
     ctx.metrics
         .closed

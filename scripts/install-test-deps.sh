@@ -15,10 +15,11 @@ packages=(curl amtterm stunnel4 bsdutils)
 
 missing=()
 for pkg in "${packages[@]}"; do
-  # `dpkg -s` also succeeds for removed-but-not-purged packages ("deinstall
-  # ok config-files"), so check the status line, not just the exit code.
-  status="$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)"
-  if [[ "$status" != "install ok installed" ]]; then
+  # `dpkg -s` also succeeds for removed-but-not-purged packages ("Status:
+  # deinstall ok config-files"), so check the status line, not the exit code.
+  # Captured first: `dpkg -s | grep -q` could die of SIGPIPE under pipefail.
+  info="$(dpkg -s "$pkg" 2>/dev/null || true)"
+  if ! grep -qx 'Status: install ok installed' <<<"$info"; then
     missing+=("$pkg")
   fi
 done

@@ -31,8 +31,9 @@ pub struct Config {
     /// Where it came from, for messages: a file path or a description of an embedded config.
     pub source: String,
     pub gateway: GatewaySettings,
-    /// The admin HTTP listener (`/metrics`, `/healthz`, `/readyz`), if enabled.
+    /// The admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `/devices`), if enabled.
     pub admin: Option<SocketAddr>,
+    pub metrics: MetricsSettings,
     /// Enabled services only.
     pub services: Vec<ServiceSettings>,
     pub devices: Vec<DeviceSettings>,
@@ -51,6 +52,17 @@ pub struct GatewaySettings {
     /// TLS sessions remembered per device for resumption.
     pub session_cache_per_device: usize,
     pub log_format: LogFormat,
+}
+
+/// Per-device metric labels: off by default, because a fleet has 10,000+ devices and each
+/// device costs a few series (a histogram is ~20).
+#[derive(Debug, Clone)]
+pub struct MetricsSettings {
+    pub per_device: bool,
+    /// Devices with their own series at most; further devices share `device="_overflow"`.
+    pub max_device_series: usize,
+    /// A device's series are dropped after this long without a connection.
+    pub device_series_idle: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) struct RawConfig {
     pub(crate) gateway: RawGateway,
     pub(crate) admin: RawAdmin,
+    pub(crate) metrics: RawMetrics,
     pub(crate) services: RawServices,
     pub(crate) defaults: RawTrust,
     pub(crate) devices: Vec<RawDevice>,
@@ -33,6 +34,14 @@ pub(crate) struct RawGateway {
 pub(crate) struct RawAdmin {
     pub(crate) enabled: Option<bool>,
     pub(crate) listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawMetrics {
+    pub(crate) per_device: Option<bool>,
+    pub(crate) max_device_series: Option<usize>,
+    pub(crate) device_series_idle: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

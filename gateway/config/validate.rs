@@ -14,7 +14,7 @@ use rustls_pki_types::ServerName;
 use super::raw::{RawConfig, RawDevice, RawService, RawTrust};
 use super::{
     ClientIdentity, Config, ConfigError, DeviceSettings, GatewaySettings, Host, LogFormat,
-    ServiceSettings, TlsSettings, Trust,
+    MetricsSettings, ServiceSettings, TlsSettings, Trust,
 };
 use crate::service::Service;
 use crate::tls::{Pin, load_certificates, load_private_key};
@@ -139,6 +139,19 @@ impl Validator<'_> {
             )?),
         };
 
+        let metrics = MetricsSettings {
+            per_device: raw.metrics.per_device.unwrap_or(false),
+            max_device_series: self.positive(
+                "metrics.max_device_series",
+                raw.metrics.max_device_series.unwrap_or(1000),
+            )?,
+            device_series_idle: self.duration(
+                "metrics.device_series_idle",
+                raw.metrics.device_series_idle.as_deref(),
+                Duration::from_secs(600),
+            )?,
+        };
+
         let mut devices = Vec::with_capacity(raw.devices.len());
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut listens: HashMap<IpAddr, usize> = HashMap::new();
@@ -194,6 +207,7 @@ impl Validator<'_> {
             source: self.file.to_owned(),
             gateway,
             admin,
+            metrics,
             services,
             devices,
         })

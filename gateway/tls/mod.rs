@@ -1,6 +1,7 @@
 //! Upstream TLS: one rustls `ClientConfig` per device, built once when the config is loaded;
 //! the trust verifiers; PEM loading; and the mapping of rustls errors to stable reasons.
 
+mod inspect;
 mod pem;
 mod pin;
 mod verifier;
@@ -12,6 +13,7 @@ use rustls::client::{ClientSessionMemoryCache, Resumption};
 use rustls::crypto::CryptoProvider;
 use rustls::{AlertDescription, CertificateError, ClientConfig};
 
+pub use inspect::{CertificateSummary, not_after};
 pub use pem::{PemError, load_certificates, load_private_key};
 pub use pin::{Pin, PinKind, PinParseError};
 pub use verifier::{Fingerprints, PinMismatch};

@@ -1,0 +1,266 @@
+//! What an operator scrapes: metric names, labels and values after scripted connections, both
+//! exposition formats, `/devices`, and opt-in per-device series.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use amtgw::Service;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A device that answers each request line with a response, WS-Man style.
+async fn request_response_device(identity: Identity) -> std::net::SocketAddr {
+    tls_device(DeviceTls::new(identity), |mut stream| async move {
+        let mut buf = [0u8; 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if stream.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = stream.shutdown().await;
+    })
+    .await
+}
+
+async fn raw_get(addr: std::net::SocketAddr, path: &str, accept: &str) -> (String, String) {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\nAccept: {accept}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.to_owned(), body.to_owned())
+}
+
+#[tokio::test]
+async fn a_session_fills_every_latency_histogram_and_counter() {
+    let identity = amt_self_signed(false, false);
+    let pin = identity.cert_pin();
+    let device = request_response_device(identity).await;
+    let gateway = TestGateway::start(&one_device_config(
+        device,
+        &format!("trust = \"pin\"\npins = [\"{pin}\"]"),
+    ))
+    .await;
+
+    // Three request/response exchanges on one connection, then a clean close.
+    let mut conn = gateway.connect(Service::Wsman).await;
+    for request in [&b"first"[..], b"second", b"third"] {
+        conn.write_all(request).await.unwrap();
+        let mut answer = vec![0u8; request.len()];
+        conn.read_exact(&mut answer).await.unwrap();
+    }
+    assert_eq!(exchange(conn, b"").await.unwrap(), b"");
+
+    let m = gateway.metrics().await;
+    let wsman = [("service", "wsman")];
+    let ok = [("service", "wsman"), ("outcome", "ok")];
+    assert_eq!(m.value("amtgw_connections_accepted_total", &wsman), 1.0);
+    assert_eq!(m.value("amtgw_connections_established_total", &wsman), 1.0);
+    assert_eq!(m.value("amtgw_connections_closed_total", &ok), 1.0);
+    assert_eq!(m.value("amtgw_connections_open", &wsman), 0.0);
+    assert_eq!(
+        m.value(
+            "amtgw_tls_handshakes_total",
+            &[("service", "wsman"), ("handshake", "full")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.value(
+            "amtgw_relayed_bytes_total",
+            &[("service", "wsman"), ("direction", "to_device")]
+        ),
+        16.0
+    );
+    assert_eq!(
+        m.value("amtgw_device_connect_duration_seconds_count", &ok),
+        1.0
+    );
+    assert_eq!(
+        m.value("amtgw_tls_handshake_duration_seconds_count", &ok),
+        1.0
+    );
+    assert_eq!(
+        m.value("amtgw_first_byte_duration_seconds_count", &wsman),
+        1.0
+    );
+    assert_eq!(m.value("amtgw_connection_duration_seconds_count", &ok), 1.0);
+    assert_eq!(
+        m.value("amtgw_exchange_duration_seconds_count", &wsman),
+        3.0,
+        "one per request/response"
+    );
+    // Loopback handshakes take well under a second: every observation sits in the 1 s bucket.
+    assert_eq!(
+        m.value(
+            "amtgw_tls_handshake_duration_seconds_bucket",
+            &[("service", "wsman"), ("outcome", "ok"), ("le", "1.0")]
+        ),
+        1.0
+    );
+    let handshake_sum = m.value("amtgw_tls_handshake_duration_seconds_sum", &ok);
+    assert!(
+        handshake_sum > 0.0 && handshake_sum < 1.0,
+        "{handshake_sum}"
+    );
+    assert_eq!(
+        m.value(
+            "amtgw_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn metrics_speak_openmetrics_when_asked_and_classic_text_otherwise() {
+    let identity = amt_self_signed(false, false);
+    let gateway = TestGateway::start(&one_device_config(echo_device(DeviceTls::new(identity)).await, "trust = \"pin\"\npins = [\"cert-sha256:00000000000000000000000000000000000000000000000000000000000000ff\"]")).await;
+    // Families appear once they have a sample.
+    expect_closed(gateway.connect(Service::Wsman).await).await;
+    let (head, body) = raw_get(
+        gateway.admin,
+        "/metrics",
+        "application/openmetrics-text; version=1.0.0",
+    )
+    .await;
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    assert!(body.trim_end().ends_with("# EOF"));
+    assert!(
+        body.contains("# TYPE amtgw_connections_accepted counter"),
+        "{body}"
+    );
+
+    let (head, body) = raw_get(gateway.admin, "/metrics", "text/plain").await;
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    assert!(!body.contains("# EOF"));
+    assert!(
+        body.contains("# TYPE amtgw_connections_accepted_total counter"),
+        "{body}"
+    );
+    assert!(body.contains("# TYPE amtgw_build_info gauge"), "{body}");
+}
+
+#[tokio::test]
+async fn devices_endpoint_shows_certificate_and_last_handshake() {
+    let identity = amt_self_signed(false, false);
+    let pin = identity.cert_pin();
+    let device = echo_device(DeviceTls::new(identity)).await;
+    let gateway = TestGateway::start(&one_device_config(
+        device,
+        &format!("trust = \"pin\"\npins = [\"{pin}\"]"),
+    ))
+    .await;
+    let (status, body) = http_get(gateway.admin, "/devices").await;
+    assert_eq!(status, 200);
+    let before: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(before["devices"][0]["last_handshake"].is_null(), "{before}");
+
+    assert_eq!(
+        exchange(gateway.connect(Service::Wsman).await, b"x")
+            .await
+            .unwrap(),
+        b"x"
+    );
+    let (_, body) = http_get(gateway.admin, "/devices").await;
+    let after: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let dut = &after["devices"][0];
+    assert_eq!(dut["name"], "dut");
+    assert_eq!(dut["trust"], "pin");
+    assert_eq!(dut["pins"][0], pin.as_str());
+    assert_eq!(dut["open_connections"], 0);
+    let last = &dut["last_handshake"];
+    assert_eq!(last["result"], "ok");
+    assert_eq!(last["tls_version"], "TLSv1_3");
+    assert!(last["cipher"].as_str().unwrap().starts_with("TLS13_"));
+    assert_eq!(last["certificate"]["certificate_pin"], pin.as_str());
+    assert!(
+        last["certificate"]["subject"]
+            .as_str()
+            .unwrap()
+            .contains("CN=Unknown")
+    );
+    assert!(last["certificate"]["not_after"].as_i64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn devices_endpoint_shows_a_pin_mismatch_with_the_presented_certificate() {
+    let pinned = amt_self_signed(false, false);
+    let presented = amt_self_signed(false, false);
+    let presented_pin = presented.cert_pin();
+    let device = echo_device(DeviceTls::new(presented)).await;
+    let gateway = TestGateway::start(&one_device_config(
+        device,
+        &format!("trust = \"pin\"\npins = [\"{}\"]", pinned.cert_pin()),
+    ))
+    .await;
+    expect_closed(gateway.connect(Service::Wsman).await).await;
+    let (_, body) = http_get(gateway.admin, "/devices").await;
+    let devices: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let last = &devices["devices"][0]["last_handshake"];
+    assert_eq!(last["result"], "pin_mismatch");
+    assert!(
+        last["error"].as_str().unwrap().contains(&presented_pin),
+        "{last}"
+    );
+}
+
+#[tokio::test]
+async fn per_device_series_appear_only_when_enabled() {
+    let identity = amt_self_signed(false, false);
+    let pin = identity.cert_pin();
+    let device = echo_device(DeviceTls::new(identity)).await;
+    let trust = format!("trust = \"pin\"\npins = [\"{pin}\"]");
+
+    let off = TestGateway::start(&one_device_config(device, &trust)).await;
+    exchange(off.connect(Service::Wsman).await, b"x")
+        .await
+        .unwrap();
+    assert!(!off.metrics().await.0.contains("device=\"dut\""));
+
+    let on_config = one_device_config(device, &trust)
+        .replace("[admin]", "[metrics]\nper_device = true\n\n[admin]");
+    let on = TestGateway::start(&on_config).await;
+    exchange(on.connect(Service::Wsman).await, b"x")
+        .await
+        .unwrap();
+    let m = on.metrics().await;
+    assert_eq!(
+        m.value(
+            "amtgw_device_connections_total",
+            &[("device", "dut"), ("outcome", "ok")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.value(
+            "amtgw_device_relayed_bytes_total",
+            &[("device", "dut"), ("direction", "to_console")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.value(
+            "amtgw_device_tls_handshake_duration_seconds_count",
+            &[("device", "dut")]
+        ),
+        1.0
+    );
+    assert!(
+        m.value(
+            "amtgw_device_certificate_expiry_timestamp_seconds",
+            &[("device", "dut")]
+        ) > 1.0e9
+    );
+}
