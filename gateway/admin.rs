@@ -17,15 +17,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Trust;
 use crate::fleet::Device;
-use crate::shutdown::Lifecycle;
+use crate::gateway::Shared;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 pub(crate) struct AdminState {
     pub(crate) registry: Registry,
-    pub(crate) lifecycle: Lifecycle,
-    pub(crate) devices: Vec<Arc<Device>>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
@@ -45,7 +44,7 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: C
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state, &request)) }
+                async move { Ok::<_, Infallible>(respond(&state, &request).await) }
             });
             let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
@@ -61,19 +60,31 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: C
     }
 }
 
-fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() == Method::POST {
+        return match repin_target(request.uri().path()) {
+            Some(device) => repin(state, device).await,
+            None => text(
+                StatusCode::NOT_FOUND,
+                "POST only to /devices/<name>/repin\n",
+            ),
+        };
+    }
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET, and POST to /devices/<name>/repin\n",
+        );
     }
     match request.uri().path() {
         "/metrics" => metrics(state, request),
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if state.lifecycle.is_draining() => text(
+        "/readyz" if state.shared.lifecycle.is_draining() => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "draining: shutdown in progress\n",
         ),
         "/readyz" => text(StatusCode::OK, "ready\n"),
-        "/devices" => json(&devices(&state.devices)),
+        "/devices" => json(&devices(&state.shared.snapshot.load().devices)),
         _ => text(
             StatusCode::NOT_FOUND,
             "not found; try /metrics, /healthz, /readyz or /devices\n",
@@ -140,6 +151,49 @@ fn openmetrics_to_prometheus_text(openmetrics: &str) -> String {
     out
 }
 
+fn repin_target(path: &str) -> Option<&str> {
+    path.strip_prefix("/devices/")?.strip_suffix("/repin")
+}
+
+/// Re-pin a `tofu` device (after it was unprovisioned and made a new key): forget its stored
+/// pin, so the next successful handshake records the new one. Loopback admin only.
+async fn repin(state: &AdminState, name: &str) -> Response<Full<Bytes>> {
+    let snapshot = state.shared.snapshot.load_full();
+    let Some(device) = snapshot.devices.iter().find(|d| d.name() == name) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            &format!("no device named `{name}`\n"),
+        );
+    };
+    let Some(store) = device.pin_store.clone() else {
+        return text(
+            StatusCode::CONFLICT,
+            &format!(
+                "device `{name}` does not trust on first use (trust = \"{}\")\n",
+                device.settings.tls.trust.mode()
+            ),
+        );
+    };
+    let device_name = name.to_owned();
+    match tokio::task::spawn_blocking(move || store.remove(&device_name)).await {
+        Ok(Ok(had_pin)) => {
+            tracing::warn!(
+                device = name,
+                had_pin,
+                "re-pin requested: the next handshake records the device's certificate"
+            );
+            text(
+                StatusCode::OK,
+                &format!(
+                    "device `{name}`: stored pin forgotten; the next connection learns the new one\n"
+                ),
+            )
+        }
+        Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+    }
+}
+
 /// One JSON object per device: its configuration as used and what the gateway last saw.
 fn devices(devices: &[Arc<Device>]) -> serde_json::Value {
     let list: Vec<serde_json::Value> = devices
@@ -149,6 +203,20 @@ fn devices(devices: &[Arc<Device>]) -> serde_json::Value {
             let (mode, pins) = match &settings.tls.trust {
                 Trust::Pin(pins) => ("pin", pins.iter().map(ToString::to_string).collect()),
                 Trust::Ca { .. } => ("ca", Vec::new()),
+                Trust::Tofu => (
+                    "tofu",
+                    device
+                        .pin_store
+                        .as_ref()
+                        .and_then(|store| store.get(&settings.name))
+                        .map(|stored| {
+                            vec![
+                                stored.certificate.to_string(),
+                                stored.public_key.to_string(),
+                            ]
+                        })
+                        .unwrap_or_default(),
+                ),
             };
             let client_certificate = settings.tls.client_identity.as_ref().map(|identity| {
                 serde_json::json!({

@@ -10,15 +10,17 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{Config, DeviceSettings};
-use crate::tls::{self, CertificateSummary, TlsError};
+use crate::config::{Config, DeviceSettings, Trust};
+use crate::tls::{self, CertificateSummary, PinStore, TlsError};
 
 pub struct Device {
     pub settings: DeviceSettings,
     pub(crate) connector: TlsConnector,
     /// Per-device connection limit; `None` means only the global limit applies.
     pub(crate) limit: Option<Arc<Semaphore>>,
-    pub(crate) status: DeviceStatus,
+    pub(crate) status: Arc<DeviceStatus>,
+    /// Where a `tofu` device's pin is learned; `None` for other trust modes.
+    pub(crate) pin_store: Option<Arc<PinStore>>,
 }
 
 impl Device {
@@ -116,25 +118,44 @@ impl FleetError {
     }
 }
 
-/// Build every device's TLS config once. Nothing here runs per connection.
-pub fn build(config: &Config) -> Result<Vec<Arc<Device>>, FleetError> {
+/// Build every device's TLS config once; nothing here runs per connection. On reload,
+/// `previous` devices of the same name hand over their status (what `/devices` shows) and,
+/// when the limit is unchanged, their connection-limit semaphore, so sessions still open on
+/// the old device keep counting against the limit.
+pub fn build(
+    config: &Config,
+    pin_store: Option<&Arc<PinStore>>,
+    previous: &[Arc<Device>],
+) -> Result<Vec<Arc<Device>>, FleetError> {
     let provider = tls::provider();
     config
         .devices
         .iter()
         .map(|settings| {
             let client_config =
-                tls::client_config(&settings.tls, &provider).map_err(|source| FleetError {
-                    device: settings.name.clone(),
-                    source: Box::new(source),
-                })?;
+                tls::client_config(&settings.tls, &provider, &settings.name, pin_store).map_err(
+                    |source| FleetError {
+                        device: settings.name.clone(),
+                        source: Box::new(source),
+                    },
+                )?;
+            let old = previous.iter().find(|d| d.settings.name == settings.name);
+            let limit = match (old, settings.max_connections) {
+                (_, None) => None,
+                (Some(old), Some(n)) if old.settings.max_connections == Some(n) => {
+                    old.limit.clone()
+                }
+                (_, Some(n)) => Some(Arc::new(Semaphore::new(n))),
+            };
             Ok(Arc::new(Device {
                 settings: settings.clone(),
                 connector: TlsConnector::from(client_config),
-                limit: settings
-                    .max_connections
-                    .map(|n| Arc::new(Semaphore::new(n))),
-                status: DeviceStatus::default(),
+                limit,
+                status: old.map(|d| d.status.clone()).unwrap_or_default(),
+                pin_store: match settings.tls.trust {
+                    Trust::Tofu => pin_store.cloned(),
+                    _ => None,
+                },
             }))
         })
         .collect()

@@ -1,27 +1,36 @@
-//! `Gateway`: binds every listener for a validated config, runs the accept loops and the admin
-//! server, and drains on shutdown.
+//! `Gateway`: binds every listener for a validated config, runs the accept loops, the admin
+//! server and the file watcher, applies reloads, and drains on shutdown.
+//!
+//! Reload has one swap point: an `ArcSwap<Snapshot>` holding the config, the devices (with
+//! their TLS configs) and the router. Each new connection loads it once; live sessions keep the
+//! `Arc<Device>` they started with and are never touched. A reload that fails (bad config,
+//! unreadable certificate, an address that cannot be bound) changes nothing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::SystemTime;
 
+use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
-use crate::config::Config;
-use crate::fleet::{self, FleetError};
+use crate::config::{Config, ConfigError, ServiceSettings};
+use crate::fleet::{self, Device, FleetError};
 use crate::listener;
 use crate::metrics::Metrics;
 use crate::proxy::ListenerContext;
 use crate::router::{AddressRouter, Router};
 use crate::service::Service;
 use crate::shutdown::Lifecycle;
+use crate::tls::{PinStore, PinStoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -36,6 +45,8 @@ pub enum GatewayError {
         addr: SocketAddr,
         source: io::Error,
     },
+    #[error("pin store: {0}")]
+    PinStore(#[from] PinStoreError),
 }
 
 impl GatewayError {
@@ -43,6 +54,31 @@ impl GatewayError {
         match self {
             GatewayError::Fleet(e) => e.kind(),
             GatewayError::Bind { .. } => "bind_failed",
+            GatewayError::PinStore(e) => e.kind(),
+        }
+    }
+}
+
+/// Why a reload was rejected; the running configuration stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+    #[error("the configuration is embedded, not a file: there is nothing to re-read")]
+    NoFile,
+    #[error("the gateway has stopped")]
+    Stopped,
+}
+
+impl ReloadError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReloadError::Config(e) => e.kind(),
+            ReloadError::Gateway(e) => e.kind(),
+            ReloadError::NoFile => "no_config_file",
+            ReloadError::Stopped => "stopped",
         }
     }
 }
@@ -85,98 +121,157 @@ impl DrainReport {
     }
 }
 
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub devices_added: Vec<String>,
+    pub devices_removed: Vec<String>,
+    pub listeners_added: Vec<BoundAddress>,
+    pub listeners_removed: usize,
+}
+
+/// Everything a new connection needs, swapped whole on reload.
+pub(crate) struct Snapshot {
+    pub(crate) config: Config,
+    pub(crate) devices: Vec<Arc<Device>>,
+    pub(crate) router: Arc<dyn Router>,
+    pub(crate) pin_store: Option<Arc<PinStore>>,
+}
+
+impl Snapshot {
+    pub(crate) fn service(&self, service: Service) -> Option<&ServiceSettings> {
+        self.config.services.iter().find(|s| s.service == service)
+    }
+}
+
+/// State shared by every listener and connection.
+pub(crate) struct Shared {
+    pub(crate) snapshot: ArcSwap<Snapshot>,
+    /// Counts successful reloads, for whoever needs to wait for one.
+    pub(crate) generation: tokio::sync::watch::Sender<u64>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) lifecycle: Lifecycle,
+    pub(crate) global_limit: Arc<Semaphore>,
+}
+
+/// A listener's identity across reloads: the service and the *configured* address (port 0
+/// stays 0, so an ephemeral listener is not rebound on every reload).
+type ListenerKey = (Service, IpAddr, u16);
+
+struct Listening {
+    bound: BoundAddress,
+    stop: CancellationToken,
+}
+
+struct Request {
+    config: Option<Config>,
+    reply: oneshot::Sender<Result<ReloadSummary, ReloadError>>,
+}
+
+/// Asks a running gateway to reload. Cloneable; usable from signal handlers and tests.
+#[derive(Clone)]
+pub struct ReloadHandle {
+    requests: mpsc::Sender<Request>,
+}
+
+impl ReloadHandle {
+    /// Re-read the configuration file (and everything it names) and apply it.
+    pub async fn reload(&self) -> Result<ReloadSummary, ReloadError> {
+        self.send(None).await
+    }
+
+    /// Apply a configuration built elsewhere.
+    pub async fn apply(&self, config: Config) -> Result<ReloadSummary, ReloadError> {
+        self.send(Some(config)).await
+    }
+
+    async fn send(&self, config: Option<Config>) -> Result<ReloadSummary, ReloadError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request { config, reply })
+            .await
+            .map_err(|_| ReloadError::Stopped)?;
+        answer.await.map_err(|_| ReloadError::Stopped)?
+    }
+}
+
 pub struct Gateway {
-    config: Config,
-    listeners: Vec<(Arc<ListenerContext>, TcpListener)>,
+    shared: Arc<Shared>,
+    pending: Vec<(ListenerKey, TcpListener)>,
     admin: Option<(TcpListener, Arc<AdminState>)>,
-    metrics: Arc<Metrics>,
-    lifecycle: Lifecycle,
+    requests: mpsc::Receiver<Request>,
+    handle: ReloadHandle,
 }
 
 impl Gateway {
     /// Build every device's TLS config and bind every listener. Nothing is accepted until `run`.
     pub async fn bind(config: Config) -> Result<Gateway, GatewayError> {
-        let devices = fleet::build(&config)?;
-        let router: Arc<dyn Router> = Arc::new(AddressRouter::new(&config, &devices));
+        let pin_store = open_pin_store(&config, None)?;
+        let devices = fleet::build(&config, pin_store.as_ref(), &[])?;
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry, config.metrics.clone()));
-        for identity in config
-            .devices
-            .iter()
-            .filter_map(|d| d.tls.client_identity.as_ref())
-        {
-            if let Some(not_after) = identity.chain.first().and_then(crate::tls::not_after) {
-                metrics.set_client_certificate_expiry(
-                    &identity.cert_path.display().to_string(),
-                    not_after,
-                );
-            }
+        record_client_certificates(&metrics, &config);
+        let mut pending = Vec::new();
+        for key in listener_keys(&config) {
+            pending.push((key, bind(key).await?));
         }
-        let lifecycle = Lifecycle::default();
-        let global_limit = Arc::new(Semaphore::new(config.gateway.max_connections));
-
-        let mut listeners = Vec::new();
-        for service in &config.services {
-            let ctx = Arc::new(ListenerContext {
-                service: service.clone(),
-                gateway: config.gateway.clone(),
-                router: router.clone(),
-                metrics: metrics.clone(),
-                lifecycle: lifecycle.clone(),
-                global_limit: global_limit.clone(),
-            });
-            for ip in listen_addresses(&config, service.service) {
-                let addr = SocketAddr::new(ip, service.listen_port);
-                let listener =
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| GatewayError::Bind {
-                            service: service.service.as_str(),
-                            addr,
-                            source,
-                        })?;
-                listeners.push((ctx.clone(), listener));
-            }
-        }
-        let admin = match config.admin {
+        let admin_listener = match config.admin {
             None => None,
             Some(addr) => {
-                let listener =
+                Some(
                     TcpListener::bind(addr)
                         .await
                         .map_err(|source| GatewayError::Bind {
                             service: "admin",
                             addr,
                             source,
-                        })?;
-                let state = Arc::new(AdminState {
-                    registry,
-                    lifecycle: lifecycle.clone(),
-                    devices: devices.clone(),
-                });
-                Some((listener, state))
+                        })?,
+                )
             }
         };
-        Ok(Gateway {
-            config,
-            listeners,
-            admin,
+        let global_limit = Arc::new(Semaphore::new(config.gateway.max_connections));
+        let router: Arc<dyn Router> = Arc::new(AddressRouter::new(&config, &devices));
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                config,
+                devices,
+                router,
+                pin_store,
+            }),
             metrics,
-            lifecycle,
+            lifecycle: Lifecycle::default(),
+            global_limit,
+            generation: tokio::sync::watch::Sender::new(0),
+        });
+        let admin = admin_listener.map(|listener| {
+            let state = Arc::new(AdminState {
+                registry,
+                shared: shared.clone(),
+            });
+            (listener, state)
+        });
+        let (sender, requests) = mpsc::channel(4);
+        Ok(Gateway {
+            shared,
+            pending,
+            admin,
+            requests,
+            handle: ReloadHandle { requests: sender },
         })
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::new(self.shared.snapshot.load().config.clone())
     }
 
     /// Every bound plain-TCP listener, with its real port (port 0 in the config picks one).
     pub fn local_addrs(&self) -> Vec<BoundAddress> {
-        self.listeners
+        self.pending
             .iter()
-            .filter_map(|(ctx, listener)| {
+            .filter_map(|((service, _, _), listener)| {
                 Some(BoundAddress {
-                    service: ctx.service.service,
+                    service: *service,
                     addr: listener.local_addr().ok()?,
                 })
             })
@@ -195,51 +290,62 @@ impl Gateway {
         self.admin.as_ref()?.0.local_addr().ok()
     }
 
+    /// Changes (counting up) after every successful reload.
+    pub fn reload_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.generation.subscribe()
+    }
+
+    /// A handle to reload the running gateway (SIGHUP, the file watcher, tests).
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.handle.clone()
+    }
+
     /// Serve until `shutdown` is cancelled, then drain.
-    pub async fn run(self, shutdown: CancellationToken) -> DrainReport {
+    pub async fn run(mut self, shutdown: CancellationToken) -> DrainReport {
         let connections = TaskTracker::new();
         let accept_loops = TaskTracker::new();
         let ids = Arc::new(AtomicU64::new(1));
-        for (ctx, listener) in self.listeners {
-            accept_loops.spawn(listener::accept_loop(
-                listener,
-                ctx,
-                connections.clone(),
-                ids.clone(),
-            ));
+        let mut listening: BTreeMap<ListenerKey, Listening> = BTreeMap::new();
+        for (key, listener) in std::mem::take(&mut self.pending) {
+            let entry = self.spawn_accept_loop(key, listener, &accept_loops, &connections, &ids);
+            listening.insert(key, entry);
         }
-        accept_loops.close();
-        let admin_stop = CancellationToken::new();
-        if self.metrics.devices.enabled() {
-            let metrics = self.metrics.clone();
-            let stop = admin_stop.clone();
-            tokio::spawn(async move {
-                let mut sweep = tokio::time::interval(metrics.devices.sweep_interval());
-                loop {
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        _ = sweep.tick() => {
-                            let expired = metrics.devices.expire_idle();
-                            if expired > 0 {
-                                tracing::debug!(expired, "per-device metric series expired");
-                            }
-                        }
-                    }
-                }
-            });
-        }
-        let admin_task = self.admin.map(|(listener, state)| {
-            tokio::spawn(admin::serve(listener, state, admin_stop.clone()))
+        let background = CancellationToken::new();
+        let admin_task = self.admin.take().map(|(listener, state)| {
+            tokio::spawn(admin::serve(listener, state, background.clone()))
         });
+        self.spawn_device_series_sweep(&background);
+        tokio::spawn(watch_files(
+            self.shared.clone(),
+            self.handle.clone(),
+            background.clone(),
+        ));
 
-        shutdown.cancelled().await;
-        let deadline = self.config.gateway.shutdown_timeout;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                Some(request) = self.requests.recv() => {
+                    let result = self
+                        .reload(request.config, &mut listening, &accept_loops, &connections, &ids)
+                        .await;
+                    self.shared.metrics.observe_reload(result.as_ref().err().map(ReloadError::kind));
+                    match &result {
+                        Ok(summary) => tracing::info!(?summary, "configuration reloaded"),
+                        Err(e) => tracing::error!(reason = e.kind(), error = %e, "reload rejected; the running configuration stays in force"),
+                    }
+                    let _ = request.reply.send(result);
+                }
+            }
+        }
+
+        let deadline = self.shared.snapshot.load().config.gateway.shutdown_timeout;
         tracing::info!(
             open = connections.len(),
             deadline_s = deadline.as_secs_f64(),
             "shutting down: no new connections, draining"
         );
-        self.lifecycle.begin_drain();
+        self.shared.lifecycle.begin_drain();
+        accept_loops.close();
         accept_loops.wait().await;
         connections.close();
         let mut cut = 0;
@@ -252,26 +358,258 @@ impl Gateway {
                 cut,
                 "drain deadline reached; cutting the remaining sessions"
             );
-            self.lifecycle.abort();
+            self.shared.lifecycle.abort();
             connections.wait().await;
         }
-        admin_stop.cancel();
+        background.cancel();
         if let Some(task) = admin_task {
             let _ = task.await;
         }
         DrainReport { cut }
     }
+
+    fn spawn_accept_loop(
+        &self,
+        key: ListenerKey,
+        listener: TcpListener,
+        accept_loops: &TaskTracker,
+        connections: &TaskTracker,
+        ids: &Arc<AtomicU64>,
+    ) -> Listening {
+        let stop = CancellationToken::new();
+        let bound = BoundAddress {
+            service: key.0,
+            addr: listener
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::new(key.1, key.2)),
+        };
+        tracing::info!(service = key.0.as_str(), addr = %bound.addr, "listening");
+        let ctx = Arc::new(ListenerContext {
+            service: key.0,
+            shared: self.shared.clone(),
+        });
+        accept_loops.spawn(listener::accept_loop(
+            listener,
+            ctx,
+            stop.clone(),
+            connections.clone(),
+            ids.clone(),
+        ));
+        Listening { bound, stop }
+    }
+
+    fn spawn_device_series_sweep(&self, stop: &CancellationToken) {
+        if !self.shared.metrics.devices.enabled() {
+            return;
+        }
+        let metrics = self.shared.metrics.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut sweep = tokio::time::interval(metrics.devices.sweep_interval());
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = sweep.tick() => {
+                        let expired = metrics.devices.expire_idle();
+                        if expired > 0 {
+                            tracing::debug!(expired, "per-device metric series expired");
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Build the new snapshot and bind new listeners first; only when all of that worked, swap
+    /// and close the listeners no longer wanted.
+    async fn reload(
+        &self,
+        config: Option<Config>,
+        listening: &mut BTreeMap<ListenerKey, Listening>,
+        accept_loops: &TaskTracker,
+        connections: &TaskTracker,
+        ids: &Arc<AtomicU64>,
+    ) -> Result<ReloadSummary, ReloadError> {
+        let current = self.shared.snapshot.load_full();
+        let config = match config {
+            Some(config) => config,
+            None => {
+                let path = current.config.path.clone().ok_or(ReloadError::NoFile)?;
+                tokio::task::spawn_blocking(move || Config::load(&path))
+                    .await
+                    .map_err(|_| ReloadError::Stopped)??
+            }
+        };
+        let pin_store =
+            open_pin_store(&config, current.pin_store.as_ref()).map_err(GatewayError::from)?;
+        let devices = fleet::build(&config, pin_store.as_ref(), &current.devices)
+            .map_err(GatewayError::from)?;
+        let wanted: BTreeSet<ListenerKey> = listener_keys(&config).into_iter().collect();
+        let mut fresh = Vec::new();
+        for key in wanted.iter().filter(|k| !listening.contains_key(k)) {
+            fresh.push((*key, bind(*key).await?));
+        }
+
+        let names = |devices: &[Arc<Device>]| -> BTreeSet<String> {
+            devices.iter().map(|d| d.name().to_owned()).collect()
+        };
+        let (before, after) = (names(&current.devices), names(&devices));
+        let mut summary = ReloadSummary {
+            devices_added: after.difference(&before).cloned().collect(),
+            devices_removed: before.difference(&after).cloned().collect(),
+            ..ReloadSummary::default()
+        };
+        resize(
+            &self.shared.global_limit,
+            current.config.gateway.max_connections,
+            config.gateway.max_connections,
+        );
+        record_client_certificates(&self.shared.metrics, &config);
+        let router: Arc<dyn Router> = Arc::new(AddressRouter::new(&config, &devices));
+        self.shared.snapshot.store(Arc::new(Snapshot {
+            config,
+            devices,
+            router,
+            pin_store,
+        }));
+
+        for (key, listener) in fresh {
+            let entry = self.spawn_accept_loop(key, listener, accept_loops, connections, ids);
+            summary.listeners_added.push(entry.bound);
+            listening.insert(key, entry);
+        }
+        self.shared.generation.send_modify(|g| *g += 1);
+        listening.retain(|key, entry| {
+            let keep = wanted.contains(key);
+            if !keep {
+                entry.stop.cancel();
+                summary.listeners_removed += 1;
+            }
+            keep
+        });
+        Ok(summary)
+    }
+}
+
+/// Keep the global limit at the configured size. Permits held by open sessions can't be taken
+/// back; `forget_permits` takes what is free and the rest disappears as sessions close.
+fn resize(limit: &Semaphore, old: usize, new: usize) {
+    if new > old {
+        limit.add_permits(new - old);
+    } else if old > new {
+        limit.forget_permits(old - new);
+    }
+}
+
+fn record_client_certificates(metrics: &Metrics, config: &Config) {
+    for identity in config
+        .devices
+        .iter()
+        .filter_map(|d| d.tls.client_identity.as_ref())
+    {
+        if let Some(not_after) = identity.chain.first().and_then(crate::tls::not_after) {
+            metrics.set_client_certificate_expiry(
+                &identity.cert_path.display().to_string(),
+                not_after,
+            );
+        }
+    }
+}
+
+/// The pin store, if any device trusts on first use: the current one (re-read) when the path is
+/// unchanged, else opened anew.
+fn open_pin_store(
+    config: &Config,
+    current: Option<&Arc<PinStore>>,
+) -> Result<Option<Arc<PinStore>>, PinStoreError> {
+    if !config.uses_pin_store() {
+        return Ok(None);
+    }
+    let path = &config.gateway.pin_store;
+    match current {
+        Some(store) if store.path() == path.as_path() => {
+            store.reload()?;
+            Ok(Some(store.clone()))
+        }
+        _ => Ok(Some(Arc::new(PinStore::open(path)?))),
+    }
+}
+
+async fn bind(key: ListenerKey) -> Result<TcpListener, GatewayError> {
+    let addr = SocketAddr::new(key.1, key.2);
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Bind {
+            service: key.0.as_str(),
+            addr,
+            source,
+        })
 }
 
 /// A service listens on its `bind` addresses and on every device's alias address, unless a
 /// wildcard bind already covers them.
-fn listen_addresses(config: &Config, service: Service) -> BTreeSet<IpAddr> {
-    let Some(settings) = config.services.iter().find(|s| s.service == service) else {
-        return BTreeSet::new();
-    };
-    let mut addresses: BTreeSet<IpAddr> = settings.bind.iter().copied().collect();
-    if !addresses.iter().any(IpAddr::is_unspecified) {
-        addresses.extend(config.devices.iter().filter_map(|d| d.listen));
+fn listener_keys(config: &Config) -> Vec<ListenerKey> {
+    let mut keys = Vec::new();
+    for settings in &config.services {
+        let mut addresses: BTreeSet<IpAddr> = settings.bind.iter().copied().collect();
+        if !addresses.iter().any(IpAddr::is_unspecified) {
+            addresses.extend(config.devices.iter().filter_map(|d| d.listen));
+        }
+        keys.extend(
+            addresses
+                .into_iter()
+                .map(|ip| (settings.service, ip, settings.listen_port)),
+        );
     }
-    addresses
+    keys
+}
+
+/// Poll the watched files' modification times; a change to the pin store alone re-reads the
+/// store (the TOFU verifiers read it per handshake), any other change reloads everything.
+async fn watch_files(shared: Arc<Shared>, handle: ReloadHandle, stop: CancellationToken) {
+    let stamps = |files: &[PathBuf]| -> Vec<Option<(SystemTime, u64)>> {
+        files
+            .iter()
+            .map(|f| {
+                let meta = std::fs::metadata(f).ok()?;
+                Some((meta.modified().ok()?, meta.len()))
+            })
+            .collect()
+    };
+    let mut files = shared.snapshot.load().config.watched_files();
+    let mut seen = stamps(&files);
+    loop {
+        let interval = shared.snapshot.load().config.gateway.watch_interval;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let now = stamps(&files);
+        if now == seen {
+            continue;
+        }
+        let snapshot = shared.snapshot.load_full();
+        let store_path = snapshot.pin_store.as_ref().map(|s| s.path().to_path_buf());
+        let changed: Vec<&PathBuf> = files
+            .iter()
+            .zip(now.iter().zip(seen.iter()))
+            .filter(|(_, (a, b))| a != b)
+            .map(|(f, _)| f)
+            .collect();
+        let only_store = changed.iter().all(|f| Some(*f) == store_path.as_ref());
+        if let (true, Some(store)) = (only_store, &snapshot.pin_store) {
+            match store.reload() {
+                Ok(()) => tracing::info!(store = %store.path().display(), "pin store re-read"),
+                Err(e) => {
+                    tracing::error!(error = %e, "pin store re-read failed; keeping the pins in memory")
+                }
+            }
+        } else {
+            tracing::info!(changed = ?changed, "watched files changed; reloading");
+            // The result is logged and counted by the reload itself.
+            let _ = handle.reload().await;
+        }
+        files = shared.snapshot.load().config.watched_files();
+        seen = stamps(&files);
+    }
 }

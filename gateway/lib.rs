@@ -20,6 +20,7 @@ pub mod demo;
 pub mod fleet;
 pub mod gateway;
 pub mod metrics;
+pub mod probe;
 pub mod relay;
 pub mod router;
 pub mod service;

@@ -8,15 +8,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::proxy::{self, ListenerContext};
 
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
+/// Accept until the gateway shuts down or a reload removes this listener (`stop`).
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<ListenerContext>,
+    stop: CancellationToken,
     connections: TaskTracker,
     ids: Arc<AtomicU64>,
 ) {
@@ -24,7 +27,8 @@ pub(crate) async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             biased;
-            () = ctx.lifecycle.stopping() => break,
+            () = ctx.shared.lifecycle.stopping() => break,
+            () = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -37,9 +41,10 @@ pub(crate) async fn accept_loop(
             Err(e) if is_per_connection(&e) => {}
             // Out of file descriptors or memory: wait instead of spinning, then try again.
             Err(e) => {
-                tracing::warn!(service = ctx.service.service.as_str(), error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                tracing::warn!(service = ctx.service.as_str(), error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
                 tokio::select! {
-                    () = ctx.lifecycle.stopping() => break,
+                    () = ctx.shared.lifecycle.stopping() => break,
+                    () = stop.cancelled() => break,
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);

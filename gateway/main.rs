@@ -86,6 +86,53 @@ enum Command {
         #[arg(long, env = "AMT_SIM_PASSWORD", default_value = sim::DEMO_PASSWORD)]
         password: String,
     },
+    /// Probe a device's TLS certificate, like ssh-keyscan: subject, issuer, validity, both pin
+    /// forms, TLS version and cipher; with --config, whether it matches the device's pins.
+    #[command(after_help = "\
+Forms:
+  amtgw pin HOST[:PORT]                          probe and print (port 16993 by default)
+  amtgw pin --config FILE NAME                   the configured device NAME (its host, WS-Man TLS
+                                                 port, server_name and client certificate), and
+                                                 whether it matches its pins or stored pin
+  amtgw pin --config FILE --write NAME           trust = \"tofu\": store the pin if none is stored
+                                                 (never overwrites; reports a mismatch)
+  amtgw pin --config FILE --replace NAME         trust = \"tofu\": re-pin (after unprovisioning)
+  amtgw pin --config FILE --all [--write]        every device, concurrently; one table row each
+
+PIN column: match, MISMATCH, - (trust = \"ca\": not pinned), new (tofu, nothing stored yet),
+learned (tofu, stored by --write), replaced (--replace).
+
+Exit codes: 0 every device probed was reachable and no pin mismatched; 1 a device was
+unreachable, its handshake failed, a pin mismatched or the pin store failed; 64 invalid
+configuration or usage.")]
+    Pin {
+        /// HOST[:PORT] to probe; with --config, the NAME of a configured device.
+        #[arg(
+            value_name = "HOST[:PORT] | NAME",
+            required_unless_present_any = ["all", "replace"]
+        )]
+        target: Option<String>,
+        /// Configuration file (TOML). Not taken from AMTGW_CONFIG, which would turn HOST into NAME.
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Probe every configured device and print a table.
+        #[arg(long, requires = "config", conflicts_with = "target")]
+        all: bool,
+        /// Probes in flight at once with --all.
+        #[arg(long, default_value_t = amtgw::probe::DEFAULT_CONCURRENCY,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        concurrency: usize,
+        /// Record the presented pin in the pin store for trust = "tofu" devices that have none.
+        #[arg(long, requires = "config")]
+        write: bool,
+        /// Replace the stored pin of the trust = "tofu" device NAME with the presented one.
+        #[arg(long, value_name = "NAME", requires = "config",
+              conflicts_with_all = ["target", "all", "write"])]
+        replace: Option<String>,
+        /// Connect and handshake timeout each [default: the config's, or 10s].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -188,6 +235,29 @@ fn main() -> ExitCode {
             };
             report(runtime().and_then(|rt| rt.block_on(simulate(config))))
         }
+        Command::Pin {
+            target,
+            config,
+            all,
+            concurrency,
+            write,
+            replace,
+            timeout,
+        } => {
+            let args = amtgw::probe::PinArgs {
+                target,
+                config,
+                all,
+                concurrency,
+                write,
+                replace,
+                timeout,
+            };
+            match runtime() {
+                Ok(rt) => ExitCode::from(rt.block_on(amtgw::probe::pin_command(args))),
+                Err(e) => report(Err(e)),
+            }
+        }
     }
 }
 
@@ -236,9 +306,10 @@ async fn serve(config: Config) -> anyhow::Result<bool> {
         .await
         .with_context(|| format!("starting from {source}"))?;
     announce(&gateway);
+    let reload = gateway.reload_handle();
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(gateway.run(shutdown.clone()));
-    let signal = amtgw::shutdown::signal()
+    let signal = amtgw::shutdown::signal(Some(&reload))
         .await
         .context("cannot install signal handlers")?;
     tracing::info!(signal, "shutdown requested");
@@ -250,9 +321,6 @@ async fn serve(config: Config) -> anyhow::Result<bool> {
 
 fn announce(gateway: &Gateway) {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %gateway.config().source, devices = gateway.config().devices.len(), "amtgw starting");
-    for bound in gateway.local_addrs() {
-        tracing::info!(service = bound.service.as_str(), addr = %bound.addr, "listening");
-    }
     if let Some(addr) = gateway.admin_addr() {
         tracing::info!(%addr, "admin listening (/metrics /healthz /readyz)");
     }
@@ -263,8 +331,9 @@ async fn demo(options: DemoOptions) -> anyhow::Result<bool> {
     announce(&demo.gateway);
     println!("{}", demo.instructions());
     let shutdown = CancellationToken::new();
+    let reload = demo.gateway.reload_handle();
     let run = tokio::spawn(demo.gateway.run(shutdown.clone()));
-    let signal = amtgw::shutdown::signal()
+    let signal = amtgw::shutdown::signal(Some(&reload))
         .await
         .context("cannot install signal handlers")?;
     tracing::info!(signal, "shutdown requested");
@@ -291,7 +360,7 @@ async fn simulate(config: SimConfig) -> anyhow::Result<bool> {
     print_pins(&device);
     println!("SIGUSR1 unprovisions it (new key and certificate); Ctrl-C stops it.");
     let mut unprovision = signal(SignalKind::user_defined1()).context("installing SIGUSR1")?;
-    let stop = amtgw::shutdown::signal();
+    let stop = amtgw::shutdown::signal(None);
     tokio::pin!(stop);
     loop {
         tokio::select! {

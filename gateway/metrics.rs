@@ -77,7 +77,15 @@ pub struct Metrics {
     pub(crate) duration_seconds: Family<OutcomeLabels, Histogram>,
     pub(crate) exchange_seconds: Family<ServiceLabels, Histogram>,
     pub(crate) client_certificate_expiry: Family<CertificateLabels, Gauge>,
+    pub(crate) reloads: Family<ReloadLabels, Counter>,
+    pub(crate) last_reload_success: Gauge,
     pub devices: DeviceMetrics,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `ok`, or why the reload was rejected.
+    pub result: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -106,6 +114,8 @@ impl Metrics {
             duration_seconds: Family::new_with_constructor(duration_histogram),
             exchange_seconds: Family::new_with_constructor(latency_histogram),
             client_certificate_expiry: Family::default(),
+            reloads: Family::default(),
+            last_reload_success: Gauge::default(),
             devices,
         };
         let r = registry.sub_registry_with_prefix("amtgw");
@@ -185,7 +195,33 @@ impl Metrics {
             "notAfter of each client certificate the gateway presents, unix seconds",
             metrics.client_certificate_expiry.clone(),
         );
+        r.register(
+            "config_reloads",
+            "Configuration reloads, by result (ok or why it was rejected)",
+            metrics.reloads.clone(),
+        );
+        r.register(
+            "config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully, unix seconds",
+            metrics.last_reload_success.clone(),
+        );
         metrics
+            .last_reload_success
+            .set(crate::fleet::unix_now() as i64);
+        metrics
+    }
+
+    /// Count a reload; `rejected` is the reason when it failed.
+    pub(crate) fn observe_reload(&self, rejected: Option<&'static str>) {
+        self.reloads
+            .get_or_create_owned(&ReloadLabels {
+                result: rejected.unwrap_or("ok"),
+            })
+            .inc();
+        if rejected.is_none() {
+            self.last_reload_success
+                .set(crate::fleet::unix_now() as i64);
+        }
     }
 
     /// Record a client certificate's expiry, labelled by its file.

@@ -9,25 +9,20 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, Level, info_span};
 
-use crate::config::{GatewaySettings, ServiceSettings};
 use crate::fleet::{self, Device, HandshakeRecord};
-use crate::metrics::{
-    DeviceSeries, HandshakeLabels, Metrics, OutcomeLabels, ReasonLabels, ServiceLabels,
-};
+use crate::gateway::Shared;
+use crate::metrics::{DeviceSeries, HandshakeLabels, OutcomeLabels, ReasonLabels, ServiceLabels};
 use crate::relay::{DEFAULT_BUFFER_SIZE, Relay};
-use crate::router::{RouteQuery, Router};
-use crate::shutdown::Lifecycle;
+use crate::router::RouteQuery;
+use crate::service::Service;
 use crate::socket;
 use crate::upstream::{self, UpstreamError, UpstreamTimings};
 
-/// What every connection on one listener shares.
+/// What every connection on one listener shares. The configuration comes from the shared
+/// snapshot, loaded once per connection, so a reload applies to the next connection.
 pub(crate) struct ListenerContext {
-    pub(crate) service: ServiceSettings,
-    pub(crate) gateway: GatewaySettings,
-    pub(crate) router: Arc<dyn Router>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) lifecycle: Lifecycle,
-    pub(crate) global_limit: Arc<tokio::sync::Semaphore>,
+    pub(crate) service: Service,
+    pub(crate) shared: Arc<Shared>,
 }
 
 /// How a connection ended.
@@ -46,14 +41,15 @@ pub(crate) async fn serve(
     id: u64,
     ctx: Arc<ListenerContext>,
 ) {
-    let service = ctx.service.service;
+    let service = ctx.service;
     let span =
         info_span!("conn", id, service = service.as_str(), %peer, device = tracing::field::Empty);
     async move {
         let accepted = Instant::now();
         let labels = ServiceLabels { service };
-        ctx.metrics.accepted.get_or_create(&labels).inc();
-        let open = ctx.metrics.open.get_or_create(&labels).clone();
+        let metrics = &ctx.shared.metrics;
+        metrics.accepted.get_or_create(&labels).inc();
+        let open = metrics.open.get_or_create_owned(&labels);
         open.inc();
         let mut console = console;
         let mut record = Record::default();
@@ -87,14 +83,23 @@ async fn connection(
     ctx: &ListenerContext,
     record: &mut Record,
 ) -> Outcome {
-    let service = ctx.service.service;
-    let Ok(_global_permit) = ctx.global_limit.clone().try_acquire_owned() else {
+    let service = ctx.service;
+    let snapshot = ctx.shared.snapshot.load_full();
+    let gateway = &snapshot.config.gateway;
+    let Ok(_global_permit) = ctx.shared.global_limit.clone().try_acquire_owned() else {
         return Outcome::Rejected {
             reason: "limit",
             error: format!(
                 "gateway.max_connections ({}) reached",
-                ctx.gateway.max_connections
+                gateway.max_connections
             ),
+        };
+    };
+    // A reload may have just disabled the service whose listener accepted this connection.
+    let Some(settings) = snapshot.service(service) else {
+        return Outcome::Rejected {
+            reason: "no_route",
+            error: format!("service {service} is disabled"),
         };
     };
     let local = match console.local_addr() {
@@ -106,7 +111,7 @@ async fn connection(
             };
         }
     };
-    let device = match ctx.router.route(&RouteQuery {
+    let device = match snapshot.router.route(&RouteQuery {
         service,
         local,
         peer,
@@ -122,7 +127,7 @@ async fn connection(
     tracing::Span::current().record("device", device.name());
     record.device = Some(device.clone());
     let _open = device.status.open_guard();
-    record.device_series = ctx.metrics.devices.enter(device.name());
+    record.device_series = ctx.shared.metrics.devices.enter(device.name());
     let _device_permit: Option<OwnedSemaphorePermit> = match &device.limit {
         None => None,
         Some(limit) => match limit.clone().try_acquire_owned() {
@@ -139,14 +144,14 @@ async fn connection(
             }
         },
     };
-    socket::tune(console, ctx.gateway.tcp_keepalive);
+    socket::tune(console, gateway.tcp_keepalive);
 
     // Connections still setting up when shutdown starts are cancelled, not drained; so are
     // those whose console leaves before the device answers.
-    let connecting = upstream::connect(&device, service, &ctx.gateway, &mut record.upstream);
+    let connecting = upstream::connect(&device, service, gateway, &mut record.upstream);
     let connected = tokio::select! {
         result = connecting => result,
-        () = ctx.lifecycle.stopping() => {
+        () = ctx.shared.lifecycle.stopping() => {
             return Outcome::Rejected { reason: "shutdown", error: "gateway is shutting down".into() };
         }
         () = console_gone(console) => {
@@ -175,21 +180,23 @@ async fn connection(
 
     // Counted when relaying starts. A TLS 1.3 device that refuses the client certificate
     // does so only after this point, so such a connection is also counted as failed.
-    ctx.metrics
+    ctx.shared
+        .metrics
         .established
         .get_or_create(&ServiceLabels { service })
         .inc();
     let observer = ctx
+        .shared
         .metrics
         .relay_observer(service, record.device_series.as_ref());
     let mut relay = Relay::new(
         DEFAULT_BUFFER_SIZE,
-        ctx.service.idle_timeout,
+        settings.idle_timeout,
         service.measures_exchanges(),
     );
     let result = tokio::select! {
         result = relay.run(console, &mut tls, &observer) => result,
-        () = ctx.lifecycle.aborted() => {
+        () = ctx.shared.lifecycle.aborted() => {
             record.to_device = relay.bytes_to_device();
             record.to_console = relay.bytes_to_console();
             return Outcome::Broken { reason: "shutdown", error: "cut at the end of the shutdown drain".into() };
@@ -238,7 +245,8 @@ fn observe_device(
     );
     if let Some(series) = &record.device_series {
         let not_after = leaf.and_then(crate::tls::not_after);
-        ctx.metrics
+        ctx.shared
+            .metrics
             .devices
             .observe_handshake(series, handshake.as_secs_f64(), not_after);
     }
@@ -257,26 +265,29 @@ async fn console_gone(console: &TcpStream) {
 /// Connect and handshake histograms, labelled with the phase's own outcome: a failed handshake
 /// still had a successful connect.
 fn observe_setup(ctx: &ListenerContext, timings: &UpstreamTimings, error: Option<&UpstreamError>) {
-    let service = ctx.service.service;
+    let service = ctx.service;
     let phase_outcome = |in_phase: bool| match error {
         Some(e) if in_phase => e.kind(),
         _ => "ok",
     };
     if let Some(connect) = timings.connect {
         let outcome = phase_outcome(error.is_some_and(|e| !e.is_handshake_phase()));
-        ctx.metrics
+        ctx.shared
+            .metrics
             .connect_seconds
             .get_or_create(&OutcomeLabels { service, outcome })
             .observe(connect.as_secs_f64());
     }
     if let Some(handshake) = timings.handshake {
         let outcome = phase_outcome(error.is_some_and(UpstreamError::is_handshake_phase));
-        ctx.metrics
+        ctx.shared
+            .metrics
             .handshake_seconds
             .get_or_create(&OutcomeLabels { service, outcome })
             .observe(handshake.as_secs_f64());
         if error.is_none() {
-            ctx.metrics
+            ctx.shared
+                .metrics
                 .handshakes
                 .get_or_create(&HandshakeLabels {
                     service,
@@ -288,12 +299,13 @@ fn observe_setup(ctx: &ListenerContext, timings: &UpstreamTimings, error: Option
 }
 
 fn finish(ctx: &ListenerContext, accepted: Instant, mut record: Record, outcome: Outcome) {
-    let service = ctx.service.service;
+    let service = ctx.service;
     let duration = accepted.elapsed();
     let (outcome_label, error, level) = match &outcome {
         Outcome::Closed => ("ok", None, Level::INFO),
         Outcome::Rejected { reason, error } | Outcome::Broken { reason, error } => {
-            ctx.metrics
+            ctx.shared
+                .metrics
                 .failed
                 .get_or_create(&ReasonLabels { service, reason })
                 .inc();
@@ -306,22 +318,25 @@ fn finish(ctx: &ListenerContext, accepted: Instant, mut record: Record, outcome:
         }
     };
     if let Some(first_byte) = record.first_byte {
-        ctx.metrics
+        ctx.shared
+            .metrics
             .first_byte_seconds
             .get_or_create(&ServiceLabels { service })
             .observe(first_byte.as_secs_f64());
     }
     if let Some(series) = record.device_series.take() {
-        ctx.metrics.devices.leave(series, outcome_label);
+        ctx.shared.metrics.devices.leave(series, outcome_label);
     }
-    ctx.metrics
+    ctx.shared
+        .metrics
         .closed
         .get_or_create(&OutcomeLabels {
             service,
             outcome: outcome_label,
         })
         .inc();
-    ctx.metrics
+    ctx.shared
+        .metrics
         .duration_seconds
         .get_or_create(&OutcomeLabels {
             service,

@@ -9,15 +9,28 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio_util::sync::CancellationToken;
 
-/// Waits for SIGTERM or SIGINT and names the one that came.
-pub async fn signal() -> std::io::Result<&'static str> {
+use crate::gateway::ReloadHandle;
+
+/// Waits for SIGTERM or SIGINT and names the one that came. Meanwhile each SIGHUP reloads the
+/// configuration through `reload`, when given (the outcome is logged and counted there).
+pub async fn signal(reload: Option<&ReloadHandle>) -> std::io::Result<&'static str> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok("SIGTERM"),
+            _ = int.recv() => return Ok("SIGINT"),
+            _ = hup.recv() => match reload {
+                Some(reload) => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    let _ = reload.reload().await;
+                }
+                None => tracing::info!("SIGHUP ignored: this configuration is not reloadable"),
+            },
+        }
+    }
 }
 
 /// The shared state of the gateway's shutdown, cloned into every connection.

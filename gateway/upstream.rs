@@ -12,7 +12,7 @@ use crate::config::{GatewaySettings, Host};
 use crate::fleet::Device;
 use crate::service::Service;
 use crate::socket;
-use crate::tls;
+use crate::tls::{self, Fingerprints, Learned, PinMismatch, PinStoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -26,6 +26,19 @@ pub enum UpstreamError {
     HandshakeTimeout { addr: SocketAddr, after: Duration },
     #[error("TLS handshake with {addr} failed: {source}")]
     Handshake { addr: SocketAddr, source: io::Error },
+    /// Two first connections to a `tofu` device presented different certificates; the other
+    /// one was learnt first.
+    #[error("device at {addr}: {mismatch}")]
+    LearnedOtherPin {
+        addr: SocketAddr,
+        mismatch: PinMismatch,
+    },
+    /// The pin could not be recorded: trust that isn't durable isn't given.
+    #[error("cannot record the pin of the device at {addr}: {source}")]
+    PinStore {
+        addr: SocketAddr,
+        source: PinStoreError,
+    },
 }
 
 impl UpstreamError {
@@ -33,7 +46,10 @@ impl UpstreamError {
     pub fn is_handshake_phase(&self) -> bool {
         matches!(
             self,
-            UpstreamError::HandshakeTimeout { .. } | UpstreamError::Handshake { .. }
+            UpstreamError::HandshakeTimeout { .. }
+                | UpstreamError::Handshake { .. }
+                | UpstreamError::LearnedOtherPin { .. }
+                | UpstreamError::PinStore { .. }
         )
     }
 
@@ -49,6 +65,8 @@ impl UpstreamError {
             },
             UpstreamError::ConnectTimeout { .. } => "connect_timeout",
             UpstreamError::HandshakeTimeout { .. } => "handshake_timeout",
+            UpstreamError::LearnedOtherPin { .. } => "pin_mismatch",
+            UpstreamError::PinStore { .. } => "pin_store_failed",
             UpstreamError::Handshake { source, .. } => match tls::rustls_error(source) {
                 Some(error) => tls::failure_kind(error),
                 None => match source.kind() {
@@ -122,7 +140,55 @@ pub(crate) async fn connect(
     timings.cipher = session
         .negotiated_cipher_suite()
         .and_then(|s| s.suite().as_str());
+    learn_pin(device, addr, session.peer_certificates()).await?;
     Ok(stream)
+}
+
+/// Trust on first use: record the certificate of a `tofu` device that has no pin yet. This runs
+/// after the handshake, so the device has proven it holds the certificate's key. A device
+/// with a stored pin was already checked by the verifier.
+async fn learn_pin(
+    device: &Device,
+    addr: SocketAddr,
+    chain: Option<&[rustls_pki_types::CertificateDer<'static>]>,
+) -> Result<(), UpstreamError> {
+    let Some(store) = &device.pin_store else {
+        return Ok(());
+    };
+    if store.get(device.name()).is_some() {
+        return Ok(());
+    }
+    let Some(presented) = chain.and_then(|c| c.first()).and_then(Fingerprints::of) else {
+        return Ok(());
+    };
+    let (writer, name) = (store.clone(), device.name().to_owned());
+    let learnt = presented.clone();
+    // The store fsyncs: keep that off the async worker threads.
+    let learned = tokio::task::spawn_blocking(move || writer.learn(&name, &learnt))
+        .await
+        .map_err(|e| UpstreamError::PinStore {
+            addr,
+            source: PinStoreError::Io {
+                path: store.path().to_owned(),
+                action: "record a pin",
+                source: io::Error::other(e.to_string()),
+            },
+        })?
+        .map_err(|source| UpstreamError::PinStore { addr, source })?;
+    match learned {
+        Learned::New => {
+            tracing::info!(certificate = %presented.certificate, public_key = %presented.public_key, "learned the device's pin on first use");
+            Ok(())
+        }
+        Learned::Matches => Ok(()),
+        Learned::Mismatch { stored } => Err(UpstreamError::LearnedOtherPin {
+            addr,
+            mismatch: PinMismatch {
+                presented,
+                expected: vec![stored.certificate, stored.public_key],
+            },
+        }),
+    }
 }
 
 async fn resolve(host: &Host, port: u16, limit: Duration) -> Result<SocketAddr, UpstreamError> {

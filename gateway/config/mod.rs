@@ -30,6 +30,8 @@ pub const ENV_PREFIX: &str = "AMTGW_";
 pub struct Config {
     /// Where it came from, for messages: a file path or a description of an embedded config.
     pub source: String,
+    /// The file it was loaded from, re-read on reload; `None` for an embedded config.
+    pub path: Option<PathBuf>,
     pub gateway: GatewaySettings,
     /// The admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `/devices`), if enabled.
     pub admin: Option<SocketAddr>,
@@ -52,6 +54,10 @@ pub struct GatewaySettings {
     /// TLS sessions remembered per device for resumption.
     pub session_cache_per_device: usize,
     pub log_format: LogFormat,
+    /// The trust-on-first-use pin store (used by devices with `trust = "tofu"`).
+    pub pin_store: PathBuf,
+    /// How often the config, pin store and certificate files are checked for changes.
+    pub watch_interval: Duration,
 }
 
 /// Per-device metric labels: off by default, because a fleet has 10,000+ devices and each
@@ -157,6 +163,9 @@ pub enum Trust {
         ca_file: PathBuf,
         roots: Arc<RootCertStore>,
     },
+    /// Trust on first use: the first certificate seen is recorded in the pin store
+    /// (`gateway.pin_store`) and required from then on.
+    Tofu,
 }
 
 impl Trust {
@@ -164,6 +173,7 @@ impl Trust {
         match self {
             Trust::Pin(_) => "pin",
             Trust::Ca { .. } => "ca",
+            Trust::Tofu => "tofu",
         }
     }
 }
@@ -177,6 +187,7 @@ impl fmt::Debug for Trust {
                 .field("ca_file", ca_file)
                 .field("roots", &roots.len())
                 .finish(),
+            Trust::Tofu => f.write_str("Tofu"),
         }
     }
 }
@@ -244,7 +255,9 @@ impl Config {
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let figment = Figment::from(Toml::file_exact(path)).merge(env_overrides());
-        validate::load(&file, &base, figment)
+        let mut config = validate::load(&file, &base, figment)?;
+        config.path = Some(path.to_owned());
+        Ok(config)
     }
 
     /// Load a config held in memory (the embedded demo), with the same overrides and checks.
@@ -255,6 +268,34 @@ impl Config {
 
     pub fn device(&self, name: &str) -> Option<&DeviceSettings> {
         self.devices.iter().find(|d| d.name == name)
+    }
+
+    /// Whether any device trusts on first use (and so needs the pin store).
+    pub fn uses_pin_store(&self) -> bool {
+        self.devices
+            .iter()
+            .any(|d| matches!(d.tls.trust, Trust::Tofu))
+    }
+
+    /// Every file whose change should reload the gateway: the config itself, the pin store
+    /// and every CA bundle, client certificate and key it names.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self.path.iter().cloned().collect();
+        if self.uses_pin_store() {
+            files.push(self.gateway.pin_store.clone());
+        }
+        for device in &self.devices {
+            if let Trust::Ca { ca_file, .. } = &device.tls.trust {
+                files.push(ca_file.clone());
+            }
+            if let Some(identity) = &device.tls.client_identity {
+                files.push(identity.cert_path.clone());
+                files.push(identity.key_path.clone());
+            }
+        }
+        files.sort();
+        files.dedup();
+        files
     }
 }
 

@@ -27,6 +27,8 @@ pub(crate) struct RawGateway {
     pub(crate) tcp_keepalive: Option<String>,
     pub(crate) session_cache_per_device: Option<usize>,
     pub(crate) log_format: Option<String>,
+    pub(crate) pin_store: Option<String>,
+    pub(crate) watch_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

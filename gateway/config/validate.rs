@@ -205,6 +205,7 @@ impl Validator<'_> {
 
         Ok(Config {
             source: self.file.to_owned(),
+            path: None,
             gateway,
             admin,
             metrics,
@@ -252,6 +253,14 @@ impl Validator<'_> {
             )?,
             session_cache_per_device: g.session_cache_per_device.unwrap_or(8),
             log_format,
+            pin_store: self
+                .base
+                .join(g.pin_store.as_deref().unwrap_or("amtgw-pins.toml")),
+            watch_interval: self.duration(
+                "gateway.watch_interval",
+                g.watch_interval.as_deref(),
+                Duration::from_secs(2),
+            )?,
         })
     }
 
@@ -400,8 +409,9 @@ impl Validator<'_> {
                 return Err(self.err(
                     key("trust"),
                     format!(
-                        "device `{name}` has no trust mode: set trust = \"pin\" with pins, or \
-                         trust = \"ca\" with ca_file, on the device or under [defaults]"
+                        "device `{name}` has no trust mode: set trust = \"pin\" with pins, \
+                         trust = \"ca\" with ca_file, or trust = \"tofu\" (learn the pin on \
+                         first use), on the device or under [defaults]"
                     ),
                 ));
             }
@@ -467,10 +477,26 @@ impl Validator<'_> {
                     roots: Arc::new(roots),
                 }
             }
+            Some("tofu") => {
+                if raw.pins.as_ref().is_some_and(|p| !p.is_empty()) {
+                    return Err(self.err(
+                        key("pins"),
+                        "pins are not used with trust = \"tofu\" (it learns them into \
+                         gateway.pin_store); remove them or use trust = \"pin\"",
+                    ));
+                }
+                if raw.ca_file.is_some() {
+                    return Err(self.err(
+                        key("ca_file"),
+                        "ca_file is not used with trust = \"tofu\"; remove it or use trust = \"ca\"",
+                    ));
+                }
+                Trust::Tofu
+            }
             Some(other) => {
                 return Err(self.err(
                     key("trust"),
-                    format!("`{other}` is not a trust mode; use \"pin\" or \"ca\""),
+                    format!("`{other}` is not a trust mode; use \"pin\", \"ca\" or \"tofu\""),
                 ));
             }
         };

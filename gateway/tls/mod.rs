@@ -4,6 +4,7 @@
 mod inspect;
 mod pem;
 mod pin;
+mod store;
 mod verifier;
 
 use std::sync::Arc;
@@ -16,10 +17,11 @@ use rustls::{AlertDescription, CertificateError, ClientConfig};
 pub use inspect::{CertificateSummary, not_after};
 pub use pem::{PemError, load_certificates, load_private_key};
 pub use pin::{Pin, PinKind, PinParseError};
+pub use store::{Learned, PinStore, PinStoreError, StoredPin};
 pub use verifier::{Fingerprints, PinMismatch};
 
 use crate::config::{TlsSettings, Trust};
-use verifier::PinVerifier;
+use verifier::{PinVerifier, TofuVerifier};
 
 /// The one crypto provider amtgw uses: aws-lc-rs, rustls' default.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -32,6 +34,8 @@ pub enum TlsError {
     Versions(rustls::Error),
     #[error("CA bundle is unusable: {0}")]
     CaBundle(rustls::client::VerifierBuilderError),
+    #[error("trust = \"tofu\" needs the pin store, which is not open")]
+    NoPinStore,
     #[error("client certificate {cert} and key {key} cannot be used together: {source}")]
     ClientIdentity {
         cert: String,
@@ -46,14 +50,18 @@ impl TlsError {
             TlsError::Versions(_) => "tls_versions",
             TlsError::CaBundle(_) => "ca_bundle",
             TlsError::ClientIdentity { .. } => "client_identity",
+            TlsError::NoPinStore => "pin_store_missing",
         }
     }
 }
 
-/// Build a device's client config. Called at load, never per connection.
+/// Build a device's client config. Called at load, never per connection. `pin_store` is the
+/// store for `trust = "tofu"`, where `device` names the entry.
 pub fn client_config(
     settings: &TlsSettings,
     provider: &Arc<CryptoProvider>,
+    device: &str,
+    pin_store: Option<&Arc<PinStore>>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&settings.versions)
@@ -71,6 +79,16 @@ pub fn client_config(
                     .build()
                     .map_err(TlsError::CaBundle)?;
             builder.with_webpki_verifier(verifier)
+        }
+        Trust::Tofu => {
+            let store = pin_store.ok_or(TlsError::NoPinStore)?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(TofuVerifier::new(
+                    device.to_owned(),
+                    store.clone(),
+                    provider.signature_verification_algorithms,
+                )))
         }
     };
     let mut config = match &settings.client_identity {

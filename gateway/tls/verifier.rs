@@ -14,7 +14,7 @@ use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_t
 use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use super::Pin;
+use super::{Pin, PinStore};
 
 /// The fingerprints of a presented certificate, in both pin forms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,19 +45,105 @@ impl Fingerprints {
 #[derive(Debug)]
 pub struct PinMismatch {
     pub presented: Fingerprints,
+    /// The pins it should have matched (configured, or stored on first use).
+    pub expected: Vec<Pin>,
 }
 
 impl fmt::Display for PinMismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "certificate matches no pin (presented {} / {})",
+            "certificate matches no pin (presented {} / {}; expected ",
             self.presented.certificate, self.presented.public_key
-        )
+        )?;
+        for (i, pin) in self.expected.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" or ")?;
+            }
+            write!(f, "{pin}")?;
+        }
+        f.write_str(")")
     }
 }
 
+fn mismatch(presented: Fingerprints, expected: Vec<Pin>) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(PinMismatch {
+        presented,
+        expected,
+    }))))
+}
+
 impl std::error::Error for PinMismatch {}
+
+/// Trust on first use: a device with a stored pin must match it, exactly like `PinVerifier`.
+/// A device without one is accepted *provisionally*: the pin is recorded only after the whole
+/// handshake has succeeded (`upstream::connect`), so a peer that cannot prove possession of the
+/// key (the handshake signature) never gets its certificate stored.
+#[derive(Debug)]
+pub(crate) struct TofuVerifier {
+    device: String,
+    store: Arc<PinStore>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl TofuVerifier {
+    pub(crate) fn new(
+        device: String,
+        store: Arc<PinStore>,
+        algorithms: WebPkiSupportedAlgorithms,
+    ) -> TofuVerifier {
+        TofuVerifier {
+            device,
+            store,
+            algorithms,
+        }
+    }
+}
+
+impl ServerCertVerifier for TofuVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let presented = Fingerprints::of(end_entity).ok_or(rustls::Error::InvalidCertificate(
+            CertificateError::BadEncoding,
+        ))?;
+        match self.store.get(&self.device) {
+            None => Ok(ServerCertVerified::assertion()),
+            Some(stored) if stored.matches(&presented) => Ok(ServerCertVerified::assertion()),
+            Some(stored) => Err(mismatch(
+                presented,
+                vec![stored.certificate, stored.public_key],
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct PinVerifier {
@@ -86,9 +172,7 @@ impl ServerCertVerifier for PinVerifier {
         if presented.match_any(&self.pins) {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                OtherError(Arc::new(PinMismatch { presented })),
-            )))
+            Err(mismatch(presented, self.pins.clone()))
         }
     }
 
