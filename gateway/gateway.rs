@@ -197,6 +197,9 @@ impl ReloadHandle {
 
 pub struct Gateway {
     shared: Arc<Shared>,
+    /// The watched files as they were when the config was loaded: the watcher's baseline, so
+    /// an edit made before `run` starts is not missed.
+    watched: FileStamps,
     pending: Vec<(ListenerKey, TcpListener)>,
     admin: Option<(TcpListener, Arc<AdminState>)>,
     requests: mpsc::Receiver<Request>,
@@ -206,6 +209,7 @@ pub struct Gateway {
 impl Gateway {
     /// Build every device's TLS config and bind every listener. Nothing is accepted until `run`.
     pub async fn bind(config: Config) -> Result<Gateway, GatewayError> {
+        let watched = FileStamps::of(config.watched_files());
         let pin_store = open_pin_store(&config, None)?;
         let devices = fleet::build(&config, pin_store.as_ref(), &[])?;
         let mut registry = Registry::default();
@@ -253,6 +257,7 @@ impl Gateway {
         let (sender, requests) = mpsc::channel(4);
         Ok(Gateway {
             shared,
+            watched,
             pending,
             admin,
             requests,
@@ -290,7 +295,8 @@ impl Gateway {
         self.admin.as_ref()?.0.local_addr().ok()
     }
 
-    /// Changes (counting up) after every successful reload.
+    /// Changes (counting up) after every successful reload, and after the pin store was
+    /// re-read because another process changed it.
     pub fn reload_events(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared.generation.subscribe()
     }
@@ -317,6 +323,7 @@ impl Gateway {
         self.spawn_device_series_sweep(&background);
         tokio::spawn(watch_files(
             self.shared.clone(),
+            std::mem::take(&mut self.watched),
             self.handle.clone(),
             background.clone(),
         ));
@@ -564,42 +571,103 @@ fn listener_keys(config: &Config) -> Vec<ListenerKey> {
     keys
 }
 
+/// Modification time and size of each watched file (`None`: missing or unreadable).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct FileStamps(Vec<(PathBuf, Option<(SystemTime, u64)>)>);
+
+impl FileStamps {
+    fn of(files: Vec<PathBuf>) -> FileStamps {
+        FileStamps(
+            files
+                .into_iter()
+                .map(|file| {
+                    let stamp = std::fs::metadata(&file)
+                        .ok()
+                        .and_then(|m| Some((m.modified().ok()?, m.len())));
+                    (file, stamp)
+                })
+                .collect(),
+        )
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        self.0.iter().map(|(f, _)| f.clone()).collect()
+    }
+
+    /// Files whose stamp differs from `earlier`'s.
+    fn changed_since<'a>(&'a self, earlier: &FileStamps) -> Vec<&'a PathBuf> {
+        self.0
+            .iter()
+            .filter(|(file, stamp)| {
+                earlier
+                    .0
+                    .iter()
+                    .find(|(f, _)| f == file)
+                    .is_none_or(|(_, s)| s != stamp)
+            })
+            .map(|(file, _)| file)
+            .collect()
+    }
+
+    /// The stamps for `files`: taken from `self` where known (so a change made while a reload
+    /// was reading them is seen next time), fresh for files new to the list.
+    fn carried_to(&self, files: Vec<PathBuf>) -> FileStamps {
+        let fresh = FileStamps::of(
+            files
+                .iter()
+                .filter(|f| !self.0.iter().any(|(known, _)| known == *f))
+                .cloned()
+                .collect(),
+        );
+        FileStamps(
+            files
+                .into_iter()
+                .map(|file| {
+                    let stamp = self
+                        .0
+                        .iter()
+                        .chain(fresh.0.iter())
+                        .find(|(f, _)| *f == file)
+                        .and_then(|(_, s)| *s);
+                    (file, stamp)
+                })
+                .collect(),
+        )
+    }
+}
+
 /// Poll the watched files' modification times; a change to the pin store alone re-reads the
 /// store (the TOFU verifiers read it per handshake), any other change reloads everything.
-async fn watch_files(shared: Arc<Shared>, handle: ReloadHandle, stop: CancellationToken) {
-    let stamps = |files: &[PathBuf]| -> Vec<Option<(SystemTime, u64)>> {
-        files
-            .iter()
-            .map(|f| {
-                let meta = std::fs::metadata(f).ok()?;
-                Some((meta.modified().ok()?, meta.len()))
-            })
-            .collect()
-    };
-    let mut files = shared.snapshot.load().config.watched_files();
-    let mut seen = stamps(&files);
+async fn watch_files(
+    shared: Arc<Shared>,
+    mut seen: FileStamps,
+    handle: ReloadHandle,
+    stop: CancellationToken,
+) {
     loop {
         let interval = shared.snapshot.load().config.gateway.watch_interval;
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
         }
-        let now = stamps(&files);
-        if now == seen {
+        let now = FileStamps::of(seen.files());
+        let changed = now.changed_since(&seen);
+        if changed.is_empty() {
             continue;
         }
         let snapshot = shared.snapshot.load_full();
         let store_path = snapshot.pin_store.as_ref().map(|s| s.path().to_path_buf());
-        let changed: Vec<&PathBuf> = files
-            .iter()
-            .zip(now.iter().zip(seen.iter()))
-            .filter(|(_, (a, b))| a != b)
-            .map(|(f, _)| f)
-            .collect();
         let only_store = changed.iter().all(|f| Some(*f) == store_path.as_ref());
         if let (true, Some(store)) = (only_store, &snapshot.pin_store) {
+            // The gateway's own writes (pins learned on first use) change the file too; only
+            // a change made elsewhere (`amtgw pin --replace`) changes what is in memory.
+            let before = store.snapshot();
             match store.reload() {
-                Ok(()) => tracing::info!(store = %store.path().display(), "pin store re-read"),
+                Ok(()) if *store.snapshot() == *before => {}
+                Ok(()) => {
+                    tracing::info!(store = %store.path().display(), "pin store changed by another process; re-read");
+                    shared.generation.send_modify(|g| *g += 1);
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "pin store re-read failed; keeping the pins in memory")
                 }
@@ -609,7 +677,6 @@ async fn watch_files(shared: Arc<Shared>, handle: ReloadHandle, stop: Cancellati
             // The result is logged and counted by the reload itself.
             let _ = handle.reload().await;
         }
-        files = shared.snapshot.load().config.watched_files();
-        seen = stamps(&files);
+        seen = now.carried_to(shared.snapshot.load().config.watched_files());
     }
 }

@@ -104,7 +104,8 @@ learned (tofu, stored by --write), replaced (--replace).
 
 Exit codes: 0 every device probed was reachable and no pin mismatched; 1 a device was
 unreachable, its handshake failed, a pin mismatched or the pin store failed; 64 invalid
-configuration or usage.")]
+configuration, unknown NAME, or --write/--replace for a device that is not tofu; 2 malformed
+arguments.")]
     Pin {
         /// HOST[:PORT] to probe; with --config, the NAME of a configured device.
         #[arg(

@@ -308,6 +308,7 @@ pub async fn pin_command(args: PinArgs) -> u8 {
         };
     }
     if args.all {
+        // A semaphore of 0 would wait forever; the CLI already refuses 0.
         return pin_all(config, timeouts, args.concurrency.max(1), args.write).await;
     }
     let (name, action) = match (&args.replace, &args.target) {
@@ -317,7 +318,7 @@ pub async fn pin_command(args: PinArgs) -> u8 {
         (None, None) => return usage("give a device NAME, --all or --replace NAME with --config"),
     };
     let Some(device) = config.device(name) else {
-        return usage(&format!("{}: no device named {name:?}", config.source));
+        return usage(format!("{}: no device named {name:?}", config.source));
     };
     pin_device(&config, device, timeouts, action).await
 }
@@ -376,7 +377,7 @@ async fn pin_device(
 ) -> u8 {
     let is_tofu = matches!(device.tls.trust, Trust::Tofu);
     if action != StoreAction::Compare && !is_tofu {
-        return usage(&format!(
+        return usage(format!(
             "device {:?} has trust = \"{}\"; --write and --replace record pins for trust = \"tofu\" \
              devices only (edit its pins in {} instead)",
             device.name,
@@ -635,15 +636,18 @@ async fn pin_all(config: Config, timeouts: Timeouts, concurrency: usize, write: 
         });
         index_of.insert(task.id(), index);
     }
-    let mut outcomes: Vec<Option<Result<ProbeReport, String>>> =
+    // `None` stays for a probe task that panicked (a bug), reported as `task_failed`.
+    let mut outcomes: Vec<Option<Result<ProbeReport, ProbeError>>> =
         (0..config.devices.len()).map(|_| None).collect();
+    let mut details = Vec::new();
     while let Some(joined) = probes.join_next_with_id().await {
-        let (id, outcome) = match joined {
-            Ok((id, outcome)) => (id, outcome.map_err(|e| failure(&e))),
-            Err(e) => (e.id(), Err(format!("task_failed ({e})"))),
-        };
-        if let Some(&index) = index_of.get(&id) {
-            outcomes[index] = Some(outcome);
+        match joined {
+            Ok((id, outcome)) => {
+                if let Some(&index) = index_of.get(&id) {
+                    outcomes[index] = Some(outcome);
+                }
+            }
+            Err(e) => details.push(format!("probe task failed: {e}")),
         }
     }
 
@@ -651,7 +655,6 @@ async fn pin_all(config: Config, timeouts: Timeouts, concurrency: usize, write: 
     // anyway, and this keeps rows and the store in device order.
     let now = unix_now_secs();
     let mut rows = Vec::with_capacity(config.devices.len());
-    let mut details = Vec::new();
     let mut all_ok = true;
     for (device, outcome) in config.devices.iter().zip(outcomes) {
         let mut row = vec![
@@ -662,18 +665,16 @@ async fn pin_all(config: Config, timeouts: Timeouts, concurrency: usize, write: 
         ];
         let report = match outcome {
             Some(Ok(report)) => report,
-            Some(Err(reason)) => {
+            failed => {
                 all_ok = false;
-                let kind = reason.split(' ').next().unwrap_or_default();
-                row[2] = format!("no:{kind}");
-                row.extend(["-", "-", "-", "-"].map(str::to_owned));
-                rows.push(row);
-                details.push(format!("{}: {reason}", device.name));
-                continue;
-            }
-            None => {
-                all_ok = false;
-                row[2] = "no:task_failed".to_owned();
+                // One token, so the table stays easy to cut and awk; the message is below it.
+                row[2] = match failed {
+                    Some(Err(e)) => {
+                        details.push(format!("{}: {} ({e})", device.name, e.kind()));
+                        format!("no:{}", e.kind())
+                    }
+                    _ => "no:task_failed".to_owned(),
+                };
                 row.extend(["-", "-", "-", "-"].map(str::to_owned));
                 rows.push(row);
                 continue;
@@ -714,11 +715,6 @@ async fn pin_all(config: Config, timeouts: Timeouts, concurrency: usize, write: 
         eprintln!("{detail}");
     }
     if all_ok { EXIT_OK } else { EXIT_FAILED }
-}
-
-/// `reason (message)`: the stable reason first, as the table shows it.
-fn failure(error: &ProbeError) -> String {
-    format!("{} ({error})", error.kind())
 }
 
 const TABLE_HEADER: [&str; 8] = [
@@ -762,7 +758,11 @@ fn describe(address: &str, report: &ProbeReport) -> String {
     let mut line = |label: &str, value: &dyn std::fmt::Display| {
         let _ = writeln!(out, "{:<13} {value}", format!("{label}:"));
     };
-    line("address", &format_args!("{address} ({})", report.addr));
+    if address == report.addr.to_string() {
+        line("address", &address);
+    } else {
+        line("address", &format_args!("{address} ({})", report.addr));
+    }
     line("subject", &cert.subject);
     line("issuer", &cert.issuer);
     line("not-before", &rfc3339(cert.not_before));

@@ -317,9 +317,6 @@ impl PinStore {
     }
 
     /// The advisory lock shared with other processes, released when the returned file closes.
-    // `File::lock` is stable since Rust 1.89; the toolchain is 1.95 but Cargo.toml's
-    // `rust-version` still says 1.85.
-    #[allow(clippy::incompatible_msrv)]
     fn lock_file(&self) -> Result<File, PinStoreError> {
         let lock_error = |source| PinStoreError::Lock {
             path: self.path.clone(),
@@ -476,7 +473,14 @@ fn parse(path: &Path, text: &str) -> Result<Pins, PinStoreError> {
     let raw: RawStore = toml::from_str(text).map_err(|e| PinStoreError::Syntax {
         path: path.to_owned(),
         line: e.span().map(|span| line_of(text, span.start)),
-        message: e.message().trim_end().to_owned(),
+        // toml's messages span lines; one log line per error is easier to grep.
+        message: e
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(": "),
     })?;
     raw.devices
         .into_iter()
@@ -788,6 +792,7 @@ mod tests {
             message.contains(&format!("{}:4", path.display())),
             "{message}"
         );
+        assert!(!message.contains('\n'), "{message}");
 
         fs::write(&path, [0xff, 0xfe, 0x00]).unwrap();
         let err = PinStore::open(&path).unwrap_err();

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use amtgw::gateway::ReloadHandle;
 use amtgw::tls::{Fingerprints, Pin};
 use amtgw::{BoundAddress, Config, DrainReport, Gateway, Service};
 use rcgen::{
@@ -295,13 +296,28 @@ pub struct TestGateway {
     pub admin: SocketAddr,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<DrainReport>,
+    pub reload: ReloadHandle,
+    /// Changes after each applied reload (or pin store re-read).
+    pub reloads: tokio::sync::watch::Receiver<u64>,
 }
 
 impl TestGateway {
     pub async fn start(toml: &str) -> TestGateway {
         let config = Config::from_toml("<test config>", Path::new("."), toml)
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{toml}"));
+        TestGateway::start_config(config).await
+    }
+
+    /// Start from a config file, so it can be reloaded and watched.
+    pub async fn start_file(path: &Path) -> TestGateway {
+        let config = Config::load(path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        TestGateway::start_config(config).await
+    }
+
+    pub async fn start_config(config: Config) -> TestGateway {
         let gateway = Gateway::bind(config).await.unwrap();
+        let reload = gateway.reload_handle();
+        let reloads = gateway.reload_events();
         let addrs = gateway.local_addrs();
         let admin = gateway.admin_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -311,7 +327,17 @@ impl TestGateway {
             admin,
             shutdown,
             task,
+            reload,
+            reloads,
         }
+    }
+
+    /// Wait for the next reload (or pin store re-read) to be applied.
+    pub async fn next_reload(&mut self) {
+        tokio::time::timeout(std::time::Duration::from_secs(20), self.reloads.changed())
+            .await
+            .expect("no reload within 20 s")
+            .unwrap();
     }
 
     /// The first listener of `service`.
@@ -402,9 +428,16 @@ pub async fn expect_closed(mut conn: TcpStream) {
 
 /// A plain HTTP/1.1 GET; returns status code and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path).await
+}
+
+pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut conn = TcpStream::connect(addr).await.unwrap();
     conn.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
     )
     .await
     .unwrap();
