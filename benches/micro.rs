@@ -51,7 +51,7 @@ fn route_lookup(c: &mut Criterion) {
         ));
     }
     let config = Config::from_toml("bench", Path::new("."), &toml).expect("config");
-    let devices = amtgw::fleet::build(&config).expect("fleet");
+    let devices = amtgw::fleet::build(&config, None, &[]).expect("fleet");
     let router = AddressRouter::new(&config, &devices);
     let query = RouteQuery {
         service: Service::Wsman,

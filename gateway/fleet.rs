@@ -39,6 +39,9 @@ impl Device {
 pub struct DeviceStatus {
     open: AtomicU64,
     last: Mutex<Option<HandshakeRecord>>,
+    /// Whether its CA-validated certificate is inside the expiry warning window, so the
+    /// warning is logged when that changes rather than on every connection.
+    expiring: std::sync::atomic::AtomicBool,
 }
 
 /// The outcome of the latest device handshake.
@@ -69,6 +72,11 @@ impl DeviceStatus {
     pub(crate) fn open_guard(&self) -> OpenGuard<'_> {
         self.open.fetch_add(1, Ordering::Relaxed);
         OpenGuard(&self.open)
+    }
+
+    /// Note whether the device's certificate is expiring; `true` when that just changed.
+    pub(crate) fn set_expiring(&self, expiring: bool) -> bool {
+        self.expiring.swap(expiring, Ordering::Relaxed) != expiring
     }
 
     pub(crate) fn record_handshake(

@@ -508,19 +508,33 @@ fn resize(limit: &Semaphore, old: usize, new: usize) {
     }
 }
 
+/// Export each client certificate's expiry and warn about those inside the warning window.
 fn record_client_certificates(metrics: &Metrics, config: &Config) {
+    let mut files = BTreeMap::new();
     for identity in config
         .devices
         .iter()
         .filter_map(|d| d.tls.client_identity.as_ref())
     {
         if let Some(not_after) = identity.chain.first().and_then(crate::tls::not_after) {
-            metrics.set_client_certificate_expiry(
-                &identity.cert_path.display().to_string(),
-                not_after,
-            );
+            files.insert(identity.cert_path.display().to_string(), not_after);
         }
     }
+    let mut expiring = 0;
+    for (file, not_after) in &files {
+        metrics.set_client_certificate_expiry(file, *not_after);
+        if let Some(days) = expires_within(*not_after, config.gateway.expiry_warning) {
+            expiring += 1;
+            tracing::warn!(certificate = %file, days_left = days, "client certificate expires soon; devices in mutual-TLS mode will refuse it then");
+        }
+    }
+    metrics.expiring("client").set(expiring);
+}
+
+/// Days left when `not_after` (unix seconds) falls within `window` from now (negative: expired).
+pub(crate) fn expires_within(not_after: i64, window: std::time::Duration) -> Option<i64> {
+    let left = not_after - fleet::unix_now() as i64;
+    (left < window.as_secs() as i64).then_some(left.div_euclid(86_400))
 }
 
 /// The pin store, if any device trusts on first use: the current one (re-read) when the path is

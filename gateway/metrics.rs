@@ -78,8 +78,16 @@ pub struct Metrics {
     pub(crate) exchange_seconds: Family<ServiceLabels, Histogram>,
     pub(crate) client_certificate_expiry: Family<CertificateLabels, Gauge>,
     pub(crate) reloads: Family<ReloadLabels, Counter>,
+    pub(crate) expiring: Family<ExpiringLabels, Gauge>,
     pub(crate) last_reload_success: Gauge,
     pub devices: DeviceMetrics,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExpiringLabels {
+    /// `client` (certificates the gateway presents) or `device` (CA-validated device
+    /// certificates, as last seen in a handshake).
+    pub kind: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -115,6 +123,7 @@ impl Metrics {
             exchange_seconds: Family::new_with_constructor(latency_histogram),
             client_certificate_expiry: Family::default(),
             reloads: Family::default(),
+            expiring: Family::default(),
             last_reload_success: Gauge::default(),
             devices,
         };
@@ -196,6 +205,11 @@ impl Metrics {
             metrics.client_certificate_expiry.clone(),
         );
         r.register(
+            "certificates_expiring",
+            "Certificates expiring within gateway.expiry_warning, by kind",
+            metrics.expiring.clone(),
+        );
+        r.register(
             "config_reloads",
             "Configuration reloads, by result (ok or why it was rejected)",
             metrics.reloads.clone(),
@@ -222,6 +236,10 @@ impl Metrics {
             self.last_reload_success
                 .set(crate::fleet::unix_now() as i64);
         }
+    }
+
+    pub(crate) fn expiring(&self, kind: &'static str) -> Gauge {
+        self.expiring.get_or_create_owned(&ExpiringLabels { kind })
     }
 
     /// Record a client certificate's expiry, labelled by its file.

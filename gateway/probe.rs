@@ -33,11 +33,11 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
-use x509_parser::time::ASN1Time;
 
 use crate::config::{ClientIdentity, Config, DeviceSettings, Host, Trust};
 use crate::fleet::unix_now;
 use crate::service::Service;
+use crate::tls::rfc3339;
 use crate::tls::{self, CertificateSummary, Fingerprints, Learned, PinStore, StoredPin, TlsError};
 use crate::upstream::UpstreamError;
 
@@ -126,7 +126,7 @@ pub async fn probe(
 ) -> Result<ProbeReport, ProbeError> {
     let connector = TlsConnector::from(client_config(client_identity)?);
     let started = Instant::now();
-    let addr = resolve(host, port, timeouts.connect).await?;
+    let addr = crate::upstream::resolve(host, port, timeouts.connect).await?;
     let remaining = timeouts.connect.saturating_sub(started.elapsed());
     let tcp = match timeout(remaining, TcpStream::connect(addr)).await {
         Err(_) => {
@@ -176,25 +176,6 @@ pub async fn probe(
     // to time the connection out. Failing to is harmless; the report is complete.
     let _ = timeout(timeouts.handshake, stream.shutdown()).await;
     Ok(report)
-}
-
-/// The same lookup as the gateway's (`upstream::resolve`, which is private to that module):
-/// first address, bounded by the connect timeout.
-async fn resolve(host: &Host, port: u16, limit: Duration) -> Result<SocketAddr, UpstreamError> {
-    let name = match host {
-        Host::Ip(ip) => return Ok(SocketAddr::new(*ip, port)),
-        Host::Dns(name) => name,
-    };
-    let failed = |source| UpstreamError::Resolve {
-        host: name.clone(),
-        source,
-    };
-    timeout(limit, tokio::net::lookup_host((name.as_str(), port)))
-        .await
-        .map_err(|_| failed(io::Error::new(io::ErrorKind::TimedOut, "lookup timed out")))?
-        .map_err(failed)?
-        .next()
-        .ok_or_else(|| failed(io::Error::new(io::ErrorKind::NotFound, "no addresses")))
 }
 
 /// A client config for one probe: TLS 1.3 and 1.2, the report-only verifier, the device's
@@ -787,27 +768,6 @@ fn days_left(not_after: i64, now: i64) -> i64 {
     not_after.saturating_sub(now).div_euclid(86_400)
 }
 
-/// RFC 3339 UTC, second precision (`2049-12-31T23:59:59Z`). The calendar arithmetic is the
-/// `time` crate's, reached through x509-parser's `ASN1Time`, so no date code is duplicated
-/// here; a time outside its range (beyond year 9999) is shown as unix seconds.
-fn rfc3339(unix: i64) -> String {
-    match ASN1Time::from_timestamp(unix) {
-        Ok(time) => {
-            let t = time.to_datetime();
-            format!(
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-                t.year(),
-                u8::from(t.month()),
-                t.day(),
-                t.hour(),
-                t.minute(),
-                t.second()
-            )
-        }
-        Err(_) => format!("@{unix}"),
-    }
-}
-
 /// `HOST[:PORT]` with the WS-Man TLS port (16993) by default. IPv6 addresses with a port are
 /// written `[::1]:16993`; a bare IPv6 address has no port.
 fn parse_target(text: &str) -> Result<(Host, u16), String> {
@@ -892,13 +852,7 @@ mod tests {
     }
 
     #[test]
-    fn formats_rfc3339_utc_and_days_left() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(rfc3339(2_524_607_999), "2049-12-31T23:59:59Z");
-        assert_eq!(rfc3339(-86_400), "1969-12-31T00:00:00Z");
-        assert_eq!(rfc3339(i64::MAX), format!("@{}", i64::MAX));
+    fn counts_whole_days_left() {
         assert_eq!(days_left(86_400 * 3, 0), 3);
         assert_eq!(days_left(86_400 * 3 - 1, 0), 2);
         assert_eq!(days_left(0, 1), -1);

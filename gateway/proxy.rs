@@ -9,6 +9,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, Level, info_span};
 
+use crate::config::Trust;
 use crate::fleet::{self, Device, HandshakeRecord};
 use crate::gateway::Shared;
 use crate::metrics::{DeviceSeries, HandshakeLabels, OutcomeLabels, ReasonLabels, ServiceLabels};
@@ -243,8 +244,29 @@ fn observe_device(
         },
         leaf,
     );
+    let not_after = leaf.and_then(crate::tls::not_after);
+    // Pinned and tofu certificates are trusted whatever their dates (AMT's own may be set from
+    // an unconfigured BIOS clock); only CA-validated ones stop working when they expire.
+    if let (Some(not_after), Trust::Ca { .. }) = (not_after, &device.settings.tls.trust) {
+        let window = ctx.shared.snapshot.load().config.gateway.expiry_warning;
+        let days_left = crate::gateway::expires_within(not_after, window);
+        if device.status.set_expiring(days_left.is_some()) {
+            let gauge = ctx.shared.metrics.expiring("device");
+            match days_left {
+                Some(days) => {
+                    gauge.inc();
+                    tracing::warn!(
+                        days_left = days,
+                        "device certificate expires soon; connections will fail then"
+                    );
+                }
+                None => {
+                    gauge.dec();
+                }
+            }
+        }
+    }
     if let Some(series) = &record.device_series {
-        let not_after = leaf.and_then(crate::tls::not_after);
         ctx.shared
             .metrics
             .devices

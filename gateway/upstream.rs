@@ -191,26 +191,24 @@ async fn learn_pin(
     }
 }
 
-async fn resolve(host: &Host, port: u16, limit: Duration) -> Result<SocketAddr, UpstreamError> {
-    match host {
-        Host::Ip(ip) => Ok(SocketAddr::new(*ip, port)),
-        Host::Dns(name) => {
-            let lookup = timeout(limit, tokio::net::lookup_host((name.as_str(), port)))
-                .await
-                .map_err(|_| UpstreamError::Resolve {
-                    host: name.clone(),
-                    source: io::Error::new(io::ErrorKind::TimedOut, "lookup timed out"),
-                })?;
-            lookup
-                .map_err(|source| UpstreamError::Resolve {
-                    host: name.clone(),
-                    source,
-                })?
-                .next()
-                .ok_or_else(|| UpstreamError::Resolve {
-                    host: name.clone(),
-                    source: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
-                })
-        }
-    }
+/// The device's socket address: its IP, or its DNS name resolved within `limit`.
+pub(crate) async fn resolve(
+    host: &Host,
+    port: u16,
+    limit: Duration,
+) -> Result<SocketAddr, UpstreamError> {
+    let name = match host {
+        Host::Ip(ip) => return Ok(SocketAddr::new(*ip, port)),
+        Host::Dns(name) => name,
+    };
+    let failed = |source| UpstreamError::Resolve {
+        host: name.clone(),
+        source,
+    };
+    timeout(limit, tokio::net::lookup_host((name.as_str(), port)))
+        .await
+        .map_err(|_| failed(io::Error::new(io::ErrorKind::TimedOut, "lookup timed out")))?
+        .map_err(failed)?
+        .next()
+        .ok_or_else(|| failed(io::Error::new(io::ErrorKind::NotFound, "no addresses")))
 }

@@ -12,7 +12,7 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn device_toml(name: &str, alias: &str, device: SocketAddr, pins: &[String]) -> String {
+fn device_toml(name: &str, alias: &str, device: SocketAddr, pins: &[&str]) -> String {
     let quoted: Vec<String> = pins.iter().map(|p| format!("\"{p}\"")).collect();
     format!(
         "\n[[devices]]\nname = \"{name}\"\nhost = \"{}\"\nlisten = \"{alias}\"\nports = {{ wsman = {} }}\ntrust = \"pin\"\npins = [{}]\n",
@@ -52,7 +52,7 @@ async fn reload_adds_and_removes_devices_with_their_alias_listeners() {
     let (a, pin_a) = pinned_echo().await;
     let (b, pin_b) = pinned_echo().await;
     let gateway =
-        TestGateway::start_config(config(&device_toml("a", "127.0.0.2", a, &[pin_a]))).await;
+        TestGateway::start_config(config(&device_toml("a", "127.0.0.2", a, &[&pin_a]))).await;
     let old_listener = gateway.addr_on(Service::Wsman, "127.0.0.2");
     assert_eq!(
         exchange(TcpStream::connect(old_listener).await.unwrap(), b"a")
@@ -63,7 +63,7 @@ async fn reload_adds_and_removes_devices_with_their_alias_listeners() {
 
     let summary = gateway
         .reload
-        .apply(config(&device_toml("b", "127.0.0.3", b, &[pin_b])))
+        .apply(config(&device_toml("b", "127.0.0.3", b, &[&pin_b])))
         .await
         .unwrap();
     assert_eq!(summary.devices_added, ["b"]);
@@ -94,7 +94,7 @@ async fn a_broken_config_file_is_rejected_and_the_running_one_stays() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("amtgw.toml");
     let (a, pin_a) = pinned_echo().await;
-    let good = format!("{HEAD}{}", device_toml("a", "127.0.0.2", a, &[pin_a]));
+    let good = format!("{HEAD}{}", device_toml("a", "127.0.0.2", a, &[&pin_a]));
     std::fs::write(&path, &good).unwrap();
     let gateway = TestGateway::start_file(&path).await;
     let listener = gateway.addr_on(Service::Wsman, "127.0.0.2");
@@ -134,13 +134,13 @@ async fn an_edited_config_file_is_picked_up_by_the_watcher() {
     let path = dir.path().join("amtgw.toml");
     let (a, pin_a) = pinned_echo().await;
     let (b, pin_b) = pinned_echo().await;
-    let first = format!("{HEAD}{}", device_toml("a", "127.0.0.2", a, &[pin_a]));
+    let first = format!("{HEAD}{}", device_toml("a", "127.0.0.2", a, &[&pin_a]));
     std::fs::write(&path, &first).unwrap();
     let mut gateway = TestGateway::start_file(&path).await;
 
     std::fs::write(
         &path,
-        format!("{first}{}", device_toml("b", "127.0.0.3", b, &[pin_b])),
+        format!("{first}{}", device_toml("b", "127.0.0.3", b, &[&pin_b])),
     )
     .unwrap();
     gateway.next_reload().await;
@@ -162,8 +162,7 @@ async fn a_long_transfer_survives_reloads_that_add_remove_and_repin_devices() {
     let (c, pin_c) = pinned_echo().await;
     let other_pin = amt_self_signed(false, false).cert_pin();
     let gateway =
-        TestGateway::start_config(config(&device_toml("a", "127.0.0.2", a, &[pin_a.clone()])))
-            .await;
+        TestGateway::start_config(config(&device_toml("a", "127.0.0.2", a, &[&pin_a]))).await;
     let conn = TcpStream::connect(gateway.addr_on(Service::Wsman, "127.0.0.2"))
         .await
         .unwrap();
@@ -193,16 +192,16 @@ async fn a_long_transfer_survives_reloads_that_add_remove_and_repin_devices() {
     let steps = [
         format!(
             "{}{}",
-            device_toml("a", "127.0.0.2", a, &[pin_a.clone()]),
-            device_toml("c", "127.0.0.3", c, &[pin_c.clone()])
+            device_toml("a", "127.0.0.2", a, &[&pin_a]),
+            device_toml("c", "127.0.0.3", c, &[&pin_c])
         ),
         format!(
             "{}{}",
-            device_toml("a", "127.0.0.2", a, &[pin_a.clone(), other_pin.clone()]),
-            device_toml("c", "127.0.0.3", c, &[pin_c])
+            device_toml("a", "127.0.0.2", a, &[&pin_a, &other_pin]),
+            device_toml("c", "127.0.0.3", c, &[&pin_c])
         ),
-        device_toml("a", "127.0.0.2", a, &[pin_a.clone()]),
-        device_toml("a", "127.0.0.2", a, &[other_pin]),
+        device_toml("a", "127.0.0.2", a, &[&pin_a]),
+        device_toml("a", "127.0.0.2", a, &[&other_pin]),
     ];
     for step in &steps {
         gateway.reload.apply(config(step)).await.unwrap();

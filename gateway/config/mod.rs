@@ -58,6 +58,9 @@ pub struct GatewaySettings {
     pub pin_store: PathBuf,
     /// How often the config, pin store and certificate files are checked for changes.
     pub watch_interval: Duration,
+    /// Warn (log and `amtgw_certificates_expiring`) when a client certificate or a CA-validated
+    /// device certificate expires within this window.
+    pub expiry_warning: Duration,
 }
 
 /// Per-device metric labels: off by default, because a fleet has 10,000+ devices and each

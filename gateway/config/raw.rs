@@ -29,6 +29,7 @@ pub(crate) struct RawGateway {
     pub(crate) log_format: Option<String>,
     pub(crate) pin_store: Option<String>,
     pub(crate) watch_interval: Option<String>,
+    pub(crate) expiry_warning: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

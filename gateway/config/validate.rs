@@ -116,11 +116,11 @@ impl Validator<'_> {
         // The figment key that supplied the value: up to the first `[index]`, since arrays
         // (devices, pins, bind) come whole from one source.
         let source_key = key.split('[').next().unwrap_or_default();
-        if let Some(meta) = self.figment.find_metadata(source_key) {
-            if meta.name.contains("environment") {
-                let path: Vec<String> = source_key.split('.').map(str::to_owned).collect();
-                message.push_str(&format!(" (from environment variable {})", env_var(&path)));
-            }
+        if let Some(meta) = self.figment.find_metadata(source_key)
+            && meta.name.contains("environment")
+        {
+            let path: Vec<String> = source_key.split('.').map(str::to_owned).collect();
+            message.push_str(&format!(" (from environment variable {})", env_var(&path)));
         }
         ConfigError::Invalid {
             file: self.file.to_owned(),
@@ -166,20 +166,20 @@ impl Validator<'_> {
                     ),
                 ));
             }
-            if let Some(listen) = device.listen {
-                if let Some(first) = listens.insert(listen, i) {
-                    return Err(self.err(
-                        format!("devices[{i}].listen"),
-                        format!(
-                            "{listen} is already the listen address of devices[{first}] ({}); \
+            if let Some(listen) = device.listen
+                && let Some(first) = listens.insert(listen, i)
+            {
+                return Err(self.err(
+                    format!("devices[{i}].listen"),
+                    format!(
+                        "{listen} is already the listen address of devices[{first}] ({}); \
                              give each device its own alias address",
-                            devices
-                                .get(first)
-                                .map(|d: &DeviceSettings| d.name.as_str())
-                                .unwrap_or("?")
-                        ),
-                    ));
-                }
+                        devices
+                            .get(first)
+                            .map(|d: &DeviceSettings| d.name.as_str())
+                            .unwrap_or("?")
+                    ),
+                ));
             }
             devices.push(device);
         }
@@ -261,6 +261,11 @@ impl Validator<'_> {
                 g.watch_interval.as_deref(),
                 Duration::from_secs(2),
             )?,
+            expiry_warning: self.duration(
+                "gateway.expiry_warning",
+                g.expiry_warning.as_deref(),
+                Duration::from_secs(30 * 24 * 3600),
+            )?,
         })
     }
 
@@ -282,13 +287,13 @@ impl Validator<'_> {
                 .map(|(i, text)| self.ip(&key(&format!("bind[{i}]")), text))
                 .collect::<Result<_, _>>()?,
         };
-        if let Some(name) = &raw.default_device {
-            if !devices.iter().any(|d| &d.name == name) {
-                return Err(self.err(
-                    key("default_device"),
-                    format!("no device is named `{name}`; name one of the [[devices]]"),
-                ));
-            }
+        if let Some(name) = &raw.default_device
+            && !devices.iter().any(|d| &d.name == name)
+        {
+            return Err(self.err(
+                key("default_device"),
+                format!("no device is named `{name}`; name one of the [[devices]]"),
+            ));
         }
         Ok(Some(ServiceSettings {
             service,
@@ -341,13 +346,13 @@ impl Validator<'_> {
             .as_deref()
             .map(|text| self.ip(&key("listen"), text))
             .transpose()?;
-        if let Some(ip) = listen {
-            if ip.is_unspecified() {
-                return Err(self.err(
-                    key("listen"),
-                    format!("{ip} matches every address; give the device its own alias address"),
-                ));
-            }
+        if let Some(ip) = listen
+            && ip.is_unspecified()
+        {
+            return Err(self.err(
+                key("listen"),
+                format!("{ip} matches every address; give the device its own alias address"),
+            ));
         }
         let server_name_text = raw.server_name.as_deref().unwrap_or(host_text);
         let server_name = ServerName::try_from(server_name_text.to_owned()).map_err(|_| {

@@ -3,6 +3,7 @@
 
 use rustls_pki_types::CertificateDer;
 use serde::Serialize;
+use x509_parser::time::ASN1Time;
 
 use super::Fingerprints;
 
@@ -43,4 +44,40 @@ impl CertificateSummary {
 pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     Some(parsed.validity().not_after.timestamp())
+}
+
+/// RFC 3339 UTC, second precision (`2049-12-31T23:59:59Z`). The calendar arithmetic is the
+/// `time` crate's, reached through x509-parser's `ASN1Time`, so no date code is duplicated
+/// here; a time outside its range (beyond year 9999) is shown as unix seconds.
+pub(crate) fn rfc3339(unix: i64) -> String {
+    match ASN1Time::from_timestamp(unix) {
+        Ok(time) => {
+            let t = time.to_datetime();
+            format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            )
+        }
+        Err(_) => format!("@{unix}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(4_107_542_399), "2100-02-28T23:59:59Z");
+        assert_eq!(rfc3339(2_524_607_999), "2049-12-31T23:59:59Z");
+        assert_eq!(rfc3339(-86_400), "1969-12-31T00:00:00Z");
+        assert_eq!(rfc3339(i64::MAX), format!("@{}", i64::MAX));
+    }
 }

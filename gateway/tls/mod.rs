@@ -14,6 +14,7 @@ use rustls::client::{ClientSessionMemoryCache, Resumption};
 use rustls::crypto::CryptoProvider;
 use rustls::{AlertDescription, CertificateError, ClientConfig};
 
+pub(crate) use inspect::rfc3339;
 pub use inspect::{CertificateSummary, not_after};
 pub use pem::{PemError, load_certificates, load_private_key};
 pub use pin::{Pin, PinKind, PinParseError};

@@ -109,7 +109,7 @@ impl fmt::Debug for Pin {
 /// Hex with optional `:` separators, as tools print fingerprints (`openssl x509 -fingerprint`).
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
     let digits: Vec<u8> = text.bytes().filter(|b| *b != b':').collect();
-    if digits.len() % 2 != 0 || digits.is_empty() {
+    if !digits.len().is_multiple_of(2) || digits.is_empty() {
         return None;
     }
     digits
