@@ -1,12 +1,14 @@
 //! `amtgw demo`: the embedded default for a first run. Two simulated AMT devices and a gateway
-//! in one process, the gateway pinned to the simulators' certificates and listening on the
-//! legacy ports of 127.0.0.1 (device `amt-sim-01`, the default) and of the alias 127.0.0.2
-//! (device `amt-sim-02`): a fleet in miniature, reached the way legacy consoles reach one.
+//! in one process, listening on the legacy ports of 127.0.0.1 (device `amt-sim-01`, the
+//! default, pinned to its certificate) and of the alias 127.0.0.2 (device `amt-sim-02`, trusted
+//! on first use): a fleet in miniature, reached the way legacy consoles reach one. The
+//! effective configuration and the pin store live in a state directory, so `amtgw pin` and
+//! the reload machinery work on the demo exactly as on a real installation.
 
 use std::fmt::Write as _;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::PathBuf;
 
 use crate::ConfigError;
 use crate::config::Config;
@@ -18,6 +20,9 @@ use crate::tls::Fingerprints;
 /// Names of the simulated devices, in order; the first is every service's default.
 pub const DEVICE_NAMES: [&str; 2] = ["amt-sim-01", "amt-sim-02"];
 
+/// The device that trusts on first use, and that SIGUSR1 unprovisions.
+pub const TOFU_DEVICE: usize = 1;
+
 /// Where the demo's gateway listens.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -25,6 +30,8 @@ pub struct DemoOptions {
     pub redirection_port: u16,
     pub dash_port: u16,
     pub admin: SocketAddr,
+    /// Where the effective config and the pin store are written; emptied when the demo ends.
+    pub state_dir: PathBuf,
 }
 
 impl Default for DemoOptions {
@@ -34,6 +41,7 @@ impl Default for DemoOptions {
             redirection_port: Service::Redirection.legacy_port(),
             dash_port: Service::Dash.legacy_port(),
             admin: SocketAddr::from(([127, 0, 0, 1], 9716)),
+            state_dir: std::env::temp_dir().join(format!("amtgw-demo-{}", std::process::id())),
         }
     }
 }
@@ -47,6 +55,8 @@ pub enum DemoError {
     },
     #[error("demo configuration is invalid (a bug): {0}")]
     Config(#[from] ConfigError),
+    #[error("cannot write the demo state in {dir}: {source}")]
+    State { dir: PathBuf, source: io::Error },
     #[error(transparent)]
     Gateway(#[from] GatewayError),
 }
@@ -56,6 +66,7 @@ impl DemoError {
         match self {
             DemoError::Simulator { source, .. } => source.kind(),
             DemoError::Config(e) => e.kind(),
+            DemoError::State { .. } => "demo_state",
             DemoError::Gateway(e) => e.kind(),
         }
     }
@@ -67,6 +78,19 @@ pub struct Demo {
     pub gateway: Gateway,
     /// Why a service was left out (DASH on 623 without the privilege to bind it).
     pub skipped: Vec<String>,
+    pub state: DemoState,
+}
+
+/// The demo's state directory; removed when dropped.
+pub struct DemoState {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Drop for DemoState {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl Demo {
@@ -93,13 +117,24 @@ impl Demo {
             // Anything else (port in use) is reported by the gateway's own bind, with a hint.
             Err(_) => true,
         };
+        let state_error = |source| DemoError::State {
+            dir: options.state_dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&options.state_dir).map_err(state_error)?;
+        let state = DemoState {
+            dir: options.state_dir.clone(),
+            config: options.state_dir.join("amtgw.toml"),
+        };
         let toml = demo_config(options, &devices, dash_enabled);
-        let config = Config::from_toml("<embedded demo config>", Path::new("."), &toml)?;
+        std::fs::write(&state.config, toml).map_err(state_error)?;
+        let config = Config::load(&state.config)?;
         let gateway = Gateway::bind(config).await?;
         Ok(Demo {
             devices,
             gateway,
             skipped,
+            state,
         })
     }
 
@@ -118,12 +153,19 @@ impl Demo {
         );
         for (i, device) in self.devices.iter().enumerate() {
             let ip = if i == 0 { "127.0.0.1" } else { "127.0.0.2" };
-            let pin = Fingerprints::of(&device.certificate())
-                .map(|f| f.certificate.to_string())
-                .unwrap_or_default();
+            let trust = if i == TOFU_DEVICE {
+                "trusted on first use".to_owned()
+            } else {
+                format!(
+                    "pinned {}",
+                    Fingerprints::of(&device.certificate())
+                        .map(|f| f.certificate.to_string())
+                        .unwrap_or_default()
+                )
+            };
             let _ = writeln!(
                 out,
-                "  {name}  consoles use {ip}; device TLS on {wsman} / {redir} / {dash}\n              pinned {pin}",
+                "  {name}  consoles use {ip}; device TLS on {wsman} / {redir} / {dash}\n              {trust}",
                 name = DEVICE_NAMES[i],
                 wsman = device.wsman_addr(),
                 redir = device.redirection_addr(),
@@ -157,8 +199,23 @@ impl Demo {
                 pass = sim::DEMO_PASSWORD,
             );
         }
-        if let Some(admin) = self.gateway.admin_addr() {
-            let _ = writeln!(out, "  curl http://{admin}/metrics");
+        let admin = self.gateway.admin_addr();
+        if let Some(admin) = admin {
+            let _ = writeln!(out, "  curl http://{admin}/metrics        # and /devices");
+        }
+        let config = self.state.config.display();
+        let tofu = DEVICE_NAMES[TOFU_DEVICE];
+        let _ = writeln!(
+            out,
+            "\nDevice trust (the demo's config and pin store are in {}):\n  amtgw pin --config {config} --all\n  kill -USR1 {pid}      # unprovision {tofu}: new key, so it is refused until re-pinned\n  amtgw pin --config {config} --replace {tofu}",
+            self.state.dir.display(),
+            pid = std::process::id(),
+        );
+        if let Some(admin) = admin {
+            let _ = writeln!(
+                out,
+                "  curl -X POST http://{admin}/devices/{tofu}/repin   # or re-pin through the admin listener"
+            );
         }
         for note in &self.skipped {
             let _ = writeln!(out, "\nNote: {note}");
@@ -174,7 +231,11 @@ fn can_bind(port: u16) -> io::Result<()> {
 
 fn demo_config(options: &DemoOptions, devices: &[SimDevice], dash_enabled: bool) -> String {
     let mut toml = format!(
-        r#"
+        r#"# Written by `amtgw demo`; removed when it stops.
+[gateway]
+pin_store = "pins.toml"
+watch_interval = "250ms"
+
 [admin]
 listen = "{admin}"
 
@@ -198,9 +259,16 @@ default_device = "{default}"
         default = DEVICE_NAMES[0],
     );
     for (i, device) in devices.iter().enumerate() {
-        let pin = Fingerprints::of(&device.certificate())
-            .map(|f| f.certificate.to_string())
-            .unwrap_or_default();
+        let trust = if i == TOFU_DEVICE {
+            "trust = \"tofu\"".to_owned()
+        } else {
+            format!(
+                "trust = \"pin\"\npins = [\"{}\"]",
+                Fingerprints::of(&device.certificate())
+                    .map(|f| f.certificate.to_string())
+                    .unwrap_or_default()
+            )
+        };
         let _ = write!(
             toml,
             r#"
@@ -209,8 +277,7 @@ name = "{name}"
 host = "127.0.0.1"
 listen = "127.0.0.{alias}"
 ports = {{ wsman = {wsman}, redirection = {redirection}, dash = {dash} }}
-trust = "pin"
-pins = ["{pin}"]
+{trust}
 "#,
             name = DEVICE_NAMES[i],
             alias = i + 1,

@@ -50,6 +50,10 @@ enum Command {
         dash_port: u16,
         #[arg(long, default_value = "127.0.0.1:9716")]
         admin: SocketAddr,
+        /// Where the demo writes its effective config and pin store (removed at exit).
+        /// Default: a fresh directory under the system's temporary directory.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Run one simulated AMT device (TLS only, like CSME 16.1+). SIGUSR1 "unprovisions" it:
     /// a new key and self-signed certificate, as the firmware makes.
@@ -175,13 +179,16 @@ fn main() -> ExitCode {
             redirection_port,
             dash_port,
             admin,
+            state_dir,
         } => {
             init_logging(LogFormat::Text);
+            let defaults = DemoOptions::default();
             let options = DemoOptions {
                 wsman_port,
                 redirection_port,
                 dash_port,
                 admin,
+                state_dir: state_dir.unwrap_or(defaults.state_dir),
             };
             report(runtime().and_then(|rt| rt.block_on(demo(options))))
         }
@@ -331,23 +338,34 @@ async fn demo(options: DemoOptions) -> anyhow::Result<bool> {
     let demo = Demo::start(&options).await.context("starting the demo")?;
     announce(&demo.gateway);
     println!("{}", demo.instructions());
+    let Demo {
+        devices,
+        gateway,
+        state,
+        ..
+    } = demo;
     let shutdown = CancellationToken::new();
-    let reload = demo.gateway.reload_handle();
-    let run = tokio::spawn(demo.gateway.run(shutdown.clone()));
-    let signal = amtgw::shutdown::signal(Some(&reload))
-        .await
-        .context("cannot install signal handlers")?;
-    tracing::info!(signal, "shutdown requested");
+    let reload = gateway.reload_handle();
+    let run = tokio::spawn(gateway.run(shutdown.clone()));
+    let unprovisioned = &devices[amtgw::demo::TOFU_DEVICE];
+    let name = amtgw::demo::DEVICE_NAMES[amtgw::demo::TOFU_DEVICE];
+    until_stopped(Some(&reload), || match unprovisioned.unprovision() {
+        Ok(()) => {
+            println!("unprovisioned {name}: new key and certificate; it is refused until re-pinned")
+        }
+        Err(e) => tracing::warn!(error = %e, "unprovision failed"),
+    })
+    .await?;
     shutdown.cancel();
     let report = run.await.context("gateway task failed")?;
-    for device in demo.devices {
+    for device in devices {
         device.shutdown().await;
     }
+    drop(state);
     Ok(report.drained())
 }
 
 async fn simulate(config: SimConfig) -> anyhow::Result<bool> {
-    use tokio::signal::unix::{SignalKind, signal};
     let name = config.name.clone();
     let device = SimDevice::start(config)
         .await
@@ -360,26 +378,37 @@ async fn simulate(config: SimConfig) -> anyhow::Result<bool> {
     );
     print_pins(&device);
     println!("SIGUSR1 unprovisions it (new key and certificate); Ctrl-C stops it.");
-    let mut unprovision = signal(SignalKind::user_defined1()).context("installing SIGUSR1")?;
-    let stop = amtgw::shutdown::signal(None);
+    until_stopped(None, || match device.unprovision() {
+        Ok(()) => {
+            println!("unprovisioned: new key and certificate");
+            print_pins(&device);
+        }
+        Err(e) => tracing::warn!(error = %e, "unprovision failed"),
+    })
+    .await?;
+    device.shutdown().await;
+    Ok(true)
+}
+
+/// Until SIGTERM or SIGINT: SIGHUP reloads through `reload`, SIGUSR1 runs `on_usr1`.
+async fn until_stopped(
+    reload: Option<&amtgw::gateway::ReloadHandle>,
+    mut on_usr1: impl FnMut(),
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut usr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1")?;
+    let stop = amtgw::shutdown::signal(reload);
     tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = unprovision.recv() => match device.unprovision() {
-                Ok(()) => {
-                    println!("unprovisioned: new key and certificate");
-                    print_pins(&device);
-                }
-                Err(e) => tracing::warn!(error = %e, "unprovision failed"),
-            },
+            _ = usr1.recv() => on_usr1(),
             signal = &mut stop => {
-                tracing::info!(signal = signal.context("cannot install signal handlers")?, "stopping");
-                break;
+                let signal = signal.context("cannot install signal handlers")?;
+                tracing::info!(signal, "stopping");
+                return Ok(());
             }
         }
     }
-    device.shutdown().await;
-    Ok(true)
 }
 
 fn print_pins(device: &SimDevice) {

@@ -14,7 +14,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn curl_get_settings(ip: &str, port: u16) -> String {
+/// Curl's stdout, or `None` when the request failed (connection closed by the gateway).
+fn try_curl_get_settings(ip: &str, port: u16) -> Option<String> {
     let body = format!(
         "@{}/scripts/wsman/get-general-settings.xml",
         env!("CARGO_MANIFEST_DIR")
@@ -35,16 +36,43 @@ fn curl_get_settings(ip: &str, port: u16) -> String {
         .arg(format!("http://{ip}:{port}/wsman"))
         .output()
         .expect("curl is missing: run scripts/install-test-deps.sh");
-    assert!(
-        output.status.success(),
-        "curl failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8(output.stdout).unwrap())
 }
 
+fn curl_get_settings(ip: &str, port: u16) -> String {
+    try_curl_get_settings(ip, port).expect("curl through the demo failed")
+}
+
+fn amtgw(args: &[&str]) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_amtgw"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// The row of `device` in `amtgw pin --all`'s table, split into columns.
+fn pin_row(table: &str, device: &str) -> Vec<String> {
+    table
+        .lines()
+        .find(|line| line.starts_with(device))
+        .unwrap_or_else(|| panic!("no row for {device}:\n{table}"))
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The README's first command and issue 5's walk-through: both devices served, the TOFU
+/// device learned, `amtgw pin --all` right, unprovisioning refused until `--replace`, all in
+/// one running demo, which then exits cleanly on SIGTERM.
 #[test]
-fn demo_serves_both_devices_and_exits_cleanly_on_sigterm() {
+fn demo_serves_repins_and_exits_cleanly_on_sigterm() {
     let (wsman, redirection, dash, admin) = (free_port(), free_port(), free_port(), free_port());
     let mut demo = Command::new(env!("CARGO_BIN_EXE_amtgw"))
         .args(["demo", "--wsman-port", &wsman.to_string()])
@@ -52,9 +80,10 @@ fn demo_serves_both_devices_and_exits_cleanly_on_sigterm() {
         .args(["--dash-port", &dash.to_string()])
         .args(["--admin", &format!("127.0.0.1:{admin}")])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut logs = BufReader::new(demo.stderr.take().unwrap()).lines();
 
     // The instructions are printed once everything listens.
     let mut printed = String::new();
@@ -77,6 +106,52 @@ fn demo_serves_both_devices_and_exits_cleanly_on_sigterm() {
     assert!(curl_get_settings("127.0.0.1", wsman).contains("<g:HostName>amt-sim-01</g:HostName>"));
     assert!(curl_get_settings("127.0.0.2", wsman).contains("<g:HostName>amt-sim-02</g:HostName>"));
 
+    let config = printed
+        .split_whitespace()
+        .skip_while(|word| *word != "--config")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let (code, table) = amtgw(&["pin", "--config", &config, "--all"]);
+    assert_eq!(code, 0, "{table}");
+    assert_eq!(pin_row(&table, "amt-sim-01")[3..5], ["pin", "match"]);
+    assert_eq!(
+        pin_row(&table, "amt-sim-02")[3..5],
+        ["tofu", "match"],
+        "learned on first use"
+    );
+
+    // Unprovision the TOFU device: a new key, refused by the running gateway...
+    Command::new("kill")
+        .args(["-USR1", &demo.id().to_string()])
+        .status()
+        .unwrap();
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("unprovisioned amt-sim-02") {
+            break;
+        }
+    }
+    assert_eq!(try_curl_get_settings("127.0.0.2", wsman), None);
+    let (code, table) = amtgw(&["pin", "--config", &config, "--all"]);
+    assert_eq!(code, 1);
+    assert_eq!(pin_row(&table, "amt-sim-02")[4], "MISMATCH");
+
+    // ...until it is re-pinned, which the running gateway picks up.
+    let (code, out) = amtgw(&["pin", "--config", &config, "--replace", "amt-sim-02"]);
+    assert_eq!(code, 0, "{out}");
+    for line in logs.by_ref() {
+        if line
+            .unwrap()
+            .contains("pin store changed by another process")
+        {
+            break;
+        }
+    }
+    assert!(curl_get_settings("127.0.0.2", wsman).contains("<g:HostName>amt-sim-02</g:HostName>"));
+    assert!(curl_get_settings("127.0.0.1", wsman).contains("<g:HostName>amt-sim-01</g:HostName>"));
+    // Keep draining the logs so the demo never blocks on a full pipe.
+    std::thread::spawn(move || logs.for_each(drop));
+
     let killed = Command::new("kill")
         .args(["-TERM", &demo.id().to_string()])
         .status()
@@ -84,4 +159,6 @@ fn demo_serves_both_devices_and_exits_cleanly_on_sigterm() {
     assert!(killed.success());
     let status = demo.wait().unwrap();
     assert_eq!(status.code(), Some(0), "every session drained, so exit 0");
+    let state_dir = std::path::Path::new(&config).parent().unwrap();
+    assert!(!state_dir.exists(), "the demo removes its state directory");
 }
