@@ -1,0 +1,1673 @@
+//! End-to-end benchmark: amtgw against the programs an operator would otherwise deploy in its
+//! place (stunnel4 in client mode, HAProxy `mode tcp` with `ssl verify required`, nginx
+//! `stream` with `proxy_ssl_verify`), all forwarding plain TCP to the same TLS upstream and all
+//! pinned to its exact certificate. See `benches/README.md` for what each figure means.
+//!
+//! `cargo bench --bench e2e` runs the full comparison and writes `benches/results/latest.md`;
+//! under `cargo test --all-targets` (no `--bench` argument) it runs a seconds-long smoke: one
+//! tiny measurement per installed proxy, asserting only that the bytes arrived. Sizes come from
+//! `E2E_*` environment variables (listed in the README).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use amtgw::sim::{CertStyle, SimConfig, SimDevice, SimIdentity, generate_amt_identity};
+use amtgw::tls::Pin;
+use md5::{Digest as _, Md5};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::{ClientConfig, DigitallySignedStruct, HandshakeKind, ServerConfig, SignatureScheme};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// Bound on every wait for a proxy or a connection: a hang fails the run, it never paces it.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+const BLOCK: usize = 64 * 1024;
+const EXCHANGE: usize = 1024;
+const LATENCY_WARMUP: usize = 200;
+const WSMAN_BODY: &str = include_str!("../scripts/wsman/get-general-settings.xml");
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+struct Options {
+    smoke: bool,
+    proxies: Vec<Kind>,
+    reps: usize,
+    bulk_mb: u64,
+    conns: usize,
+    concurrency: usize,
+    latency_samples: usize,
+    idle: Vec<usize>,
+    wsman: usize,
+    out: Option<PathBuf>,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(value) => value
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a valid value")),
+        Err(_) => default,
+    }
+}
+
+impl Options {
+    fn from_env(smoke: bool) -> Options {
+        let proxies = match std::env::var("E2E_PROXIES") {
+            Ok(list) => list
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| Kind::parse(s.trim()))
+                .collect(),
+            Err(_) => Kind::ALL.to_vec(),
+        };
+        fn s<T>(smoke: bool, full: T, small: T) -> T {
+            if smoke { small } else { full }
+        }
+        let mut idle: Vec<usize> = std::env::var("E2E_IDLE")
+            .unwrap_or_else(|_| s(smoke, "1000", "20").to_owned())
+            .split(',')
+            .filter(|x| !x.trim().is_empty())
+            .map(|x| x.trim().parse().expect("E2E_IDLE: comma-separated counts"))
+            .collect();
+        if !smoke && std::env::var("E2E_IDLE_10K").is_ok_and(|v| v == "1") {
+            idle.push(10_000);
+        }
+        let default_out = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results/latest.md");
+        Options {
+            smoke,
+            proxies,
+            reps: env_or("E2E_REPS", s(smoke, 3, 1)),
+            bulk_mb: env_or("E2E_BULK_MB", s(smoke, 256, 1)),
+            conns: env_or("E2E_CONNS", s(smoke, 1000, 8)),
+            concurrency: env_or("E2E_CONCURRENCY", 4).max(1),
+            latency_samples: env_or("E2E_LATENCY_SAMPLES", s(smoke, 10_000, 20)),
+            idle,
+            wsman: env_or("E2E_WSMAN", s(smoke, 400, 4)),
+            out: match std::env::var("E2E_OUT") {
+                Ok(path) if path.is_empty() || path == "-" => None,
+                Ok(path) => Some(PathBuf::from(path)),
+                Err(_) => (!smoke).then_some(default_out),
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Machine facts
+
+fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    let text = if out.stdout.is_empty() {
+        out.stderr
+    } else {
+        out.stdout
+    };
+    Some(String::from_utf8_lossy(&text).trim().to_owned())
+}
+
+fn clock_ticks() -> f64 {
+    command_output("getconf", &["CLK_TCK"])
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn open_files_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(1024)
+}
+
+/// Raise RLIMIT_NOFILE for this process (and so for the proxies it starts) with the `prlimit`
+/// program: the crate has no libc binding and forbids unsafe code.
+fn raise_open_files(wanted: u64) -> u64 {
+    let current = open_files_limit();
+    if current >= wanted {
+        return current;
+    }
+    let pid = std::process::id().to_string();
+    let limit = format!("--nofile={wanted}:{wanted}");
+    match Command::new("prlimit")
+        .args(["--pid", &pid, &limit])
+        .status()
+    {
+        Ok(status) if status.success() => {}
+        other => eprintln!("e2e: prlimit {limit} failed ({other:?}); the limit stays {current}"),
+    }
+    open_files_limit()
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2))
+                .map(|euid| euid == "0")
+        })
+        .unwrap_or(false)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process accounting: CPU and RSS of a proxy's whole process tree (nginx and HAProxy may fork)
+
+fn tree(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let p = all[i];
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for task in tasks.flatten() {
+                if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
+                    all.extend(
+                        children
+                            .split_whitespace()
+                            .filter_map(|c| c.parse::<u32>().ok()),
+                    );
+                }
+            }
+        }
+        i += 1;
+    }
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
+/// utime + stime of every process in the tree, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    tree(pid)
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after "(comm)": state is field 3, utime 14, stime 15.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    tree(pid)
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream: an in-process TLS server with the AMT-like certificate. The first byte a client
+// sends picks the mode:
+//   'E' echo everything;  'S' + u64 n: sink n bytes, answer n as u64;
+//   'O' + u64 n: send n bytes;  'R': request/response, 1 KiB in, 1 KiB out, repeatedly.
+
+#[derive(Default)]
+struct Handshakes {
+    total: AtomicU64,
+    resumed: AtomicU64,
+}
+
+impl Handshakes {
+    fn snapshot(&self) -> (u64, u64) {
+        (
+            self.total.load(Ordering::Relaxed),
+            self.resumed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+async fn start_upstream(
+    cert: &CertificateDer<'static>,
+    key: &PrivateKeyDer<'static>,
+    resumption: bool,
+) -> (SocketAddr, Arc<Handshakes>) {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key.clone_key())
+        .expect("upstream certificate and key");
+    if resumption {
+        // Stateless tickets (reusable) plus a session-ID cache for TLS 1.2 clients.
+        config.session_storage = rustls::server::ServerSessionMemoryCache::new(65_536);
+        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().expect("ticketer");
+    } else {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream address");
+    let counts = Arc::new(Handshakes::default());
+    let task_counts = counts.clone();
+    tokio::spawn(async move {
+        loop {
+            let tcp = match listener.accept().await {
+                Ok((tcp, _)) => tcp,
+                Err(error) => {
+                    // Out of descriptors, say: back off instead of spinning.
+                    eprintln!("e2e: upstream accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            tcp.set_nodelay(true).ok();
+            let acceptor = acceptor.clone();
+            let counts = task_counts.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                counts.total.fetch_add(1, Ordering::Relaxed);
+                if stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed) {
+                    counts.resumed.fetch_add(1, Ordering::Relaxed);
+                }
+                // Errors are the client going away mid-stream; the client side reports them.
+                let _ = serve(stream).await;
+            });
+        }
+    });
+    (addr, counts)
+}
+
+async fn read_u64<S: AsyncRead + Unpin>(s: &mut S) -> io::Result<u64> {
+    let mut n = [0u8; 8];
+    s.read_exact(&mut n).await?;
+    Ok(u64::from_be_bytes(n))
+}
+
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> io::Result<()> {
+    let mut mode = [0u8; 1];
+    s.read_exact(&mut mode).await?;
+    let mut buf = vec![0u8; BLOCK];
+    match mode[0] {
+        b'E' => loop {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            s.write_all(&buf[..n]).await?;
+            s.flush().await?;
+        },
+        b'S' => {
+            let total = read_u64(&mut s).await?;
+            let mut left = total;
+            while left > 0 {
+                let want = left.min(BLOCK as u64) as usize;
+                let n = s.read(&mut buf[..want]).await?;
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                left -= n as u64;
+            }
+            s.write_all(&total.to_be_bytes()).await?;
+            s.flush().await?;
+            while s.read(&mut buf).await? > 0 {}
+        }
+        b'O' => {
+            let mut left = read_u64(&mut s).await?;
+            buf.fill(0x5a);
+            while left > 0 {
+                let n = left.min(BLOCK as u64) as usize;
+                s.write_all(&buf[..n]).await?;
+                left -= n as u64;
+            }
+            s.flush().await?;
+            while s.read(&mut buf).await? > 0 {}
+        }
+        b'R' => {
+            let mut exchange = [0u8; EXCHANGE];
+            while s.read_exact(&mut exchange).await.is_ok() {
+                s.write_all(&exchange).await?;
+                s.flush().await?;
+            }
+        }
+        _ => {}
+    }
+    s.shutdown().await.ok();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients: plain TCP to a proxy, or TLS straight to the upstream (the baseline)
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+type Conn = Box<dyn Io>;
+
+/// The direct client's verifier: exactly the pinned certificate, handshake signatures checked.
+#[derive(Debug)]
+struct PinnedCert {
+    cert: CertificateDer<'static>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.cert.as_ref() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "certificate does not match the pin".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[derive(Clone)]
+enum Target {
+    Plain(SocketAddr),
+    Direct {
+        addr: SocketAddr,
+        connector: TlsConnector,
+    },
+}
+
+impl Target {
+    async fn connect(&self) -> io::Result<Conn> {
+        let addr = match self {
+            Target::Plain(addr) | Target::Direct { addr, .. } => *addr,
+        };
+        let tcp = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        tcp.set_nodelay(true)?;
+        match self {
+            Target::Plain(_) => Ok(Box::new(tcp)),
+            Target::Direct { connector, .. } => {
+                let tls = connector.connect(ServerName::from(addr.ip()), tcp).await?;
+                Ok(Box::new(tls))
+            }
+        }
+    }
+}
+
+fn direct_connector(cert: &CertificateDer<'static>) -> TlsConnector {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCert {
+            cert: cert.clone(),
+            provider,
+        }))
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+async fn timed<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(STEP_TIMEOUT * 4, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no progress within {:?}", STEP_TIMEOUT * 4))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements (each asserts that every byte arrived, never a timing)
+
+/// Console -> device: write `bytes` into the sink, wait for its count.
+async fn bulk_to_device(target: &Target, bytes: u64) -> Duration {
+    let start = Instant::now();
+    let mut c = target.connect().await.expect("connect for bulk");
+    let mut header = vec![b'S'];
+    header.extend_from_slice(&bytes.to_be_bytes());
+    c.write_all(&header).await.expect("bulk header");
+    let block = vec![0xa5u8; BLOCK];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(BLOCK as u64) as usize;
+        c.write_all(&block[..n]).await.expect("bulk write");
+        left -= n as u64;
+    }
+    c.flush().await.expect("bulk flush");
+    let got = read_u64(&mut c).await.expect("sink acknowledgement");
+    assert_eq!(got, bytes, "the sink received a different byte count");
+    start.elapsed()
+}
+
+/// Device -> console: ask the source for `bytes`, read them all.
+async fn bulk_to_console(target: &Target, bytes: u64) -> Duration {
+    let start = Instant::now();
+    let mut c = target.connect().await.expect("connect for bulk");
+    let mut header = vec![b'O'];
+    header.extend_from_slice(&bytes.to_be_bytes());
+    c.write_all(&header).await.expect("bulk header");
+    c.flush().await.expect("bulk flush");
+    let mut buf = vec![0u8; BLOCK];
+    let mut left = bytes;
+    while left > 0 {
+        let n = c.read(&mut buf).await.expect("bulk read");
+        assert!(n > 0, "stream ended with {left} bytes missing");
+        left -= n as u64;
+    }
+    start.elapsed()
+}
+
+/// One connection: connect, one byte through the echo and back, close.
+async fn one_connection(target: &Target) -> io::Result<Conn> {
+    let mut c = target.connect().await?;
+    c.write_all(b"E\x07").await?;
+    c.flush().await?;
+    let mut b = [0u8; 1];
+    c.read_exact(&mut b).await?;
+    if b[0] != 7 {
+        return Err(io::Error::other("echo returned a different byte"));
+    }
+    Ok(c)
+}
+
+/// `total` connections, `concurrency` at a time.
+async fn connection_rate(target: &Target, total: usize, concurrency: usize) -> Duration {
+    let start = Instant::now();
+    let mut tasks = JoinSet::new();
+    for worker in 0..concurrency {
+        let n = total / concurrency + usize::from(worker < total % concurrency);
+        let target = target.clone();
+        tasks.spawn(async move {
+            for _ in 0..n {
+                let c = one_connection(&target).await.expect("connection");
+                drop(c);
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("connection worker");
+    }
+    start.elapsed()
+}
+
+/// Round trips of 1 KiB each way on one connection, in nanoseconds.
+async fn latency(target: &Target, samples: usize) -> Vec<u64> {
+    let mut c = target.connect().await.expect("connect for latency");
+    c.write_all(b"R").await.expect("mode");
+    let out = [0x42u8; EXCHANGE];
+    let mut back = [0u8; EXCHANGE];
+    let mut times = Vec::with_capacity(samples);
+    for i in 0..LATENCY_WARMUP + samples {
+        let t = Instant::now();
+        c.write_all(&out).await.expect("request");
+        c.flush().await.expect("flush");
+        c.read_exact(&mut back).await.expect("response");
+        if i >= LATENCY_WARMUP {
+            times.push(t.elapsed().as_nanos() as u64);
+        }
+    }
+    assert_eq!(back, out, "the response differs from the request");
+    times.sort_unstable();
+    times
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    let index = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[index.min(sorted.len() - 1)] as f64
+}
+
+/// Open `n` connections that each carried one echoed byte, and keep them.
+async fn open_idle(target: &Target, n: usize) -> Vec<Conn> {
+    let mut tasks = JoinSet::new();
+    let workers = 16.min(n.max(1));
+    for worker in 0..workers {
+        let count = n / workers + usize::from(worker < n % workers);
+        let target = target.clone();
+        tasks.spawn(async move {
+            let mut held = Vec::with_capacity(count);
+            for _ in 0..count {
+                held.push(one_connection(&target).await.expect("idle connection"));
+            }
+            held
+        });
+    }
+    let mut all = Vec::with_capacity(n);
+    while let Some(done) = tasks.join_next().await {
+        all.extend(done.expect("idle worker"));
+    }
+    all
+}
+
+// WS-Man: HTTP digest exchanges against the simulator.
+
+struct Challenge {
+    realm: String,
+    nonce: String,
+}
+
+fn header_param(header: &str, name: &str) -> Option<String> {
+    let start = header.find(&format!("{name}=\""))? + name.len() + 2;
+    let end = header[start..].find('"')? + start;
+    Some(header[start..end].to_owned())
+}
+
+fn md5_hex(data: &str) -> String {
+    format!("{:x}", Md5::digest(data.as_bytes()))
+}
+
+fn wsman_request(auth: Option<(&Challenge, u64)>, keep_alive: bool) -> Vec<u8> {
+    let mut request = format!(
+        "POST /wsman HTTP/1.1\r\nHost: 127.0.0.1:16992\r\n\
+         Content-Type: application/soap+xml;charset=UTF-8\r\nContent-Length: {}\r\n",
+        WSMAN_BODY.len()
+    );
+    if let Some((challenge, nc)) = auth {
+        let (user, password) = (amtgw::sim::DEMO_USERNAME, amtgw::sim::DEMO_PASSWORD);
+        let nc = format!("{nc:08x}");
+        let cnonce = "0a4f113b";
+        let ha1 = md5_hex(&format!("{user}:{}:{password}", challenge.realm));
+        let ha2 = md5_hex("POST:/wsman");
+        let response = md5_hex(&format!(
+            "{ha1}:{}:{nc}:{cnonce}:auth:{ha2}",
+            challenge.nonce
+        ));
+        let _ = write!(
+            request,
+            "Authorization: Digest username=\"{user}\", realm=\"{}\", nonce=\"{}\", \
+             uri=\"/wsman\", qop=auth, nc={nc}, cnonce=\"{cnonce}\", response=\"{response}\"\r\n",
+            challenge.realm, challenge.nonce
+        );
+    }
+    if !keep_alive {
+        request.push_str("Connection: close\r\n");
+    }
+    request.push_str("\r\n");
+    request.push_str(WSMAN_BODY);
+    request.into_bytes()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Send one request and read one whole response; returns the status and the header block.
+async fn http_exchange(c: &mut Conn, request: &[u8]) -> io::Result<(u16, String)> {
+    c.write_all(request).await?;
+    c.flush().await?;
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let status: u16 = head
+                .get(9..12)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| io::Error::other("malformed status line"))?;
+            let body = &buf[end + 4..];
+            let lower = head.to_ascii_lowercase();
+            let length = lower
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            let complete = match length {
+                Some(length) => body.len() >= length,
+                None => body.ends_with(b"0\r\n\r\n"),
+            };
+            if complete {
+                return Ok((status, head));
+            }
+        }
+        let n = c.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn wsman_challenge(target: &Target) -> Challenge {
+    let mut c = target.connect().await.expect("connect to the simulator");
+    let (status, head) = http_exchange(&mut c, &wsman_request(None, false))
+        .await
+        .expect("challenge");
+    assert_eq!(status, 401, "expected a digest challenge");
+    Challenge {
+        realm: header_param(&head, "realm").expect("realm in the challenge"),
+        nonce: header_param(&head, "nonce").expect("nonce in the challenge"),
+    }
+}
+
+/// `total` authenticated Gets. With keep-alive: per worker one challenge, then every Get on
+/// one connection. Without: per Get an unauthenticated request (401, the device closes) and an
+/// authenticated one on a new connection, as simple consoles do.
+async fn wsman_mix(
+    target: &Target,
+    total: usize,
+    concurrency: usize,
+    keep_alive: bool,
+) -> Duration {
+    let start = Instant::now();
+    let mut tasks = JoinSet::new();
+    for worker in 0..concurrency {
+        let n = total / concurrency + usize::from(worker < total % concurrency);
+        let target = target.clone();
+        tasks.spawn(async move {
+            if n == 0 {
+                return;
+            }
+            if keep_alive {
+                let challenge = wsman_challenge(&target).await;
+                let mut c = target.connect().await.expect("connect to the simulator");
+                for nc in 1..=n as u64 {
+                    let (status, _) =
+                        http_exchange(&mut c, &wsman_request(Some((&challenge, nc)), true))
+                            .await
+                            .expect("keep-alive exchange");
+                    assert_eq!(status, 200, "authenticated Get failed");
+                }
+            } else {
+                for _ in 0..n {
+                    let challenge = wsman_challenge(&target).await;
+                    let mut c = target.connect().await.expect("connect to the simulator");
+                    let (status, _) =
+                        http_exchange(&mut c, &wsman_request(Some((&challenge, 1)), false))
+                            .await
+                            .expect("exchange");
+                    assert_eq!(status, 200, "authenticated Get failed");
+                }
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("WS-Man worker");
+    }
+    start.elapsed()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Proxies
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Amtgw,
+    Stunnel,
+    Haproxy,
+    Nginx,
+}
+
+impl Kind {
+    const ALL: [Kind; 4] = [Kind::Amtgw, Kind::Stunnel, Kind::Haproxy, Kind::Nginx];
+
+    fn parse(name: &str) -> Kind {
+        match name {
+            "amtgw" => Kind::Amtgw,
+            "stunnel" | "stunnel4" => Kind::Stunnel,
+            "haproxy" => Kind::Haproxy,
+            "nginx" => Kind::Nginx,
+            other => {
+                panic!("E2E_PROXIES: unknown proxy {other:?} (amtgw, stunnel, haproxy, nginx)")
+            }
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Amtgw => "amtgw",
+            Kind::Stunnel => "stunnel",
+            Kind::Haproxy => "haproxy",
+            Kind::Nginx => "nginx",
+        }
+    }
+
+    fn program(self) -> Option<PathBuf> {
+        let names: &[&str] = match self {
+            Kind::Amtgw => {
+                let path = std::env::var("E2E_AMTGW_BIN")
+                    .unwrap_or_else(|_| env!("CARGO_BIN_EXE_amtgw").to_owned());
+                return Some(PathBuf::from(path)).filter(|p| p.exists());
+            }
+            Kind::Stunnel => &["stunnel4", "stunnel"],
+            Kind::Haproxy => &["haproxy"],
+            Kind::Nginx => &["nginx"],
+        };
+        let path = std::env::var("PATH").unwrap_or_default();
+        let dirs = path
+            .split(':')
+            .map(PathBuf::from)
+            .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
+        let dirs: Vec<PathBuf> = dirs.collect();
+        names
+            .iter()
+            .flat_map(|n| dirs.iter().map(move |d| d.join(n)))
+            .find(|p| p.is_file())
+    }
+
+    fn version(self, program: &Path) -> String {
+        let program = program.to_string_lossy();
+        let text = match self {
+            Kind::Amtgw => command_output(&program, &["--version"]),
+            Kind::Stunnel => command_output(&program, &["-version"]).map(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("stunnel"))
+                    .unwrap_or_default()
+                    .to_owned()
+            }),
+            Kind::Haproxy => command_output(&program, &["-v"]),
+            Kind::Nginx => command_output(&program, &["-v"]),
+        };
+        text.and_then(|t| t.lines().next().map(str::to_owned))
+            .unwrap_or_else(|| "unknown version".into())
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Where a proxy listens and where it forwards.
+struct Routes {
+    /// -> the upstream that never resumes (a full handshake per connection)
+    full: (SocketAddr, SocketAddr),
+    /// -> the upstream that resumes (tickets)
+    resumed: (SocketAddr, SocketAddr),
+    /// -> the simulator's WS-Man port
+    sim: (SocketAddr, SocketAddr),
+}
+
+struct Proxy {
+    kind: Kind,
+    child: Child,
+    routes: Routes,
+    log: PathBuf,
+}
+
+impl Proxy {
+    /// Start `kind` trusting exactly the certificate in `leaf_pem` (`pin`, for amtgw).
+    async fn start(
+        kind: Kind,
+        program: &Path,
+        dir: &Path,
+        leaf_pem: &Path,
+        pin: &str,
+        upstreams: [SocketAddr; 3],
+        label: &str,
+    ) -> Proxy {
+        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let routes = Routes {
+            full: (local(free_port()), upstreams[0]),
+            resumed: (local(free_port()), upstreams[1]),
+            sim: (local(free_port()), upstreams[2]),
+        };
+        let all = [routes.full, routes.resumed, routes.sim];
+        let stem = format!("{}-{label}", kind.name());
+        let conf_path = dir.join(format!("{stem}.conf"));
+        let log = dir.join(format!("{stem}.log"));
+        let leaf = leaf_pem.display();
+        let mut command = Command::new(program);
+        let conf = match kind {
+            Kind::Amtgw => {
+                command.args(["run", "--config"]).arg(&conf_path);
+                // One log line per connection at info; peers are configured not to log per
+                // connection either.
+                command.env("RUST_LOG", "warn");
+                let mut c = String::from(
+                    "[gateway]\nmax_connections = 50000\nconnect_timeout = \"5s\"\n\
+                     handshake_timeout = \"5s\"\nshutdown_timeout = \"1s\"\n\n\
+                     [admin]\nenabled = false\n\n",
+                );
+                for (service, (listen, _), device) in [
+                    ("wsman", routes.full, "up"),
+                    ("redirection", routes.resumed, "up"),
+                    ("dash", routes.sim, "sim"),
+                ] {
+                    let _ = write!(
+                        c,
+                        "[services.{service}]\nlisten_port = {}\nbind = [\"127.0.0.1\"]\n\
+                         default_device = \"{device}\"\nidle_timeout = \"10m\"\n\n",
+                        listen.port()
+                    );
+                }
+                let _ = write!(
+                    c,
+                    "[[devices]]\nname = \"up\"\nhost = \"127.0.0.1\"\n\
+                     ports = {{ wsman = {}, redirection = {} }}\ntrust = \"pin\"\npins = [\"{pin}\"]\n\n\
+                     [[devices]]\nname = \"sim\"\nhost = \"127.0.0.1\"\nports = {{ dash = {} }}\n\
+                     trust = \"pin\"\npins = [\"{pin}\"]\n",
+                    routes.full.1.port(),
+                    routes.resumed.1.port(),
+                    routes.sim.1.port()
+                );
+                c
+            }
+            Kind::Stunnel => {
+                command.arg(&conf_path);
+                // verifyPeer: the leaf must be one of the certificates in CAfile, i.e. a pin.
+                // Debian's stunnel is one process, a thread per connection.
+                let mut c = format!(
+                    "foreground = yes\npid =\ndebug = 3\nsyslog = no\nclient = yes\n\
+                     verifyPeer = yes\nCAfile = {leaf}\n\
+                     socket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n"
+                );
+                for (i, (listen, up)) in all.iter().enumerate() {
+                    let _ = write!(c, "\n[s{i}]\naccept = {listen}\nconnect = {up}\n");
+                }
+                c
+            }
+            Kind::Haproxy => {
+                command.arg("-db").arg("-f").arg(&conf_path);
+                let mut c = String::from(
+                    "global\n  nbthread 2\n  maxconn 30000\n\n\
+                     defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 10m\n  \
+                     timeout server 10m\n",
+                );
+                for (i, (listen, up)) in all.iter().enumerate() {
+                    // The self-signed leaf is the only CA: a pin. No sni/verifyhost, so the
+                    // name is not checked (the AMT-like certificate names no host).
+                    let _ = write!(
+                        c,
+                        "\nlisten l{i}\n  bind {listen}\n  \
+                         server s1 {up} ssl verify required ca-file {leaf}\n"
+                    );
+                }
+                c
+            }
+            Kind::Nginx => {
+                command
+                    .arg("-p")
+                    .arg(dir)
+                    .arg("-c")
+                    .arg(&conf_path)
+                    .arg("-e")
+                    .arg(&log)
+                    .args(["-g", "daemon off;"]);
+                let user = if running_as_root() {
+                    "user root;\n"
+                } else {
+                    ""
+                };
+                let mut c = format!(
+                    "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n{user}\
+                     worker_processes 2;\nworker_rlimit_nofile 100000;\n\
+                     pid {dir}/{stem}.pid;\nerror_log {log} error;\n\
+                     events {{ worker_connections 40000; }}\n\
+                     stream {{\n  access_log off;\n  proxy_ssl on;\n  proxy_ssl_verify on;\n  \
+                     proxy_ssl_trusted_certificate {leaf};\n  proxy_ssl_name Unknown;\n  \
+                     proxy_ssl_session_reuse on;\n  proxy_connect_timeout 5s;\n  \
+                     proxy_timeout 10m;\n",
+                    dir = dir.display(),
+                    log = log.display()
+                );
+                for (listen, up) in all {
+                    let _ = writeln!(c, "  server {{ listen {listen}; proxy_pass {up}; }}");
+                }
+                c.push_str("}\n");
+                c
+            }
+        };
+        std::fs::write(&conf_path, conf).expect("write proxy config");
+        let out = File::create(&log).expect("proxy log");
+        let err = out.try_clone().expect("proxy log");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        let mut proxy = Proxy {
+            kind,
+            child,
+            routes,
+            log,
+        };
+        for (listen, _) in all {
+            proxy.wait_listening(listen).await;
+        }
+        proxy
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Readiness: the port accepts a connection (polled, bounded), the process still runs.
+    async fn wait_listening(&mut self, addr: SocketAddr) {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({status}) before listening on {addr}:\n{}",
+                    self.kind.name(),
+                    self.log_tail()
+                );
+            }
+            if TcpStream::connect(addr).await.is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not listen on {addr} within {STEP_TIMEOUT:?}:\n{}",
+                self.kind.name(),
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM the main process (nginx's master stops its workers), SIGKILL whatever of the
+    /// tree is left after a bounded wait, reap.
+    fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let pids = tree(self.pid());
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let alive: Vec<String> = pids
+            .iter()
+            .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+            .map(u32::to_string)
+            .collect();
+        if !alive.is_empty() {
+            let _ = Command::new("kill").arg("-KILL").args(&alive).status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results
+
+struct Metric {
+    name: String,
+    unit: &'static str,
+    higher_is_better: bool,
+    decimals: usize,
+    values: BTreeMap<&'static str, Vec<f64>>,
+}
+
+#[derive(Default)]
+struct Results {
+    metrics: Vec<Metric>,
+}
+
+impl Results {
+    fn record(
+        &mut self,
+        name: &str,
+        unit: &'static str,
+        higher_is_better: bool,
+        decimals: usize,
+        target: &'static str,
+        value: f64,
+    ) {
+        let index = match self.metrics.iter().position(|m| m.name == name) {
+            Some(i) => i,
+            None => {
+                self.metrics.push(Metric {
+                    name: name.to_owned(),
+                    unit,
+                    higher_is_better,
+                    decimals,
+                    values: BTreeMap::new(),
+                });
+                self.metrics.len() - 1
+            }
+        };
+        self.metrics[index]
+            .values
+            .entry(target)
+            .or_default()
+            .push(value);
+    }
+
+    fn table(&self, columns: &[&'static str]) -> String {
+        let mut out = String::from("| figure |");
+        for c in columns {
+            let _ = write!(out, " {c} |");
+        }
+        out.push_str(" amtgw ÷ best peer |\n|---|");
+        for _ in columns {
+            out.push_str("---:|");
+        }
+        out.push_str("---:|\n");
+        for m in &self.metrics {
+            let _ = write!(out, "| {} ({}) |", m.name, m.unit);
+            let median_of = |t: &str| m.values.get(t).map(|v| median(v));
+            for c in columns {
+                match median_of(c) {
+                    Some(v) => {
+                        let _ = write!(out, " {v:.*} |", m.decimals);
+                    }
+                    None => out.push_str(" – |"),
+                }
+            }
+            let peers = columns
+                .iter()
+                .filter(|c| !matches!(**c, "amtgw" | "direct"))
+                .filter_map(|c| median_of(c).map(|v| (*c, v)));
+            let best = if m.higher_is_better {
+                peers.max_by(|a, b| a.1.total_cmp(&b.1))
+            } else {
+                peers.min_by(|a, b| a.1.total_cmp(&b.1))
+            };
+            match (median_of("amtgw"), best) {
+                (Some(a), Some((peer, b))) if b.abs() > f64::EPSILON => {
+                    let ratio = a / b;
+                    let better = if m.higher_is_better {
+                        ratio >= 1.0
+                    } else {
+                        ratio <= 1.0
+                    };
+                    let _ = writeln!(
+                        out,
+                        " {ratio:.2} vs {peer} {} |",
+                        if better { "✓" } else { "✗" }
+                    );
+                }
+                _ => out.push_str(" – |\n"),
+            }
+        }
+        out
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+fn pem(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// A proxy configured with another certificate's pin must refuse the upstream.
+async fn check_refuses_wrong_pin(proxy: &Proxy, upstream: &Handshakes) {
+    let before = upstream.snapshot().0;
+    let target = Target::Plain(proxy.routes.full.0);
+    let result = tokio::time::timeout(STEP_TIMEOUT, one_connection(&target)).await;
+    match result {
+        Ok(Ok(_)) => panic!(
+            "{} forwarded to an upstream whose certificate is not pinned: verification is off",
+            proxy.kind.name()
+        ),
+        Ok(Err(_)) => {}
+        Err(_) => panic!("{}: wrong-pin check hung", proxy.kind.name()),
+    }
+    assert_eq!(
+        upstream.snapshot().0,
+        before,
+        "{}: the upstream completed a handshake despite the wrong pin",
+        proxy.kind.name()
+    );
+}
+
+fn main() {
+    // cargo bench passes --bench; cargo test --all-targets passes nothing of the kind.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let options = Options::from_env(smoke);
+    let max_idle = options.idle.iter().copied().max().unwrap_or(0) as u64;
+    // Each idle connection holds two descriptors here (client, upstream) and two in the proxy.
+    let limit = raise_open_files((2 * max_idle + 4096).max(65_536));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(run(options, limit));
+}
+
+async fn run(mut options: Options, open_files: u64) {
+    let usable = open_files.saturating_sub(1024) / 2;
+    for n in &mut options.idle {
+        if *n as u64 > usable {
+            eprintln!(
+                "e2e: RLIMIT_NOFILE is {open_files}: {n} idle connections capped to {usable}"
+            );
+            *n = usable as usize;
+        }
+    }
+    let mut available = Vec::new();
+    let mut notes = Vec::new();
+    for kind in &options.proxies {
+        match kind.program() {
+            Some(program) => available.push((*kind, program)),
+            None => {
+                let note = format!(
+                    "{} is not installed: skipped (benches/install-peers.sh installs it)",
+                    kind.name()
+                );
+                println!("e2e: {note}");
+                notes.push(note);
+            }
+        }
+    }
+    let ticks = clock_ticks();
+
+    // The certificate: AMT's shape (RSA-2048, self-signed, every DN field "Unknown", no SAN),
+    // served by every upstream and pinned by every proxy.
+    let (cert, key) = generate_amt_identity(false, CertStyle::Unknown).expect("certificate");
+    let (other_cert, _) = generate_amt_identity(false, CertStyle::Unknown).expect("certificate");
+    let pin = Pin::of_certificate(&cert).to_string();
+    let other_pin = Pin::of_certificate(&other_cert).to_string();
+    let (full_addr, full_counts) = start_upstream(&cert, &key, false).await;
+    let (resumed_addr, resumed_counts) = start_upstream(&cert, &key, true).await;
+    let sim = SimDevice::start(SimConfig {
+        identity: SimIdentity::Provided {
+            chain: vec![cert.clone()],
+            key: key.clone_key(),
+        },
+        ..SimConfig::demo("amt-bench")
+    })
+    .await
+    .expect("simulator");
+    let upstreams = [full_addr, resumed_addr, sim.wsman_addr()];
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let leaf_pem = dir.path().join("leaf.pem");
+    let other_pem = dir.path().join("other.pem");
+    std::fs::write(&leaf_pem, pem(&cert)).expect("write leaf.pem");
+    std::fs::write(&other_pem, pem(&other_cert)).expect("write other.pem");
+
+    // Fairness check first: every proxy must refuse an upstream that is not the pinned one.
+    for (kind, program) in &available {
+        let proxy = Proxy::start(
+            *kind,
+            program,
+            dir.path(),
+            &other_pem,
+            &other_pin,
+            upstreams,
+            "wrong-pin",
+        )
+        .await;
+        check_refuses_wrong_pin(&proxy, &full_counts).await;
+        println!("e2e: {} refuses a certificate it does not pin", kind.name());
+    }
+
+    let mut proxies = Vec::new();
+    let mut versions = Vec::new();
+    for (kind, program) in &available {
+        versions.push(format!("{} ({})", kind.name(), kind.version(program)));
+        let proxy = Proxy::start(
+            *kind,
+            program,
+            dir.path(),
+            &leaf_pem,
+            &pin,
+            upstreams,
+            "bench",
+        )
+        .await;
+        let via = Target::Plain(proxy.routes.full.0);
+        timed("first connection", one_connection(&via))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: no echo through the proxy: {e}\n{}",
+                    kind.name(),
+                    proxy.log_tail()
+                )
+            });
+        proxies.push(proxy);
+    }
+    let direct = |addr| Target::Direct {
+        addr,
+        connector: direct_connector(&cert),
+    };
+
+    let mut results = Results::default();
+    let started = Instant::now();
+    let mb = options.bulk_mb * 1024 * 1024;
+    let cpu = |pid: u32| cpu_ticks(pid) as f64 / ticks;
+
+    // Idle memory first, on fresh processes.
+    for &n in &options.idle {
+        if n == 0 {
+            continue;
+        }
+        for rep in 0..options.reps {
+            for proxy in &proxies {
+                let target = Target::Plain(proxy.routes.resumed.0);
+                let before = rss_kib(proxy.pid());
+                let held = timed("idle connections", open_idle(&target, n)).await;
+                assert_eq!(held.len(), n);
+                let at = rss_kib(proxy.pid());
+                drop(held);
+                let name = proxy.kind.name();
+                results.record(
+                    &format!("RSS at {n} idle"),
+                    "MiB",
+                    false,
+                    1,
+                    name,
+                    at as f64 / 1024.0,
+                );
+                results.record(
+                    &format!("RSS per idle connection, {n}"),
+                    "KiB",
+                    false,
+                    1,
+                    name,
+                    (at.saturating_sub(before)) as f64 / n as f64,
+                );
+                println!("e2e: idle {n} rep {rep} {name}: {at} KiB");
+            }
+        }
+    }
+
+    for rep in 0..options.reps {
+        for bulk_direction in ["to device", "to console"] {
+            let run_bulk = |target: Target| async move {
+                if bulk_direction == "to device" {
+                    timed("bulk", bulk_to_device(&target, mb)).await
+                } else {
+                    timed("bulk", bulk_to_console(&target, mb)).await
+                }
+            };
+            let elapsed = run_bulk(direct(resumed_addr)).await;
+            let name = format!("bulk {bulk_direction}");
+            results.record(
+                &name,
+                "MB/s",
+                true,
+                0,
+                "direct",
+                mb as f64 / 1e6 / elapsed.as_secs_f64(),
+            );
+            for proxy in &proxies {
+                let c0 = cpu(proxy.pid());
+                let elapsed = run_bulk(Target::Plain(proxy.routes.resumed.0)).await;
+                let used = cpu(proxy.pid()) - c0;
+                let p = proxy.kind.name();
+                results.record(
+                    &name,
+                    "MB/s",
+                    true,
+                    0,
+                    p,
+                    mb as f64 / 1e6 / elapsed.as_secs_f64(),
+                );
+                results.record(
+                    &format!("CPU, bulk {bulk_direction}"),
+                    "CPU-s/GB",
+                    false,
+                    2,
+                    p,
+                    used / (mb as f64 / 1e9),
+                );
+            }
+        }
+        println!("e2e: bulk rep {rep} done ({:.0?})", started.elapsed());
+
+        for (label, upstream_addr, counts) in [
+            ("full handshake", full_addr, &full_counts),
+            ("resumed", resumed_addr, &resumed_counts),
+        ] {
+            let name = format!("connections, {label}");
+            let elapsed = timed(
+                "connections",
+                connection_rate(&direct(upstream_addr), options.conns, options.concurrency),
+            )
+            .await;
+            results.record(
+                &name,
+                "conn/s",
+                true,
+                0,
+                "direct",
+                options.conns as f64 / elapsed.as_secs_f64(),
+            );
+            for proxy in &proxies {
+                let listen = if label == "resumed" {
+                    proxy.routes.resumed.0
+                } else {
+                    proxy.routes.full.0
+                };
+                let (h0, r0) = counts.snapshot();
+                let c0 = cpu(proxy.pid());
+                let elapsed = timed(
+                    "connections",
+                    connection_rate(&Target::Plain(listen), options.conns, options.concurrency),
+                )
+                .await;
+                let used = cpu(proxy.pid()) - c0;
+                let (h1, r1) = counts.snapshot();
+                let p = proxy.kind.name();
+                results.record(
+                    &name,
+                    "conn/s",
+                    true,
+                    0,
+                    p,
+                    options.conns as f64 / elapsed.as_secs_f64(),
+                );
+                results.record(
+                    &format!("CPU per connection, {label}"),
+                    "CPU-ms",
+                    false,
+                    3,
+                    p,
+                    used * 1000.0 / options.conns as f64,
+                );
+                if label == "resumed" {
+                    let share = (r1 - r0) as f64 * 100.0 / (h1 - h0).max(1) as f64;
+                    results.record("upstream handshakes resumed", "%", true, 0, p, share);
+                }
+            }
+        }
+        println!(
+            "e2e: connections rep {rep} done ({:.0?})",
+            started.elapsed()
+        );
+
+        let base = timed(
+            "latency",
+            latency(&direct(resumed_addr), options.latency_samples),
+        )
+        .await;
+        for (p, label) in [(50.0, "p50"), (99.0, "p99"), (99.9, "p99.9")] {
+            results.record(
+                &format!("latency direct {label}"),
+                "µs",
+                false,
+                1,
+                "direct",
+                percentile(&base, p) / 1e3,
+            );
+        }
+        for proxy in &proxies {
+            let via = timed(
+                "latency",
+                latency(
+                    &Target::Plain(proxy.routes.resumed.0),
+                    options.latency_samples,
+                ),
+            )
+            .await;
+            for (p, label) in [(50.0, "p50"), (99.0, "p99"), (99.9, "p99.9")] {
+                let added = (percentile(&via, p) - percentile(&base, p)) / 1e3;
+                results.record(
+                    &format!("latency added {label}"),
+                    "µs",
+                    false,
+                    1,
+                    proxy.kind.name(),
+                    added,
+                );
+            }
+        }
+        println!("e2e: latency rep {rep} done ({:.0?})", started.elapsed());
+
+        if options.wsman > 0 {
+            for keep_alive in [true, false] {
+                let label = if keep_alive {
+                    "keep-alive"
+                } else {
+                    "no keep-alive"
+                };
+                let elapsed = timed(
+                    "WS-Man",
+                    wsman_mix(
+                        &direct(sim.wsman_addr()),
+                        options.wsman,
+                        options.concurrency,
+                        keep_alive,
+                    ),
+                )
+                .await;
+                let name = format!("WS-Man Gets, {label}");
+                results.record(
+                    &name,
+                    "Gets/s",
+                    true,
+                    0,
+                    "direct",
+                    options.wsman as f64 / elapsed.as_secs_f64(),
+                );
+                for proxy in &proxies {
+                    let c0 = cpu(proxy.pid());
+                    let elapsed = timed(
+                        "WS-Man",
+                        wsman_mix(
+                            &Target::Plain(proxy.routes.sim.0),
+                            options.wsman,
+                            options.concurrency,
+                            keep_alive,
+                        ),
+                    )
+                    .await;
+                    let used = cpu(proxy.pid()) - c0;
+                    let p = proxy.kind.name();
+                    results.record(
+                        &name,
+                        "Gets/s",
+                        true,
+                        0,
+                        p,
+                        options.wsman as f64 / elapsed.as_secs_f64(),
+                    );
+                    results.record(
+                        &format!("CPU per Get, {label}"),
+                        "CPU-ms",
+                        false,
+                        3,
+                        p,
+                        used * 1000.0 / options.wsman as f64,
+                    );
+                }
+            }
+            println!("e2e: WS-Man rep {rep} done ({:.0?})", started.elapsed());
+        }
+    }
+
+    for proxy in &mut proxies {
+        if let Ok(Some(status)) = proxy.child.try_wait() {
+            panic!(
+                "{} exited ({status}) during the run:\n{}",
+                proxy.kind.name(),
+                proxy.log_tail()
+            );
+        }
+        proxy.stop();
+    }
+    drop(proxies);
+    sim.shutdown().await;
+
+    let mut columns = vec!["direct"];
+    columns.extend(available.iter().map(|(k, _)| k.name()));
+    let report = render(
+        &options,
+        &results,
+        &columns,
+        &versions,
+        &notes,
+        started.elapsed(),
+    );
+    println!("\n{report}");
+    if let Some(out) = &options.out {
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent).expect("results directory");
+        }
+        std::fs::write(out, &report).expect("write results");
+        println!("e2e: written to {}", out.display());
+    }
+}
+
+fn render(
+    options: &Options,
+    results: &Results,
+    columns: &[&'static str],
+    versions: &[String],
+    notes: &[String],
+    took: Duration,
+) -> String {
+    let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default();
+    let manifest = env!("CARGO_MANIFEST_DIR");
+    let commit = command_output("git", &["-C", manifest, "rev-parse", "--short", "HEAD"])
+        .unwrap_or_else(|| "unknown".into());
+    let dirty = command_output(
+        "git",
+        &[
+            "-C",
+            manifest,
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+        ],
+    )
+    .is_some_and(|s| !s.is_empty());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "## amtgw end-to-end comparison{}\n",
+        if options.smoke {
+            " (smoke run: sizes too small to mean anything)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        out,
+        "- machine: {cores} cores, {}, Linux {}\n- date: {date}; commit {commit}{}\n- proxies: {}\n\
+         - sizes: {} repetitions (medians shown), bulk {} MiB per run, {} connections per \
+         connection run ({} at a time), {} latency samples of 1 KiB each way, idle {:?}, \
+         {} WS-Man Gets per run; took {:.0?}",
+        cpu_model(),
+        kernel.trim(),
+        if dirty { " with local changes" } else { "" },
+        versions.join(", "),
+        options.reps,
+        options.bulk_mb,
+        options.conns,
+        options.concurrency,
+        options.latency_samples,
+        options.idle,
+        options.wsman,
+        took
+    );
+    for note in notes {
+        let _ = writeln!(out, "- {note}");
+    }
+    let _ = writeln!(
+        out,
+        "- every proxy pins the same RSA-2048 AMT-like certificate and was checked to refuse \
+         another one; ✓ marks a figure where amtgw is at least as good as the best peer\n"
+    );
+    out.push_str(&results.table(columns));
+    out
+}
