@@ -573,9 +573,19 @@ fn listener_keys(config: &Config) -> Vec<ListenerKey> {
     let mut keys = Vec::new();
     for settings in &config.services {
         let mut addresses: BTreeSet<IpAddr> = settings.bind.iter().copied().collect();
-        if !addresses.iter().any(IpAddr::is_unspecified) {
-            addresses.extend(config.devices.iter().filter_map(|d| d.listen));
-        }
+        // A wildcard covers the aliases of its own address family only.
+        let covered = |alias: &IpAddr| {
+            addresses
+                .iter()
+                .any(|a| a.is_unspecified() && a.is_ipv4() == alias.is_ipv4())
+        };
+        let aliases: Vec<IpAddr> = config
+            .devices
+            .iter()
+            .filter_map(|d| d.listen)
+            .filter(|alias| !covered(alias))
+            .collect();
+        addresses.extend(aliases);
         keys.extend(
             addresses
                 .into_iter()

@@ -264,3 +264,69 @@ async fn per_device_series_appear_only_when_enabled() {
         ) > 1.0e9
     );
 }
+
+#[tokio::test]
+async fn certificates_inside_the_expiry_window_are_counted() {
+    // A window of 100 years makes "expires in 2100" soon and rcgen's default (4096) not.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("Fleet CA");
+    let device = echo_device(DeviceTls::new(ca.server_valid(
+        &["127.0.0.1"],
+        (2020, 1, 1),
+        (2100, 1, 1),
+    )))
+    .await;
+    let (cert, key) = ca
+        .client_until("gateway", (2100, 1, 1))
+        .write_pem(dir.path(), "client");
+    let ca_file = ca.write_pem(dir.path(), "ca");
+    let trust = format!(
+        "trust = \"ca\"\nca_file = \"{ca_file}\"\nclient_cert = \"{cert}\"\nclient_key = \"{key}\""
+    );
+    let config = one_device_config(device, &trust)
+        .replace("[gateway]", "[gateway]\nexpiry_warning = \"100y\"");
+    let gateway = TestGateway::start(&config).await;
+    let m = gateway.metrics().await;
+    assert_eq!(
+        m.value("amtgw_certificates_expiring", &[("kind", "client")]),
+        1.0,
+        "{}",
+        m.0
+    );
+    assert!(
+        m.value(
+            "amtgw_client_certificate_expiry_timestamp_seconds",
+            &[("certificate", &cert)]
+        ) > 4.0e9
+    );
+
+    assert_eq!(
+        exchange(gateway.connect(Service::Wsman).await, b"x")
+            .await
+            .unwrap(),
+        b"x"
+    );
+    assert_eq!(
+        gateway
+            .metrics()
+            .await
+            .value("amtgw_certificates_expiring", &[("kind", "device")]),
+        1.0
+    );
+
+    // Far from expiry: nothing counted.
+    let relaxed = one_device_config(device, &trust);
+    let gateway = TestGateway::start(&relaxed).await;
+    exchange(gateway.connect(Service::Wsman).await, b"x")
+        .await
+        .unwrap();
+    let m = gateway.metrics().await;
+    assert_eq!(
+        m.value("amtgw_certificates_expiring", &[("kind", "client")]),
+        0.0
+    );
+    assert_eq!(
+        m.value("amtgw_certificates_expiring", &[("kind", "device")]),
+        0.0
+    );
+}

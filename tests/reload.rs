@@ -203,8 +203,16 @@ async fn a_long_transfer_survives_reloads_that_add_remove_and_repin_devices() {
         device_toml("a", "127.0.0.2", a, &[&pin_a]),
         device_toml("a", "127.0.0.2", a, &[&other_pin]),
     ];
-    for step in &steps {
-        gateway.reload.apply(config(step)).await.unwrap();
+    // Each step also rotates the client certificate (files written fresh, as an operator would).
+    let dir = tempfile::tempdir().unwrap();
+    let client_ca = TestCa::new("client CA");
+    for (i, step) in steps.iter().enumerate() {
+        let (cert, key) = client_ca
+            .client("gateway")
+            .write_pem(dir.path(), &format!("client-{i}"));
+        let rotated =
+            format!("[defaults]\nclient_cert = \"{cert}\"\nclient_key = \"{key}\"\n{step}");
+        gateway.reload.apply(config(&rotated)).await.unwrap();
     }
     writer.await.unwrap();
     assert_eq!(

@@ -129,6 +129,20 @@ async fn ca_mode_checks_ip_addresses_without_sni() {
 }
 
 #[tokio::test]
+async fn ca_mode_refuses_an_expired_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("Fleet CA");
+    let expired = ca.server_valid(&["amt-01.fleet.test"], (2020, 1, 1), (2021, 1, 1));
+    let device = echo_device(DeviceTls::new(expired)).await;
+    let gateway = TestGateway::start(&one_device_config(
+        device,
+        &ca_trust(dir.path(), &ca, "amt-01.fleet.test"),
+    ))
+    .await;
+    assert_fails_with(&gateway, "cert_expired").await;
+}
+
+#[tokio::test]
 async fn ca_mode_refuses_a_wrong_name() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("Fleet CA");

@@ -195,6 +195,26 @@ impl Validator<'_> {
                 services.push(settings);
             }
         }
+        for (i, a) in services.iter().enumerate() {
+            if a.device_port == 0 {
+                return Err(self.err(
+                    format!("services.{}.device_port", a.service),
+                    "must be a port from 1 to 65535",
+                ));
+            }
+            if let Some(b) = services[..i]
+                .iter()
+                .find(|b| b.listen_port == a.listen_port && a.listen_port != 0)
+            {
+                return Err(self.err(
+                    format!("services.{}.listen_port", a.service),
+                    format!(
+                        "port {} is also services.{}.listen_port; give each service its own port",
+                        a.listen_port, b.service
+                    ),
+                ));
+            }
+        }
         if services.is_empty() {
             return Err(self.err(
                 "services",
@@ -381,6 +401,12 @@ impl Validator<'_> {
                         "unknown service; use wsman, redirection or dash",
                     )
                 })?;
+            if *port == 0 {
+                return Err(self.err(
+                    key(&format!("ports.{svc}")),
+                    "must be a port from 1 to 65535",
+                ));
+            }
             ports[service.index()] = *port;
         }
 
@@ -527,6 +553,23 @@ impl Validator<'_> {
                     .map_err(|e| self.err(key("client_cert"), e.to_string()))?;
                 let private_key = load_private_key(&key_path)
                     .map_err(|e| self.err(key("client_key"), e.to_string()))?;
+                // Caught here, not at the first handshake: the key must be usable and belong
+                // to the certificate.
+                rustls::sign::CertifiedKey::from_der(
+                    chain.clone(),
+                    private_key.clone_key(),
+                    &crate::tls::provider(),
+                )
+                .map_err(|e| {
+                    self.err(
+                        key("client_key"),
+                        format!(
+                            "{} cannot be used with {}: {e}; give the key that belongs to the certificate",
+                            key_path.display(),
+                            cert_path.display()
+                        ),
+                    )
+                })?;
                 Some(Arc::new(ClientIdentity {
                     cert_path,
                     key_path,

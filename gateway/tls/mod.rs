@@ -102,9 +102,10 @@ pub fn client_config(
                 source,
             })?,
     };
-    config.resumption = Resumption::store(Arc::new(ClientSessionMemoryCache::new(
-        settings.session_cache.max(1),
-    )));
+    config.resumption = match settings.session_cache {
+        0 => Resumption::disabled(),
+        sessions => Resumption::store(Arc::new(ClientSessionMemoryCache::new(sessions))),
+    };
     Ok(Arc::new(config))
 }
 

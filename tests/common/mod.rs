@@ -112,21 +112,53 @@ impl TestCa {
 
     /// A server certificate for `names` (DNS names or IP addresses).
     pub fn server(&self, names: &[&str]) -> Identity {
-        self.issue(names, ExtendedKeyUsagePurpose::ServerAuth)
+        self.issue(names, ExtendedKeyUsagePurpose::ServerAuth, None)
+    }
+
+    /// A server certificate valid from `from` until `until` (year, month, day).
+    pub fn server_valid(
+        &self,
+        names: &[&str],
+        from: (i32, u8, u8),
+        until: (i32, u8, u8),
+    ) -> Identity {
+        self.issue(
+            names,
+            ExtendedKeyUsagePurpose::ServerAuth,
+            Some((from, until)),
+        )
     }
 
     /// A client certificate with common name `name`.
     pub fn client(&self, name: &str) -> Identity {
-        self.issue(&[name], ExtendedKeyUsagePurpose::ClientAuth)
+        self.issue(&[name], ExtendedKeyUsagePurpose::ClientAuth, None)
     }
 
-    fn issue(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Identity {
+    /// A client certificate valid until `until` (year, month, day).
+    pub fn client_until(&self, name: &str, until: (i32, u8, u8)) -> Identity {
+        self.issue(
+            &[name],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            Some(((2020, 1, 1), until)),
+        )
+    }
+
+    fn issue(
+        &self,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+        validity: Option<((i32, u8, u8), (i32, u8, u8))>,
+    ) -> Identity {
         let key = KeyPair::generate().unwrap();
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
         params.distinguished_name.push(DnType::CommonName, names[0]);
         params.extended_key_usages = vec![usage];
+        if let Some(((fy, fm, fd), (uy, um, ud))) = validity {
+            params.not_before = rcgen::date_time_ymd(fy, fm, fd);
+            params.not_after = rcgen::date_time_ymd(uy, um, ud);
+        }
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Identity {
             chain: vec![cert.der().clone()],
