@@ -20,15 +20,12 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use rustls::ClientConfig;
 use rustls::client::Resumption;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::ServerName;
 use tokio::io::AsyncWriteExt as _;
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
@@ -39,7 +36,11 @@ use crate::fleet::unix_now;
 use crate::service::Service;
 use crate::tls::rfc3339;
 use crate::tls::{self, CertificateSummary, Fingerprints, Learned, PinStore, StoredPin, TlsError};
-use crate::upstream::UpstreamError;
+use crate::tls::{LeafCheck, LeafVerifier};
+use crate::upstream::{Dial, UpstreamError, UpstreamTimings};
+
+/// Probes are short: keepalive never fires, but the socket options are the gateway's own.
+const PROBE_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// `--concurrency` when none is given: enough to sweep a fleet of thousands in minutes without
 /// opening thousands of sockets at once.
@@ -125,31 +126,23 @@ pub async fn probe(
     client_identity: Option<&ClientIdentity>,
 ) -> Result<ProbeReport, ProbeError> {
     let connector = TlsConnector::from(client_config(client_identity)?);
-    let started = Instant::now();
-    let addr = crate::upstream::resolve(host, port, timeouts.connect).await?;
-    let remaining = timeouts.connect.saturating_sub(started.elapsed());
-    let tcp = match timeout(remaining, TcpStream::connect(addr)).await {
-        Err(_) => {
-            return Err(UpstreamError::ConnectTimeout {
-                addr,
-                after: timeouts.connect,
-            }
-            .into());
-        }
-        Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }.into()),
-        Ok(Ok(tcp)) => tcp,
-    };
-    let mut stream = match timeout(timeouts.handshake, connector.connect(server_name, tcp)).await {
-        Err(_) => {
-            return Err(UpstreamError::HandshakeTimeout {
-                addr,
-                after: timeouts.handshake,
-            }
-            .into());
-        }
-        Ok(Err(source)) => return Err(UpstreamError::Handshake { addr, source }.into()),
-        Ok(Ok(stream)) => stream,
-    };
+    let mut timings = UpstreamTimings::default();
+    let mut stream = crate::upstream::dial(
+        Dial {
+            host,
+            port,
+            server_name,
+            connector: &connector,
+            connect_timeout: timeouts.connect,
+            handshake_timeout: timeouts.handshake,
+            keepalive: PROBE_KEEPALIVE,
+        },
+        &mut timings,
+    )
+    .await?;
+    let addr = timings
+        .addr
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], port)));
     let (_, session) = stream.get_ref();
     let chain = session.peer_certificates().unwrap_or_default();
     let leaf = chain.first().ok_or(ProbeError::NoCertificate { addr })?;
@@ -187,68 +180,28 @@ fn client_config(client_identity: Option<&ClientIdentity>) -> Result<Arc<ClientC
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(TlsError::Versions)?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ReportOnlyVerifier {
-            algorithms: provider.signature_verification_algorithms,
-        }));
-    let mut config = match client_identity {
-        None => builder.with_no_client_auth(),
-        Some(identity) => builder
-            .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
-            .map_err(|source| TlsError::ClientIdentity {
-                cert: identity.cert_path.display().to_string(),
-                key: identity.key_path.display().to_string(),
-                source,
-            })?,
-    };
+        .with_custom_certificate_verifier(Arc::new(LeafVerifier::new(
+            ReportOnly,
+            provider.signature_verification_algorithms,
+        )));
+    let mut config = tls::with_identity(builder, client_identity)?;
     config.resumption = Resumption::disabled();
     Ok(Arc::new(config))
 }
 
-/// Accepts whatever certificate the device presents, and still verifies the handshake
-/// signature against it (exactly as the pin verifier does), so the report is of a peer that
-/// holds the presented key.
+/// Accepts whatever certificate the device presents; `LeafVerifier` still verifies the
+/// handshake signature against it, so the report is of a peer that holds the presented key.
 ///
 /// This is not a trust bypass: it is only ever used by [`probe`], which sends no application
 /// data, relays no bytes and closes right after the handshake. Its output is a report for an
 /// operator (and, with `--write`, a first-use pin, which is what trust on first use means).
 /// The gateway's data path builds its configs in [`tls::client_config`] and never sees this.
 #[derive(Debug)]
-struct ReportOnlyVerifier {
-    algorithms: WebPkiSupportedAlgorithms,
-}
+struct ReportOnly;
 
-impl ServerCertVerifier for ReportOnlyVerifier {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+impl LeafCheck for ReportOnly {
+    fn check(&self, _presented: Fingerprints) -> Result<(), rustls::Error> {
+        Ok(())
     }
 }
 

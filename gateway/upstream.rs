@@ -4,8 +4,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::config::{GatewaySettings, Host};
@@ -92,17 +94,56 @@ pub(crate) struct UpstreamTimings {
     pub(crate) cipher: Option<&'static str>,
 }
 
+/// Connect to `device` for `service`: TCP, TLS with the device's config, and (for `tofu`)
+/// recording its pin on first use.
 pub(crate) async fn connect(
     device: &Device,
     service: Service,
     settings: &GatewaySettings,
     timings: &mut UpstreamTimings,
 ) -> Result<TlsStream<TcpStream>, UpstreamError> {
-    let port = device.settings.port(service);
+    let stream = dial(
+        Dial {
+            host: &device.settings.host,
+            port: device.settings.port(service),
+            server_name: device.settings.server_name.clone(),
+            connector: &device.connector,
+            connect_timeout: settings.connect_timeout,
+            handshake_timeout: settings.handshake_timeout,
+            keepalive: settings.tcp_keepalive,
+        },
+        timings,
+    )
+    .await?;
+    let addr = timings
+        .addr
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    learn_pin(device, addr, stream.get_ref().1.peer_certificates()).await?;
+    Ok(stream)
+}
+
+/// Where and how to open a TLS connection to a device.
+pub(crate) struct Dial<'a> {
+    pub(crate) host: &'a Host,
+    pub(crate) port: u16,
+    pub(crate) server_name: ServerName<'static>,
+    pub(crate) connector: &'a TlsConnector,
+    /// Bounds DNS resolution and the TCP connect together.
+    pub(crate) connect_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) keepalive: Duration,
+}
+
+/// TCP connect then TLS handshake, each under its own timeout; `timings` is filled as far as
+/// it got, failures included.
+pub(crate) async fn dial(
+    dial: Dial<'_>,
+    timings: &mut UpstreamTimings,
+) -> Result<TlsStream<TcpStream>, UpstreamError> {
     let started = Instant::now();
-    let addr = resolve(&device.settings.host, port, settings.connect_timeout).await?;
+    let addr = resolve(dial.host, dial.port, dial.connect_timeout).await?;
     timings.addr = Some(addr);
-    let remaining = settings.connect_timeout.saturating_sub(started.elapsed());
+    let remaining = dial.connect_timeout.saturating_sub(started.elapsed());
     let connected = timeout(remaining, TcpStream::connect(addr)).await;
     // Recorded for failures too: the histogram shows how long refusals and timeouts take.
     timings.connect = Some(started.elapsed());
@@ -110,25 +151,26 @@ pub(crate) async fn connect(
         Err(_) => {
             return Err(UpstreamError::ConnectTimeout {
                 addr,
-                after: settings.connect_timeout,
+                after: dial.connect_timeout,
             });
         }
         Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
         Ok(Ok(tcp)) => tcp,
     };
-    socket::tune(&tcp, settings.tcp_keepalive);
+    socket::tune(&tcp, dial.keepalive);
 
     let handshake_started = Instant::now();
-    let connecting = device
-        .connector
-        .connect(device.settings.server_name.clone(), tcp);
-    let handshaken = timeout(settings.handshake_timeout, connecting).await;
+    let handshaken = timeout(
+        dial.handshake_timeout,
+        dial.connector.connect(dial.server_name, tcp),
+    )
+    .await;
     timings.handshake = Some(handshake_started.elapsed());
     let stream = match handshaken {
         Err(_) => {
             return Err(UpstreamError::HandshakeTimeout {
                 addr,
-                after: settings.handshake_timeout,
+                after: dial.handshake_timeout,
             });
         }
         Ok(Err(source)) => return Err(UpstreamError::Handshake { addr, source }),
@@ -140,7 +182,6 @@ pub(crate) async fn connect(
     timings.cipher = session
         .negotiated_cipher_suite()
         .and_then(|s| s.suite().as_str());
-    learn_pin(device, addr, session.peer_certificates()).await?;
     Ok(stream)
 }
 

@@ -418,79 +418,16 @@ async fn serve_connection(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests may unwrap (project rule)
 mod tests {
     use super::*;
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::crypto::CryptoProvider;
-    use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
-    use rustls_pki_types::{ServerName, UnixTime};
+    use crate::tls::{LeafVerifier, Pin, Pins};
+    use rustls::ClientConfig;
+    use rustls_pki_types::ServerName;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio_rustls::TlsConnector;
     use tokio_rustls::client::TlsStream;
 
     const IDENTIFY: &str = include_str!("../../scripts/wsman/identify.xml");
-
-    /// Accepts exactly one certificate; test-only stand-in for the
-    /// gateway's pin verifier.
-    #[derive(Debug)]
-    struct ExpectCert {
-        expected: CertificateDer<'static>,
-        provider: Arc<CryptoProvider>,
-    }
-
-    impl ServerCertVerifier for ExpectCert {
-        fn verify_server_cert(
-            &self,
-            end_entity: &CertificateDer<'_>,
-            _intermediates: &[CertificateDer<'_>],
-            _server_name: &ServerName<'_>,
-            _ocsp_response: &[u8],
-            _now: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            if end_entity.as_ref() == self.expected.as_ref() {
-                Ok(ServerCertVerified::assertion())
-            } else {
-                Err(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::ApplicationVerificationFailure,
-                ))
-            }
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.provider.signature_verification_algorithms,
-            )
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.provider.signature_verification_algorithms,
-            )
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.provider
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
-    }
 
     type ClientIdentity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 
@@ -511,7 +448,10 @@ mod tests {
             .with_safe_default_protocol_versions()
             .unwrap()
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ExpectCert { expected, provider }));
+            .with_custom_certificate_verifier(Arc::new(LeafVerifier::new(
+                Pins(vec![Pin::of_certificate(&expected)]),
+                provider.signature_verification_algorithms,
+            )));
         let config = match client {
             Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
             None => builder.with_no_client_auth(),

@@ -21,8 +21,9 @@ pub use pin::{Pin, PinKind, PinParseError};
 pub use store::{Learned, PinStore, PinStoreError, StoredPin};
 pub use verifier::{Fingerprints, PinMismatch};
 
-use crate::config::{TlsSettings, Trust};
-use verifier::{PinVerifier, TofuVerifier};
+use crate::config::{ClientIdentity, TlsSettings, Trust};
+use verifier::FirstUse;
+pub(crate) use verifier::{LeafCheck, LeafVerifier, Pins};
 
 /// The one crypto provider amtgw uses: aws-lc-rs, rustls' default.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -70,8 +71,8 @@ pub fn client_config(
     let builder = match &settings.trust {
         Trust::Pin(pins) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinVerifier::new(
-                pins.clone(),
+            .with_custom_certificate_verifier(Arc::new(LeafVerifier::new(
+                Pins(pins.clone()),
                 provider.signature_verification_algorithms,
             ))),
         Trust::Ca { roots, .. } => {
@@ -85,28 +86,38 @@ pub fn client_config(
             let store = pin_store.ok_or(TlsError::NoPinStore)?;
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(TofuVerifier::new(
-                    device.to_owned(),
-                    store.clone(),
+                .with_custom_certificate_verifier(Arc::new(LeafVerifier::new(
+                    FirstUse {
+                        device: device.to_owned(),
+                        store: store.clone(),
+                    },
                     provider.signature_verification_algorithms,
                 )))
         }
     };
-    let mut config = match &settings.client_identity {
-        None => builder.with_no_client_auth(),
+    let mut config = with_identity(builder, settings.client_identity.as_deref())?;
+    config.resumption = match settings.session_cache {
+        0 => Resumption::disabled(),
+        sessions => Resumption::store(Arc::new(ClientSessionMemoryCache::new(sessions))),
+    };
+    Ok(Arc::new(config))
+}
+
+/// Finish a client config with the client certificate for mutual TLS, if there is one.
+pub(crate) fn with_identity(
+    builder: rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>,
+    identity: Option<&ClientIdentity>,
+) -> Result<ClientConfig, TlsError> {
+    match identity {
+        None => Ok(builder.with_no_client_auth()),
         Some(identity) => builder
             .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
             .map_err(|source| TlsError::ClientIdentity {
                 cert: identity.cert_path.display().to_string(),
                 key: identity.key_path.display().to_string(),
                 source,
-            })?,
-    };
-    config.resumption = match settings.session_cache {
-        0 => Resumption::disabled(),
-        sessions => Resumption::store(Arc::new(ClientSessionMemoryCache::new(sessions))),
-    };
-    Ok(Arc::new(config))
+            }),
+    }
 }
 
 /// Why a TLS exchange with a device failed, as a stable reason for logs and metrics.

@@ -1,10 +1,11 @@
-//! The pinning verifier.
+//! The verifiers for pinned and first-use trust.
 //!
-//! It replaces three WebPKI checks (chain to a root, validity period, name) with "the leaf's
-//! certificate or public-key SHA-256 equals a configured pin", and keeps the fourth: the
-//! handshake signature is verified against the leaf's key, so a peer must hold the pinned key.
-//! No WebPKI end-entity check runs: AMT firmware marks its self-signed leaf CA:TRUE on some
-//! generations, which WebPKI rejects as an end entity.
+//! They replace three WebPKI checks (chain to a root, validity period, name) with a check of
+//! the leaf's certificate or public-key SHA-256 (`LeafCheck`: configured pins, or the pin
+//! stored on first use), and keep the fourth: the handshake signature is verified against the
+//! leaf's key, so a peer must hold the pinned key. No WebPKI end-entity check runs: AMT
+//! firmware marks its self-signed leaf CA:TRUE on some generations, which WebPKI rejects as an
+//! end entity.
 
 use std::fmt;
 use std::sync::Arc;
@@ -66,6 +67,8 @@ impl fmt::Display for PinMismatch {
     }
 }
 
+impl std::error::Error for PinMismatch {}
+
 fn mismatch(presented: Fingerprints, expected: Vec<Pin>) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(PinMismatch {
         presented,
@@ -73,34 +76,27 @@ fn mismatch(presented: Fingerprints, expected: Vec<Pin>) -> rustls::Error {
     }))))
 }
 
-impl std::error::Error for PinMismatch {}
+/// What a verifier checks of the presented leaf, in place of WebPKI's chain, validity and name
+/// checks. Whatever the check, `LeafVerifier` verifies the handshake signature.
+pub(crate) trait LeafCheck: fmt::Debug + Send + Sync {
+    fn check(&self, presented: Fingerprints) -> Result<(), rustls::Error>;
+}
 
-/// Trust on first use: a device with a stored pin must match it, exactly like `PinVerifier`.
-/// A device without one is accepted *provisionally*: the pin is recorded only after the whole
-/// handshake has succeeded (`upstream::connect`), so a peer that cannot prove possession of the
-/// key (the handshake signature) never gets its certificate stored.
+/// A verifier that checks the leaf with `C` and the handshake signature against the leaf's
+/// key, and runs no WebPKI end-entity check (AMT's self-signed leaf may be CA:TRUE).
 #[derive(Debug)]
-pub(crate) struct TofuVerifier {
-    device: String,
-    store: Arc<PinStore>,
+pub(crate) struct LeafVerifier<C> {
+    check: C,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl TofuVerifier {
-    pub(crate) fn new(
-        device: String,
-        store: Arc<PinStore>,
-        algorithms: WebPkiSupportedAlgorithms,
-    ) -> TofuVerifier {
-        TofuVerifier {
-            device,
-            store,
-            algorithms,
-        }
+impl<C: LeafCheck> LeafVerifier<C> {
+    pub(crate) fn new(check: C, algorithms: WebPkiSupportedAlgorithms) -> LeafVerifier<C> {
+        LeafVerifier { check, algorithms }
     }
 }
 
-impl ServerCertVerifier for TofuVerifier {
+impl<C: LeafCheck> ServerCertVerifier for LeafVerifier<C> {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -112,89 +108,67 @@ impl ServerCertVerifier for TofuVerifier {
         let presented = Fingerprints::of(end_entity).ok_or(rustls::Error::InvalidCertificate(
             CertificateError::BadEncoding,
         ))?;
+        self.check
+            .check(presented)
+            .map(|()| ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// `trust = "pin"`: any configured pin matches.
+#[derive(Debug)]
+pub(crate) struct Pins(pub(crate) Vec<Pin>);
+
+impl LeafCheck for Pins {
+    fn check(&self, presented: Fingerprints) -> Result<(), rustls::Error> {
+        if presented.match_any(&self.0) {
+            Ok(())
+        } else {
+            Err(mismatch(presented, self.0.clone()))
+        }
+    }
+}
+
+/// `trust = "tofu"`: a device with a stored pin must match it. A device without one passes
+/// *provisionally*: the pin is recorded only after the whole handshake has succeeded
+/// (`upstream::connect`), so a peer that cannot prove possession of the key (the handshake
+/// signature) never gets its certificate stored.
+#[derive(Debug)]
+pub(crate) struct FirstUse {
+    pub(crate) device: String,
+    pub(crate) store: Arc<PinStore>,
+}
+
+impl LeafCheck for FirstUse {
+    fn check(&self, presented: Fingerprints) -> Result<(), rustls::Error> {
         match self.store.get(&self.device) {
-            None => Ok(ServerCertVerified::assertion()),
-            Some(stored) if stored.matches(&presented) => Ok(ServerCertVerified::assertion()),
+            None => Ok(()),
+            Some(stored) if stored.matches(&presented) => Ok(()),
             Some(stored) => Err(mismatch(
                 presented,
                 vec![stored.certificate, stored.public_key],
             )),
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-#[derive(Debug)]
-pub(crate) struct PinVerifier {
-    pins: Vec<Pin>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl PinVerifier {
-    pub(crate) fn new(pins: Vec<Pin>, algorithms: WebPkiSupportedAlgorithms) -> PinVerifier {
-        PinVerifier { pins, algorithms }
-    }
-}
-
-impl ServerCertVerifier for PinVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let presented = Fingerprints::of(end_entity).ok_or(rustls::Error::InvalidCertificate(
-            CertificateError::BadEncoding,
-        ))?;
-        if presented.match_any(&self.pins) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(mismatch(presented, self.pins.clone()))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
     }
 }

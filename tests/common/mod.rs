@@ -27,6 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 pub type Chain = Vec<CertificateDer<'static>>;
 
+/// A calendar date: year, month, day.
+pub type Ymd = (i32, u8, u8);
+
 /// A certificate and its private key.
 pub struct Identity {
     pub chain: Chain,
@@ -135,7 +138,7 @@ impl TestCa {
     }
 
     /// A client certificate valid until `until` (year, month, day).
-    pub fn client_until(&self, name: &str, until: (i32, u8, u8)) -> Identity {
+    pub fn client_until(&self, name: &str, until: Ymd) -> Identity {
         self.issue(
             &[name],
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -147,7 +150,7 @@ impl TestCa {
         &self,
         names: &[&str],
         usage: ExtendedKeyUsagePurpose,
-        validity: Option<((i32, u8, u8), (i32, u8, u8))>,
+        validity: Option<(Ymd, Ymd)>,
     ) -> Identity {
         let key = KeyPair::generate().unwrap();
         let mut params =
