@@ -68,7 +68,6 @@ pub(crate) async fn serve(
 /// What the summary line reports beyond the outcome.
 #[derive(Default)]
 struct Record {
-    device: Option<Arc<Device>>,
     device_series: Option<DeviceSeries>,
     upstream: UpstreamTimings,
     first_byte: Option<Duration>,
@@ -126,7 +125,6 @@ async fn connection(
         }
     };
     tracing::Span::current().record("device", device.name());
-    record.device = Some(device.clone());
     let _open = device.status.open_guard();
     record.device_series = ctx.shared.metrics.devices.enter(device.name());
     let _device_permit: Option<OwnedSemaphorePermit> = match &device.limit {
@@ -196,17 +194,19 @@ async fn connection(
         service.measures_exchanges(),
     );
     let result = tokio::select! {
-        result = relay.run(console, &mut tls, &observer) => result,
-        () = ctx.shared.lifecycle.aborted() => {
-            record.to_device = relay.bytes_to_device();
-            record.to_console = relay.bytes_to_console();
-            return Outcome::Broken { reason: "shutdown", error: "cut at the end of the shutdown drain".into() };
-        }
+        result = relay.run(console, &mut tls, &observer) => Some(result),
+        () = ctx.shared.lifecycle.aborted() => None,
     };
     record.first_byte = relay.first_device_byte();
-    record.device_close_notify = Some(!relay.device_closed_uncleanly());
     record.to_device = relay.bytes_to_device();
     record.to_console = relay.bytes_to_console();
+    let Some(result) = result else {
+        return Outcome::Broken {
+            reason: "shutdown",
+            error: "cut at the end of the shutdown drain".into(),
+        };
+    };
+    record.device_close_notify = Some(!relay.device_closed_uncleanly());
     match result {
         Ok(()) => Outcome::Closed,
         Err(e) if e.is_handshake_failure() => Outcome::Rejected {
