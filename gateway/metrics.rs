@@ -73,7 +73,7 @@ pub struct Metrics {
     pub(crate) handshakes: Family<HandshakeLabels, Counter>,
     pub(crate) connect_seconds: Family<OutcomeLabels, Histogram>,
     pub(crate) handshake_seconds: Family<OutcomeLabels, Histogram>,
-    pub(crate) first_byte_seconds: Family<ServiceLabels, Histogram>,
+    pub(crate) first_byte_seconds: Family<OutcomeLabels, Histogram>,
     pub(crate) duration_seconds: Family<OutcomeLabels, Histogram>,
     pub(crate) exchange_seconds: Family<ServiceLabels, Histogram>,
     pub(crate) client_certificate_expiry: Family<CertificateLabels, Gauge>,

@@ -343,7 +343,10 @@ fn finish(ctx: &ListenerContext, accepted: Instant, mut record: Record, outcome:
         ctx.shared
             .metrics
             .first_byte_seconds
-            .get_or_create(&ServiceLabels { service })
+            .get_or_create(&OutcomeLabels {
+                service,
+                outcome: outcome_label,
+            })
             .observe(first_byte.as_secs_f64());
     }
     if let Some(series) = record.device_series.take() {
