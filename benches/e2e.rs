@@ -36,6 +36,7 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 const BLOCK: usize = 64 * 1024;
 const EXCHANGE: usize = 1024;
 const LATENCY_WARMUP: usize = 200;
+const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 const WSMAN_BODY: &str = include_str!("../scripts/wsman/get-general-settings.xml");
 
 // ---------------------------------------------------------------------------------------------
@@ -119,6 +120,14 @@ fn command_output(program: &str, args: &[&str]) -> Option<String> {
     Some(String::from_utf8_lossy(&text).trim().to_owned())
 }
 
+/// stdout of a command that succeeded.
+fn success_output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 fn clock_ticks() -> f64 {
     command_output("getconf", &["CLK_TCK"])
         .and_then(|s| s.parse().ok())
@@ -137,35 +146,61 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
-fn open_files_limit() -> u64 {
-    std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3))
-                .and_then(|v| v.parse().ok())
+/// The soft and hard RLIMIT_NOFILE of this process.
+fn open_files_limits() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let fields: Vec<u64> = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(3)
+                .take(2)
+                .map(|v| v.parse().unwrap_or(u64::MAX))
+                .collect()
         })
-        .unwrap_or(1024)
+        .unwrap_or_default();
+    match fields[..] {
+        [soft, hard] => (soft, hard),
+        _ => (1024, 1024),
+    }
 }
 
 /// Raise RLIMIT_NOFILE for this process (and so for the proxies it starts) with the `prlimit`
-/// program: the crate has no libc binding and forbids unsafe code.
+/// program: the crate has no libc binding and forbids unsafe code. Raising the hard limit
+/// needs CAP_SYS_RESOURCE; without it the soft limit goes up to the hard one.
 fn raise_open_files(wanted: u64) -> u64 {
-    let current = open_files_limit();
-    if current >= wanted {
-        return current;
+    let (soft, hard) = open_files_limits();
+    if soft >= wanted {
+        return soft;
     }
     let pid = std::process::id().to_string();
-    let limit = format!("--nofile={wanted}:{wanted}");
-    match Command::new("prlimit")
-        .args(["--pid", &pid, &limit])
-        .status()
-    {
-        Ok(status) if status.success() => {}
-        other => eprintln!("e2e: prlimit {limit} failed ({other:?}); the limit stays {current}"),
+    for target in [wanted, hard.min(wanted)] {
+        let limit = format!("--nofile={target}:{}", target.max(hard));
+        let ok = Command::new("prlimit")
+            .args(["--pid", &pid, &limit])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            break;
+        }
     }
-    open_files_limit()
+    let (soft, hard) = open_files_limits();
+    if soft < wanted {
+        eprintln!(
+            "e2e: RLIMIT_NOFILE is {soft} (hard {hard}), wanted {wanted}: raising the hard limit \
+             needs root with CAP_SYS_RESOURCE (or `ulimit -Hn` before cargo)"
+        );
+    }
+    soft
+}
+
+/// E2E_TASKSET=1 pins the harness to CPU 0 and every proxy to CPU 1: placement stops varying
+/// from run to run (on a VM, a wake-up across CPUs can cost tens of µs), at the price of one
+/// core per proxy whatever its thread count.
+fn pinned_cpus() -> bool {
+    std::env::var("E2E_TASKSET").is_ok_and(|v| v == "1")
 }
 
 fn running_as_root() -> bool {
@@ -244,6 +279,8 @@ fn rss_kib(pid: u32) -> u64 {
 struct Handshakes {
     total: AtomicU64,
     resumed: AtomicU64,
+    /// Protocol version and key exchange group of the latest handshake.
+    last: std::sync::Mutex<String>,
 }
 
 impl Handshakes {
@@ -301,6 +338,15 @@ async fn start_upstream(
                     return;
                 };
                 counts.total.fetch_add(1, Ordering::Relaxed);
+                let conn = stream.get_ref().1;
+                let negotiated = format!(
+                    "{:?}, {:?}",
+                    conn.protocol_version(),
+                    conn.negotiated_key_exchange_group().map(|g| g.name())
+                );
+                if let Ok(mut last) = counts.last.lock() {
+                    *last = negotiated;
+                }
                 if stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed) {
                     counts.resumed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -559,25 +605,36 @@ async fn connection_rate(target: &Target, total: usize, concurrency: usize) -> D
     start.elapsed()
 }
 
-/// Round trips of 1 KiB each way on one connection, in nanoseconds.
-async fn latency(target: &Target, samples: usize) -> Vec<u64> {
-    let mut c = target.connect().await.expect("connect for latency");
-    c.write_all(b"R").await.expect("mode");
+/// Round trips of 1 KiB each way, in nanoseconds, alternating exchange by exchange between a
+/// direct TLS connection to the upstream and one through the proxy, so both sample sets see
+/// the same background load on a shared machine. Returns (direct, via), each sorted.
+async fn latency(direct: &Target, via: &Target, samples: usize) -> (Vec<u64>, Vec<u64>) {
+    let mut conns = [
+        direct.connect().await.expect("connect for latency"),
+        via.connect().await.expect("connect for latency"),
+    ];
+    for c in &mut conns {
+        c.write_all(b"R").await.expect("mode");
+    }
     let out = [0x42u8; EXCHANGE];
     let mut back = [0u8; EXCHANGE];
-    let mut times = Vec::with_capacity(samples);
+    let mut times = [Vec::with_capacity(samples), Vec::with_capacity(samples)];
     for i in 0..LATENCY_WARMUP + samples {
-        let t = Instant::now();
-        c.write_all(&out).await.expect("request");
-        c.flush().await.expect("flush");
-        c.read_exact(&mut back).await.expect("response");
-        if i >= LATENCY_WARMUP {
-            times.push(t.elapsed().as_nanos() as u64);
+        for (c, times) in conns.iter_mut().zip(times.iter_mut()) {
+            let t = Instant::now();
+            c.write_all(&out).await.expect("request");
+            c.flush().await.expect("flush");
+            c.read_exact(&mut back).await.expect("response");
+            if i >= LATENCY_WARMUP {
+                times.push(t.elapsed().as_nanos() as u64);
+            }
+            assert_eq!(back, out, "the response differs from the request");
         }
     }
-    assert_eq!(back, out, "the response differs from the request");
-    times.sort_unstable();
-    times
+    let [mut direct, mut via] = times;
+    direct.sort_unstable();
+    via.sort_unstable();
+    (direct, via)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -805,10 +862,13 @@ impl Kind {
             .map(PathBuf::from)
             .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
         let dirs: Vec<PathBuf> = dirs.collect();
-        names
+        let found = names
             .iter()
             .flat_map(|n| dirs.iter().map(move |d| d.join(n)))
-            .find(|p| p.is_file())
+            .find(|p| p.is_file());
+        // Debian's nginx loads the stream module from libnginx-mod-stream; without it there is
+        // nothing to compare.
+        found.filter(|_| self != Kind::Nginx || Path::new(NGINX_STREAM_MODULE).is_file())
     }
 
     fn version(self, program: &Path) -> String {
@@ -854,7 +914,9 @@ struct Proxy {
 }
 
 impl Proxy {
-    /// Start `kind` trusting exactly the certificate in `leaf_pem` (`pin`, for amtgw).
+    /// Start `kind` trusting exactly the certificate in `leaf_pem` (`pin`, for amtgw), sized
+    /// for `capacity` sessions.
+    #[allow(clippy::too_many_arguments)] // one call site per use; a struct would only rename them
     async fn start(
         kind: Kind,
         program: &Path,
@@ -863,6 +925,7 @@ impl Proxy {
         pin: &str,
         upstreams: [SocketAddr; 3],
         label: &str,
+        capacity: usize,
     ) -> Proxy {
         let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
         let routes = Routes {
@@ -875,13 +938,25 @@ impl Proxy {
         let conf_path = dir.join(format!("{stem}.conf"));
         let log = dir.join(format!("{stem}.log"));
         let leaf = leaf_pem.display();
-        let mut command = Command::new(program);
+        // E2E_TASKSET=1: the proxy on CPU 1, the harness on CPU 0 (see `main`). `taskset`
+        // execs the program, so the child's pid is the proxy's.
+        let mut command = if pinned_cpus() {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "1"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        };
         let conf = match kind {
             Kind::Amtgw => {
                 command.args(["run", "--config"]).arg(&conf_path);
                 // One log line per connection at info; peers are configured not to log per
                 // connection either.
                 command.env("RUST_LOG", "warn");
+                // For experiments: tokio reads TOKIO_WORKER_THREADS (default: one per core).
+                if let Ok(threads) = std::env::var("E2E_AMTGW_THREADS") {
+                    command.env("TOKIO_WORKER_THREADS", threads);
+                }
                 let mut c = String::from(
                     "[gateway]\nmax_connections = 50000\nconnect_timeout = \"5s\"\n\
                      handshake_timeout = \"5s\"\nshutdown_timeout = \"1s\"\n\n\
@@ -927,8 +1002,10 @@ impl Proxy {
             }
             Kind::Haproxy => {
                 command.arg("-db").arg("-f").arg(&conf_path);
-                let mut c = String::from(
-                    "global\n  nbthread 2\n  maxconn 30000\n\n\
+                let maxconn =
+                    capacity.min((open_files_limits().0 as usize).saturating_sub(100) / 2);
+                let mut c = format!(
+                    "global\n  nbthread 2\n  maxconn {maxconn}\n\n\
                      defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 10m\n  \
                      timeout server 10m\n",
                 );
@@ -958,16 +1035,21 @@ impl Proxy {
                     ""
                 };
                 let mut c = format!(
-                    "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n{user}\
-                     worker_processes 2;\nworker_rlimit_nofile 100000;\n\
+                    "load_module {NGINX_STREAM_MODULE};\n{user}\
+                     worker_processes 2;\nworker_rlimit_nofile {files};\n\
                      pid {dir}/{stem}.pid;\nerror_log {log} error;\n\
-                     events {{ worker_connections 40000; }}\n\
+                     events {{ worker_connections {per_worker}; }}\n\
                      stream {{\n  access_log off;\n  proxy_ssl on;\n  proxy_ssl_verify on;\n  \
                      proxy_ssl_trusted_certificate {leaf};\n  proxy_ssl_name Unknown;\n  \
                      proxy_ssl_session_reuse on;\n  proxy_connect_timeout 5s;\n  \
+                     proxy_ssl_protocols TLSv1.2 TLSv1.3;\n  \
                      proxy_timeout 10m;\n",
                     dir = dir.display(),
-                    log = log.display()
+                    log = log.display(),
+                    files = open_files_limits().0,
+                    // Each proxied session takes two of a worker's connections, which nginx
+                    // preallocates: size them to the run, not to the descriptor limit.
+                    per_worker = (2 * capacity).min(open_files_limits().0 as usize),
                 );
                 for (listen, up) in all {
                     let _ = writeln!(c, "  server {{ listen {listen}; proxy_pass {up}; }}");
@@ -1143,7 +1225,7 @@ impl Results {
             } else {
                 peers.min_by(|a, b| a.1.total_cmp(&b.1))
             };
-            match (median_of("amtgw"), best) {
+            match (median_of("amtgw"), best.filter(|_| m.unit != "%")) {
                 (Some(a), Some((peer, b))) if b.abs() > f64::EPSILON => {
                     let ratio = a / b;
                     let better = if m.higher_is_better {
@@ -1193,8 +1275,10 @@ fn pem(der: &[u8]) -> String {
     out
 }
 
-/// A proxy configured with another certificate's pin must refuse the upstream.
-async fn check_refuses_wrong_pin(proxy: &Proxy, upstream: &Handshakes) {
+/// A proxy configured with another certificate's pin must refuse the upstream: no byte may
+/// reach it. (nginx completes the handshake and checks the result afterwards, closing before
+/// any data; the others abort the handshake.)
+async fn check_refuses_wrong_pin(proxy: &Proxy, upstream: &Handshakes) -> bool {
     let before = upstream.snapshot().0;
     let target = Target::Plain(proxy.routes.full.0);
     let result = tokio::time::timeout(STEP_TIMEOUT, one_connection(&target)).await;
@@ -1206,12 +1290,7 @@ async fn check_refuses_wrong_pin(proxy: &Proxy, upstream: &Handshakes) {
         Ok(Err(_)) => {}
         Err(_) => panic!("{}: wrong-pin check hung", proxy.kind.name()),
     }
-    assert_eq!(
-        upstream.snapshot().0,
-        before,
-        "{}: the upstream completed a handshake despite the wrong pin",
-        proxy.kind.name()
-    );
+    upstream.snapshot().0 != before
 }
 
 fn main() {
@@ -1220,7 +1299,20 @@ fn main() {
     let options = Options::from_env(smoke);
     let max_idle = options.idle.iter().copied().max().unwrap_or(0) as u64;
     // Each idle connection holds two descriptors here (client, upstream) and two in the proxy.
-    let limit = raise_open_files((2 * max_idle + 4096).max(65_536));
+    let limit = raise_open_files(2 * max_idle + 4096);
+    if pinned_cpus() {
+        // Before the runtime starts its threads, so they inherit the mask.
+        let pid = std::process::id().to_string();
+        let ok = Command::new("taskset")
+            .args(["-a", "-p", "-c", "0", &pid])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "E2E_TASKSET=1: taskset could not pin the harness to CPU 0"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -1230,7 +1322,8 @@ fn main() {
 }
 
 async fn run(mut options: Options, open_files: u64) {
-    let usable = open_files.saturating_sub(1024) / 2;
+    // A proxy holds two descriptors per idle connection, and so does this process.
+    let usable = open_files.saturating_sub(512) / 2;
     for n in &mut options.idle {
         if *n as u64 > usable {
             eprintln!(
@@ -1246,7 +1339,8 @@ async fn run(mut options: Options, open_files: u64) {
             Some(program) => available.push((*kind, program)),
             None => {
                 let note = format!(
-                    "{} is not installed: skipped (benches/install-peers.sh installs it)",
+                    "{} is not installed (or, for nginx, its stream module): skipped; \
+                     benches/install-peers.sh installs it",
                     kind.name()
                 );
                 println!("e2e: {note}");
@@ -1255,6 +1349,7 @@ async fn run(mut options: Options, open_files: u64) {
         }
     }
     let ticks = clock_ticks();
+    let max_idle = options.idle.iter().copied().max().unwrap_or(0);
 
     // The certificate: AMT's shape (RSA-2048, self-signed, every DN field "Unknown", no SAN),
     // served by every upstream and pinned by every proxy.
@@ -1291,10 +1386,19 @@ async fn run(mut options: Options, open_files: u64) {
             &other_pin,
             upstreams,
             "wrong-pin",
+            256,
         )
         .await;
-        check_refuses_wrong_pin(&proxy, &full_counts).await;
-        println!("e2e: {} refuses a certificate it does not pin", kind.name());
+        let completed = check_refuses_wrong_pin(&proxy, &full_counts).await;
+        println!(
+            "e2e: {} refuses a certificate it does not pin ({})",
+            kind.name(),
+            if completed {
+                "handshake completed, then closed before any data"
+            } else {
+                "handshake aborted"
+            }
+        );
     }
 
     let mut proxies = Vec::new();
@@ -1309,6 +1413,7 @@ async fn run(mut options: Options, open_files: u64) {
             &pin,
             upstreams,
             "bench",
+            max_idle + 1024,
         )
         .await;
         let via = Target::Plain(proxy.routes.full.0);
@@ -1321,6 +1426,15 @@ async fn run(mut options: Options, open_files: u64) {
                     proxy.log_tail()
                 )
             });
+        let negotiated = full_counts
+            .last
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default();
+        notes.push(format!(
+            "{} negotiates {negotiated} with the upstream",
+            kind.name()
+        ));
         proxies.push(proxy);
     }
     let direct = |addr| Target::Direct {
@@ -1333,20 +1447,42 @@ async fn run(mut options: Options, open_files: u64) {
     let mb = options.bulk_mb * 1024 * 1024;
     let cpu = |pid: u32| cpu_ticks(pid) as f64 / ticks;
 
-    // Idle memory first, on fresh processes.
+    // Idle memory: a fresh process per proxy and repetition (an allocator keeps what earlier
+    // connections freed, which would hide the next ones' cost), warmed by one connection.
     for &n in &options.idle {
         if n == 0 {
             continue;
         }
         for rep in 0..options.reps {
-            for proxy in &proxies {
+            for (kind, program) in &available {
+                let proxy = Proxy::start(
+                    *kind,
+                    program,
+                    dir.path(),
+                    &leaf_pem,
+                    &pin,
+                    upstreams,
+                    "idle",
+                    max_idle + 1024,
+                )
+                .await;
                 let target = Target::Plain(proxy.routes.resumed.0);
+                drop(timed("warm-up connection", one_connection(&target)).await);
                 let before = rss_kib(proxy.pid());
                 let held = timed("idle connections", open_idle(&target, n)).await;
                 assert_eq!(held.len(), n);
                 let at = rss_kib(proxy.pid());
                 drop(held);
-                let name = proxy.kind.name();
+                drop(proxy);
+                let name = kind.name();
+                results.record(
+                    "RSS of a fresh process after one connection",
+                    "MiB",
+                    false,
+                    1,
+                    name,
+                    before as f64 / 1024.0,
+                );
                 results.record(
                     &format!("RSS at {n} idle"),
                     "MiB",
@@ -1363,7 +1499,7 @@ async fn run(mut options: Options, open_files: u64) {
                     name,
                     (at.saturating_sub(before)) as f64 / n as f64,
                 );
-                println!("e2e: idle {n} rep {rep} {name}: {at} KiB");
+                println!("e2e: idle {n} rep {rep} {name}: {before} -> {at} KiB");
             }
         }
     }
@@ -1464,7 +1600,14 @@ async fn run(mut options: Options, open_files: u64) {
                 );
                 if label == "resumed" {
                     let share = (r1 - r0) as f64 * 100.0 / (h1 - h0).max(1) as f64;
-                    results.record("upstream handshakes resumed", "%", true, 0, p, share);
+                    results.record(
+                        "upstream handshakes resumed (diagnostic)",
+                        "%",
+                        true,
+                        0,
+                        p,
+                        share,
+                    );
                 }
             }
         }
@@ -1473,40 +1616,22 @@ async fn run(mut options: Options, open_files: u64) {
             started.elapsed()
         );
 
-        let base = timed(
-            "latency",
-            latency(&direct(resumed_addr), options.latency_samples),
-        )
-        .await;
-        for (p, label) in [(50.0, "p50"), (99.0, "p99"), (99.9, "p99.9")] {
-            results.record(
-                &format!("latency direct {label}"),
-                "µs",
-                false,
-                1,
-                "direct",
-                percentile(&base, p) / 1e3,
-            );
-        }
         for proxy in &proxies {
-            let via = timed(
+            let (base, via) = timed(
                 "latency",
                 latency(
+                    &direct(resumed_addr),
                     &Target::Plain(proxy.routes.resumed.0),
                     options.latency_samples,
                 ),
             )
             .await;
             for (p, label) in [(50.0, "p50"), (99.0, "p99"), (99.9, "p99.9")] {
-                let added = (percentile(&via, p) - percentile(&base, p)) / 1e3;
-                results.record(
-                    &format!("latency added {label}"),
-                    "µs",
-                    false,
-                    1,
-                    proxy.kind.name(),
-                    added,
-                );
+                let name = format!("latency {label}, added by the proxy");
+                let direct_us = percentile(&base, p) / 1e3;
+                let added = percentile(&via, p) / 1e3 - direct_us;
+                results.record(&name, "µs", false, 1, "direct", direct_us);
+                results.record(&name, "µs", false, 1, proxy.kind.name(), added);
             }
         }
         println!("e2e: latency rep {rep} done ({:.0?})", started.elapsed());
@@ -1518,11 +1643,17 @@ async fn run(mut options: Options, open_files: u64) {
                 } else {
                     "no keep-alive"
                 };
+                // Keep-alive Gets cost a fraction of the others: run ten times as many.
+                let gets = if keep_alive {
+                    10 * options.wsman
+                } else {
+                    options.wsman
+                };
                 let elapsed = timed(
                     "WS-Man",
                     wsman_mix(
                         &direct(sim.wsman_addr()),
-                        options.wsman,
+                        gets,
                         options.concurrency,
                         keep_alive,
                     ),
@@ -1535,7 +1666,7 @@ async fn run(mut options: Options, open_files: u64) {
                     true,
                     0,
                     "direct",
-                    options.wsman as f64 / elapsed.as_secs_f64(),
+                    gets as f64 / elapsed.as_secs_f64(),
                 );
                 for proxy in &proxies {
                     let c0 = cpu(proxy.pid());
@@ -1543,7 +1674,7 @@ async fn run(mut options: Options, open_files: u64) {
                         "WS-Man",
                         wsman_mix(
                             &Target::Plain(proxy.routes.sim.0),
-                            options.wsman,
+                            gets,
                             options.concurrency,
                             keep_alive,
                         ),
@@ -1557,7 +1688,7 @@ async fn run(mut options: Options, open_files: u64) {
                         true,
                         0,
                         p,
-                        options.wsman as f64 / elapsed.as_secs_f64(),
+                        gets as f64 / elapsed.as_secs_f64(),
                     );
                     results.record(
                         &format!("CPU per Get, {label}"),
@@ -1565,7 +1696,7 @@ async fn run(mut options: Options, open_files: u64) {
                         false,
                         3,
                         p,
-                        used * 1000.0 / options.wsman as f64,
+                        used * 1000.0 / gets as f64,
                     );
                 }
             }
@@ -1616,9 +1747,10 @@ fn render(
 ) -> String {
     let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default();
     let manifest = env!("CARGO_MANIFEST_DIR");
-    let commit = command_output("git", &["-C", manifest, "rev-parse", "--short", "HEAD"])
+    let commit = success_output("git", &["-C", manifest, "rev-parse", "--short", "HEAD"])
+        .or_else(|| std::env::var("E2E_COMMIT").ok())
         .unwrap_or_else(|| "unknown".into());
-    let dirty = command_output(
+    let dirty = success_output(
         "git",
         &[
             "-C",
@@ -1630,7 +1762,15 @@ fn render(
     )
     .is_some_and(|s| !s.is_empty());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // Not available_parallelism: under E2E_TASKSET=1 this process's mask is one CPU.
+    let cores = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|t| t.lines().filter(|l| l.starts_with("processor")).count())
+        .unwrap_or(0);
+    let placement = if pinned_cpus() {
+        "; harness pinned to CPU 0, each proxy to CPU 1 (E2E_TASKSET=1)"
+    } else {
+        "; no CPU pinning"
+    };
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -1643,7 +1783,7 @@ fn render(
     );
     let _ = writeln!(
         out,
-        "- machine: {cores} cores, {}, Linux {}\n- date: {date}; commit {commit}{}\n- proxies: {}\n\
+        "- machine: {cores} cores, {}, Linux {}{placement}\n- date: {date}; commit {commit}{}\n- proxies: {}\n\
          - sizes: {} repetitions (medians shown), bulk {} MiB per run, {} connections per \
          connection run ({} at a time), {} latency samples of 1 KiB each way, idle {:?}, \
          {} WS-Man Gets per run; took {:.0?}",
@@ -1666,7 +1806,9 @@ fn render(
     let _ = writeln!(
         out,
         "- every proxy pins the same RSA-2048 AMT-like certificate and was checked to refuse \
-         another one; ✓ marks a figure where amtgw is at least as good as the best peer\n"
+         another one; ✓ marks a figure where amtgw is at least as good as the best peer; in the \
+         latency rows the direct column is the absolute round trip of a TLS client talking to \
+         the upstream itself, the proxy columns what each proxy adds to it\n"
     );
     out.push_str(&results.table(columns));
     out

@@ -5,4 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
+benches/install-peers.sh   # stunnel4, haproxy, nginx for the benchmark smoke
 cargo test --locked --all-targets "$@"
