@@ -26,7 +26,7 @@ pub enum UpstreamError {
     ConnectTimeout { addr: SocketAddr, after: Duration },
     #[error("TLS handshake with {addr} timed out after {after:?}")]
     HandshakeTimeout { addr: SocketAddr, after: Duration },
-    #[error("TLS handshake with {addr} failed: {source}")]
+    #[error("TLS handshake with {addr} failed: {}", tls::describe(source))]
     Handshake { addr: SocketAddr, source: io::Error },
     /// Two first connections to a `tofu` device presented different certificates; the other
     /// one was learnt first.

@@ -109,6 +109,10 @@ async fn first_use_records_the_pin_and_later_connections_must_match() {
         "names the presented certificate: {error}"
     );
     assert!(error.contains(&learned), "and the stored one: {error}");
+    assert!(
+        !error.contains("OtherError"),
+        "readable, not rustls' Debug form: {error}"
+    );
     assert_eq!(
         stored_certificate_pin(&s.store),
         Some(learned),

@@ -162,6 +162,17 @@ pub(crate) fn rejects_client_certificate(alert: AlertDescription) -> bool {
     )
 }
 
+/// An I/O error from tokio-rustls, said for an operator: rustls shows a verifier's own error
+/// (a pin mismatch, with both fingerprints) only in its `Debug` form.
+pub(crate) fn describe(error: &std::io::Error) -> String {
+    match rustls_error(error) {
+        Some(rustls::Error::InvalidCertificate(CertificateError::Other(other))) => {
+            format!("invalid peer certificate: {}", other.0)
+        }
+        _ => error.to_string(),
+    }
+}
+
 /// The rustls error inside an I/O error from tokio-rustls, if there is one.
 pub(crate) fn rustls_error(error: &std::io::Error) -> Option<&rustls::Error> {
     error.get_ref()?.downcast_ref::<rustls::Error>()
