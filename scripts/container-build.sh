@@ -37,16 +37,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # 0. The tools, from Debian, when missing: podman builds the image; runc runs it where crun
 # cannot (see above); file and binutils check that the binary is static.
-missing=()
-for pair in podman:podman runc:runc file:file readelf:binutils; do
-    command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
-done
-if ((${#missing[@]})); then
-    step "installing ${missing[*]}"
-    sudo_cmd=(); [[ $(id -u) == 0 ]] || sudo_cmd=(sudo)
-    "${sudo_cmd[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+"$repo/scripts/apt-install.sh" podman runc file binutils
 
 # 1. The static binary. --target is required: with it RUSTFLAGS apply only to the target
 # artifacts, not to build scripts and proc macros, which cannot be linked statically.
