@@ -19,13 +19,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use amtgw::config::{TlsSettings, Trust};
 use amtgw::sim::{CertStyle, SimConfig, SimDevice, SimIdentity, generate_amt_identity};
 use amtgw::tls::Pin;
 use md5::{Digest as _, Md5};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::{ClientConfig, DigitallySignedStruct, HandshakeKind, ServerConfig, SignatureScheme};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{HandshakeKind, ServerConfig};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -423,66 +422,6 @@ trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 type Conn = Box<dyn Io>;
 
-/// The direct client's verifier: exactly the pinned certificate, handshake signatures checked.
-#[derive(Debug)]
-struct PinnedCert {
-    cert: CertificateDer<'static>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedCert {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.cert.as_ref() {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "certificate does not match the pin".into(),
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 #[derive(Clone)]
 enum Target {
     Plain(SocketAddr),
@@ -511,18 +450,19 @@ impl Target {
     }
 }
 
+/// The direct client pins the certificate exactly as amtgw does: through amtgw's own
+/// `trust = "pin"` client config, so the baseline and the gateway verify alike.
 fn direct_connector(cert: &CertificateDer<'static>) -> TlsConnector {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedCert {
-            cert: cert.clone(),
-            provider,
-        }))
-        .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
+    let settings = TlsSettings {
+        trust: Trust::Pin(vec![Pin::of_certificate(cert)]),
+        client_identity: None,
+        versions: vec![&rustls::version::TLS13, &rustls::version::TLS12],
+        // rustls' own default cache size, as the client had before.
+        session_cache: 256,
+    };
+    let config = amtgw::tls::client_config(&settings, &amtgw::tls::provider(), "direct", None)
+        .expect("pinned client config");
+    TlsConnector::from(config)
 }
 
 async fn timed<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {

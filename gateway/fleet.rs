@@ -79,21 +79,22 @@ impl DeviceStatus {
         self.expiring.swap(expiring, Ordering::Relaxed) != expiring
     }
 
+    /// Record the latest handshake; returns the notAfter of the device's certificate as
+    /// recorded. The leaf is parsed only on a full handshake: a resumed one shows no new
+    /// certificate, so the one from the full handshake is kept.
     pub(crate) fn record_handshake(
         &self,
         mut record: HandshakeRecord,
         leaf: Option<&CertificateDer<'_>>,
-    ) {
-        let Ok(mut last) = self.last.lock() else {
-            return;
-        };
-        // A resumed handshake shows no new certificate: keep the one from the full handshake
-        // rather than parsing it again.
+    ) -> Option<i64> {
+        let mut last = self.last.lock().ok()?;
         record.certificate = match (leaf, record.resumed) {
             (Some(leaf), false) => CertificateSummary::of(leaf),
             _ => last.as_ref().and_then(|l| l.certificate.clone()),
         };
+        let not_after = record.certificate.as_ref().map(|c| c.not_after);
         *last = Some(record);
+        not_after
     }
 }
 

@@ -166,7 +166,14 @@ async fn connection(
         .ok()
         .and_then(|tls| tls.get_ref().1.peer_certificates())
         .and_then(|chain| chain.first());
-    observe_device(ctx, &device, record, connected.as_ref().err(), leaf);
+    observe_device(
+        ctx,
+        &device,
+        record,
+        connected.as_ref().err(),
+        leaf,
+        gateway.expiry_warning,
+    );
     let mut tls = match connected {
         Ok(tls) => tls,
         Err(e) => {
@@ -227,29 +234,32 @@ fn observe_device(
     record: &Record,
     error: Option<&UpstreamError>,
     leaf: Option<&rustls_pki_types::CertificateDer<'_>>,
+    expiry_warning: Duration,
 ) {
     let timings = &record.upstream;
     let Some(handshake) = timings.handshake else {
         return; // The TCP connect failed: nothing was learnt about the device's TLS.
     };
-    device.status.record_handshake(
-        HandshakeRecord {
-            at: fleet::unix_now(),
-            result: error.map_or("ok", UpstreamError::kind),
-            error: error.map(ToString::to_string),
-            tls_version: timings.version,
-            cipher: timings.cipher,
-            resumed: timings.resumed,
-            certificate: None,
-        },
-        leaf,
-    );
-    let not_after = leaf.and_then(crate::tls::not_after);
+    let not_after = device
+        .status
+        .record_handshake(
+            HandshakeRecord {
+                at: fleet::unix_now(),
+                result: error.map_or("ok", UpstreamError::kind),
+                error: error.map(ToString::to_string),
+                tls_version: timings.version,
+                cipher: timings.cipher,
+                resumed: timings.resumed,
+                certificate: None,
+            },
+            leaf,
+        )
+        // After a failed handshake the recorded certificate is the previous one: no fresh date.
+        .filter(|_| error.is_none());
     // Pinned and tofu certificates are trusted whatever their dates (AMT's own may be set from
     // an unconfigured BIOS clock); only CA-validated ones stop working when they expire.
     if let (Some(not_after), Trust::Ca { .. }) = (not_after, &device.settings.tls.trust) {
-        let window = ctx.shared.snapshot.load().config.gateway.expiry_warning;
-        let days_left = crate::gateway::expires_within(not_after, window);
+        let days_left = crate::gateway::expires_within(not_after, expiry_warning);
         if device.status.set_expiring(days_left.is_some()) {
             let gauge = ctx.shared.metrics.expiring("device");
             match days_left {

@@ -5,7 +5,7 @@ use rustls_pki_types::CertificateDer;
 use serde::Serialize;
 use x509_parser::time::ASN1Time;
 
-use super::Fingerprints;
+use super::Pin;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CertificateSummary {
@@ -24,8 +24,8 @@ pub struct CertificateSummary {
 impl CertificateSummary {
     /// `None` when the DER is not an X.509 certificate.
     pub fn of(cert: &CertificateDer<'_>) -> Option<CertificateSummary> {
+        // One parse serves every field, the public-key pin included.
         let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-        let fingerprints = Fingerprints::of(cert)?;
         let validity = parsed.validity();
         Some(CertificateSummary {
             subject: parsed.subject().to_string(),
@@ -34,8 +34,8 @@ impl CertificateSummary {
             not_after: validity.not_after.timestamp(),
             self_signed: parsed.subject() == parsed.issuer(),
             ca: parsed.is_ca(),
-            certificate_pin: fingerprints.certificate.to_string(),
-            public_key_pin: fingerprints.public_key.to_string(),
+            certificate_pin: Pin::of_certificate(cert.as_ref()).to_string(),
+            public_key_pin: Pin::of_public_key(parsed.tbs_certificate.subject_pki.raw).to_string(),
         })
     }
 }
