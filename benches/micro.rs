@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use amtgw::config::MetricsSettings;
 use amtgw::metrics::Metrics;
-use amtgw::relay::{DEFAULT_BUFFER_SIZE, NoObserver, Relay, RelayObserver};
+use amtgw::relay::{MAX_READ_SIZE, NoObserver, Relay, RelayObserver};
 use amtgw::router::{AddressRouter, RouteQuery, Router};
 use amtgw::tls::{Fingerprints, Pin};
 use amtgw::{Config, Service};
@@ -90,7 +90,7 @@ async fn relay_once(total: usize, observer: &(impl RelayObserver + ?Sized)) {
         let mut rest = Vec::new();
         console.read_to_end(&mut rest).await.ok();
     });
-    let mut relay = Relay::new(DEFAULT_BUFFER_SIZE, Duration::from_secs(60), true);
+    let mut relay = Relay::new(MAX_READ_SIZE, Duration::from_secs(60), true);
     relay
         .run(&mut console_far, &mut device_far, observer)
         .await

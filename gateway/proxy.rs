@@ -13,7 +13,7 @@ use crate::config::Trust;
 use crate::fleet::{self, Device, HandshakeRecord};
 use crate::gateway::Shared;
 use crate::metrics::{DeviceSeries, HandshakeLabels, OutcomeLabels, ReasonLabels, ServiceLabels};
-use crate::relay::{DEFAULT_BUFFER_SIZE, Relay};
+use crate::relay::{MAX_READ_SIZE, Relay};
 use crate::router::RouteQuery;
 use crate::service::Service;
 use crate::socket;
@@ -196,7 +196,7 @@ async fn connection(
         .metrics
         .relay_observer(service, record.device_series.as_ref());
     let mut relay = Relay::new(
-        DEFAULT_BUFFER_SIZE,
+        MAX_READ_SIZE,
         settings.idle_timeout,
         service.measures_exchanges(),
     );

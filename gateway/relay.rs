@@ -1,12 +1,16 @@
 //! The byte-transparent relay between a console and a device.
 //!
 //! One future polls both directions on the unsplit streams, so there is no lock on the per-byte
-//! path (`tokio::io::split` would take one per poll). Each direction reads into its own buffer
-//! and writes it out before reading again; an EOF becomes a write shutdown on the other side
+//! path (`tokio::io::split` would take one per poll). Each direction reads into its worker
+//! thread's scratch buffer and writes straight from it; only what the writer cannot take at once
+//! is copied into the direction's own backlog, which is released once the direction goes quiet.
+//! An idle connection so holds no relay buffer at all, which is most of what a proxy's memory per
+//! idle connection would otherwise be. An EOF becomes a write shutdown on the other side
 //! (half-close: TCP FIN towards the console, TLS close_notify plus FIN towards the device). When
 //! a direction has nothing more to read it flushes, so small messages (SOL keystrokes) leave
 //! at once. Counts live in `Relay` and survive an error or an abort.
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -20,8 +24,14 @@ use tokio::time::{Instant, Sleep};
 
 use crate::tls;
 
-/// Per-direction buffer. 16 KiB holds a full TLS record's plaintext.
-pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
+/// The largest single read. 16 KiB holds a full TLS record's plaintext.
+pub const MAX_READ_SIZE: usize = 16 * 1024;
+
+thread_local! {
+    /// Shared by every relay on this thread: a read and the writes from it happen within one
+    /// poll, so no relay ever holds it across a suspension.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; MAX_READ_SIZE].into_boxed_slice());
+}
 
 /// Receives what the relay sees, as it happens. Implementations must be cheap: they run on
 /// every buffer.
@@ -82,9 +92,11 @@ struct Direction {
     lenient_eof: bool,
     /// Whether the stream ended that way.
     unclean_eof: bool,
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
+    read_size: usize,
+    /// Bytes read but not yet taken by the writer, written from `backlog_start`. Empty (and
+    /// without capacity once the direction is idle) in the common case.
+    backlog: Vec<u8>,
+    backlog_start: usize,
     eof: bool,
     done: bool,
     unflushed: bool,
@@ -96,19 +108,35 @@ enum Side {
     Write(io::Error),
 }
 
+/// What one read-and-forward step left behind.
+enum Step {
+    /// Everything read was written; read again.
+    Forwarded,
+    /// The writer took only part; the rest is in the backlog and the writer's waker is set.
+    WriterBlocked,
+    /// Nothing to read now; the reader's waker is set.
+    Idle,
+}
+
 impl Direction {
-    fn new(size: usize, lenient_eof: bool) -> Direction {
+    fn new(read_size: usize, lenient_eof: bool) -> Direction {
         Direction {
             lenient_eof,
             unclean_eof: false,
-            buf: vec![0; size].into_boxed_slice(),
-            start: 0,
-            end: 0,
+            read_size: read_size.clamp(1, MAX_READ_SIZE),
+            backlog: Vec::new(),
+            backlog_start: 0,
             eof: false,
             done: false,
             unflushed: false,
             bytes: 0,
         }
+    }
+
+    fn wrote(&mut self, n: usize, on_write: &mut impl FnMut(usize)) {
+        self.bytes += n as u64;
+        self.unflushed = true;
+        on_write(n);
     }
 
     /// Move bytes until the reader is exhausted for now (Pending) or finished (Ready(Ok)).
@@ -129,56 +157,93 @@ impl Direction {
             return Poll::Ready(Ok(()));
         }
         loop {
-            if self.start == self.end && !self.eof {
-                let mut read_buf = ReadBuf::new(&mut self.buf);
-                match reader.as_mut().poll_read(cx, &mut read_buf) {
-                    Poll::Pending => {
-                        if self.unflushed {
-                            ready!(writer.as_mut().poll_flush(cx)).map_err(Side::Write)?;
-                            self.unflushed = false;
-                        }
-                        return Poll::Pending;
-                    }
-                    Poll::Ready(Err(error))
-                        if self.lenient_eof && error.kind() == io::ErrorKind::UnexpectedEof =>
-                    {
-                        self.unclean_eof = true;
-                        self.eof = true;
-                    }
-                    Poll::Ready(Err(error)) => return Poll::Ready(Err(Side::Read(error))),
-                    Poll::Ready(Ok(())) => {
-                        let n = read_buf.filled().len();
-                        if n == 0 {
-                            self.eof = true;
-                        } else {
-                            self.start = 0;
-                            self.end = n;
-                            on_read(n);
-                        }
-                    }
-                }
-            }
-            while self.start < self.end {
-                let n = ready!(
-                    writer
-                        .as_mut()
-                        .poll_write(cx, &self.buf[self.start..self.end])
-                )
-                .map_err(Side::Write)?;
+            while self.backlog_start < self.backlog.len() {
+                let pending = &self.backlog[self.backlog_start..];
+                let n = ready!(writer.as_mut().poll_write(cx, pending)).map_err(Side::Write)?;
                 if n == 0 {
                     return Poll::Ready(Err(Side::Write(io::ErrorKind::WriteZero.into())));
                 }
-                self.start += n;
-                self.bytes += n as u64;
-                self.unflushed = true;
-                on_write(n);
+                self.backlog_start += n;
+                self.wrote(n, &mut on_write);
             }
+            self.backlog.clear();
+            self.backlog_start = 0;
             if self.eof {
                 ready!(writer.as_mut().poll_shutdown(cx)).map_err(Side::Write)?;
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
+            let step = SCRATCH.with_borrow_mut(|scratch| {
+                self.read_and_forward(
+                    cx,
+                    &mut scratch[..self.read_size],
+                    reader.as_mut(),
+                    writer.as_mut(),
+                    &mut on_read,
+                    &mut on_write,
+                )
+            })?;
+            match step {
+                Step::Forwarded => {}
+                Step::WriterBlocked => return Poll::Pending,
+                Step::Idle => {
+                    self.backlog = Vec::new();
+                    if self.unflushed {
+                        ready!(writer.as_mut().poll_flush(cx)).map_err(Side::Write)?;
+                        self.unflushed = false;
+                    }
+                    return Poll::Pending;
+                }
+            }
         }
+    }
+
+    fn read_and_forward<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        scratch: &mut [u8],
+        mut reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+        on_read: &mut impl FnMut(usize),
+        on_write: &mut impl FnMut(usize),
+    ) -> Result<Step, Side>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        let mut read_buf = ReadBuf::new(scratch);
+        let read = match reader.as_mut().poll_read(cx, &mut read_buf) {
+            Poll::Pending => return Ok(Step::Idle),
+            Poll::Ready(Err(error))
+                if self.lenient_eof && error.kind() == io::ErrorKind::UnexpectedEof =>
+            {
+                self.unclean_eof = true;
+                0
+            }
+            Poll::Ready(Err(error)) => return Err(Side::Read(error)),
+            Poll::Ready(Ok(())) => read_buf.filled().len(),
+        };
+        if read == 0 {
+            self.eof = true;
+            return Ok(Step::Forwarded);
+        }
+        on_read(read);
+        let mut start = 0;
+        while start < read {
+            match writer.as_mut().poll_write(cx, &scratch[start..read]) {
+                Poll::Ready(Ok(0)) => return Err(Side::Write(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    start += n;
+                    self.wrote(n, on_write);
+                }
+                Poll::Ready(Err(error)) => return Err(Side::Write(error)),
+                Poll::Pending => {
+                    self.backlog.extend_from_slice(&scratch[start..read]);
+                    return Ok(Step::WriterBlocked);
+                }
+            }
+        }
+        Ok(Step::Forwarded)
     }
 }
 
@@ -197,15 +262,16 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(buffer_size: usize, idle_timeout: Duration, measure_exchanges: bool) -> Relay {
+    /// `read_size` caps each read (at most `MAX_READ_SIZE`); tests use tiny ones.
+    pub fn new(read_size: usize, idle_timeout: Duration, measure_exchanges: bool) -> Relay {
         let now = Instant::now();
         Relay {
-            to_device: Direction::new(buffer_size, false),
+            to_device: Direction::new(read_size, false),
             // Embedded TLS stacks, AMT's among them, often close TCP without close_notify
             // (after a 401, say). The byte stream is relayed transparently either way, and
             // the console could not be told the difference, so it ends like a clean close and
             // the summary says it was unclean.
-            to_console: Direction::new(buffer_size, true),
+            to_console: Direction::new(read_size, true),
             idle_timeout,
             idle_timer: Box::pin(tokio::time::sleep(idle_timeout)),
             last_activity: now,
@@ -377,6 +443,39 @@ mod tests {
         let (result, up, down) = relay.await.unwrap();
         result.unwrap();
         assert_eq!((up, down), (35, 6));
+    }
+
+    /// A writer that takes only part of a read leaves the rest in the direction's backlog; the
+    /// bytes still arrive whole and in order, and the backlog's memory goes once the direction
+    /// is idle again.
+    #[tokio::test]
+    async fn a_blocked_writer_keeps_order_and_the_backlog_is_released_when_idle() {
+        let (mut console, mut console_far) = duplex(1024);
+        let (mut device, mut device_far) = duplex(8);
+        let mut relay = Relay::new(64, Duration::from_secs(60), false);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let sent: Vec<u8> = (0..100u8).collect();
+        console.write_all(&sent).await.unwrap();
+
+        let mut received = Vec::new();
+        while received.len() < sent.len() {
+            let poll = relay.poll_run(&mut cx, &mut console_far, &mut device_far, &NoObserver);
+            assert!(poll.is_pending());
+            if received.is_empty() {
+                assert!(
+                    relay.to_device.backlog.capacity() > 0,
+                    "the writer took it all"
+                );
+            }
+            let mut chunk = [0u8; 8];
+            let n = device.read(&mut chunk).await.unwrap();
+            received.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(received, sent);
+        let poll = relay.poll_run(&mut cx, &mut console_far, &mut device_far, &NoObserver);
+        assert!(poll.is_pending());
+        assert_eq!(relay.to_device.backlog.capacity(), 0);
+        assert_eq!(relay.bytes_to_device(), 100);
     }
 
     #[tokio::test(start_paused = true)]
