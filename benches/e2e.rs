@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io;
+use std::io::{self, BufRead as _, Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,7 +23,11 @@ use amtgw::config::{TlsSettings, Trust};
 use amtgw::sim::{CertStyle, SimConfig, SimDevice, SimIdentity, generate_amt_identity};
 use amtgw::tls::Pin;
 use md5::{Digest as _, Md5};
-use rustls::{HandshakeKind, ServerConfig};
+use rustls::crypto::CryptoProvider;
+use rustls::{
+    ClientConfig, ClientConnection, Connection, HandshakeKind, NamedGroup, ProtocolVersion,
+    ServerConfig, ServerConnection, SupportedCipherSuite, SupportedProtocolVersion,
+};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -35,6 +39,13 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 const BLOCK: usize = 64 * 1024;
 const EXCHANGE: usize = 1024;
 const LATENCY_WARMUP: usize = 200;
+/// Plaintext per write in the rustls in-memory measurement: one full TLS record.
+const TLS_RECORD_PLAINTEXT: usize = 16 * 1024;
+/// Records encrypted into the reused buffer before the server decrypts them: 256 KiB, so the
+/// ciphertext stays in cache the way a relay's socket buffers do.
+const RECORDS_PER_BATCH: usize = 16;
+/// The issue's target for bulk throughput: within 2× of rustls' in-memory rate.
+const BULK_TARGET_SHARE_OF_RUSTLS: f64 = 0.5;
 const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 const WSMAN_BODY: &str = include_str!("../scripts/wsman/get-general-settings.xml");
 
@@ -202,6 +213,23 @@ fn pinned_cpus() -> bool {
     std::env::var("E2E_TASKSET").is_ok_and(|v| v == "1")
 }
 
+/// The harness's CPU under E2E_TASKSET=1 ...
+const HARNESS_CPU: &str = "0";
+/// ... and the proxies', which the helpers measuring what a proxy could do share.
+const PROXY_CPU: &str = "1";
+
+/// A command running `program` on `cpu` under E2E_TASKSET=1, unpinned otherwise. `taskset`
+/// execs the program, so the child's pid is the program's.
+fn command_on_cpu(cpu: &str, program: &Path) -> Command {
+    if pinned_cpus() {
+        let mut command = Command::new("taskset");
+        command.args(["-c", cpu]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
 fn running_as_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -278,8 +306,7 @@ fn rss_kib(pid: u32) -> u64 {
 struct Handshakes {
     total: AtomicU64,
     resumed: AtomicU64,
-    /// Protocol version and key exchange group of the latest handshake.
-    last: std::sync::Mutex<String>,
+    last: std::sync::Mutex<Option<Negotiated>>,
 }
 
 impl Handshakes {
@@ -289,6 +316,55 @@ impl Handshakes {
             self.resumed.load(Ordering::Relaxed),
         )
     }
+
+    /// What the latest handshake agreed on.
+    fn last_negotiated(&self) -> Option<Negotiated> {
+        *self.last.lock().ok()?
+    }
+}
+
+/// What a handshake agreed on: printed per proxy, and the cipher suite the rustls in-memory
+/// measurement uses.
+#[derive(Clone, Copy)]
+struct Negotiated {
+    version: ProtocolVersion,
+    /// None for a resumed TLS 1.2 handshake.
+    group: Option<NamedGroup>,
+    suite: SupportedCipherSuite,
+}
+
+impl std::fmt::Display for Negotiated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}, ", self.version)?;
+        match self.group {
+            Some(group) => write!(f, "{group:?}, ")?,
+            None => f.write_str("no key exchange, ")?,
+        }
+        write!(f, "{:?}", self.suite.suite())
+    }
+}
+
+/// Accept forever; every connection gets TCP_NODELAY and a task of its own running `handle`.
+fn spawn_acceptor<F, Fut>(listener: TcpListener, handle: F)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let tcp = match listener.accept().await {
+                Ok((tcp, _)) => tcp,
+                Err(error) => {
+                    // Out of descriptors, say: back off instead of spinning.
+                    eprintln!("e2e: upstream accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            tcp.set_nodelay(true).ok();
+            tokio::spawn(handle(tcp));
+        }
+    });
 }
 
 async fn start_upstream(
@@ -318,43 +394,48 @@ async fn start_upstream(
     let addr = listener.local_addr().expect("upstream address");
     let counts = Arc::new(Handshakes::default());
     let task_counts = counts.clone();
-    tokio::spawn(async move {
-        loop {
-            let tcp = match listener.accept().await {
-                Ok((tcp, _)) => tcp,
-                Err(error) => {
-                    // Out of descriptors, say: back off instead of spinning.
-                    eprintln!("e2e: upstream accept failed: {error}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+    spawn_acceptor(listener, move |tcp| {
+        let acceptor = acceptor.clone();
+        let counts = task_counts.clone();
+        async move {
+            let Ok(stream) = acceptor.accept(tcp).await else {
+                return;
             };
-            tcp.set_nodelay(true).ok();
-            let acceptor = acceptor.clone();
-            let counts = task_counts.clone();
-            tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                counts.total.fetch_add(1, Ordering::Relaxed);
-                let conn = stream.get_ref().1;
-                let negotiated = format!(
-                    "{:?}, {:?}",
-                    conn.protocol_version(),
-                    conn.negotiated_key_exchange_group().map(|g| g.name())
-                );
+            counts.total.fetch_add(1, Ordering::Relaxed);
+            let conn = stream.get_ref().1;
+            if let (Some(version), Some(suite)) =
+                (conn.protocol_version(), conn.negotiated_cipher_suite())
+            {
+                let group = conn.negotiated_key_exchange_group().map(|g| g.name());
                 if let Ok(mut last) = counts.last.lock() {
-                    *last = negotiated;
+                    *last = Some(Negotiated {
+                        version,
+                        group,
+                        suite,
+                    });
                 }
-                if stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed) {
-                    counts.resumed.fetch_add(1, Ordering::Relaxed);
-                }
-                // Errors are the client going away mid-stream; the client side reports them.
-                let _ = serve(stream).await;
-            });
+            }
+            if conn.handshake_kind() == Some(HandshakeKind::Resumed) {
+                counts.resumed.fetch_add(1, Ordering::Relaxed);
+            }
+            // Errors are the client going away mid-stream; the client side reports them.
+            let _ = serve(stream).await;
         }
     });
     (addr, counts)
+}
+
+/// The upstream's modes over plain TCP: the far end of the bare-forwarder diagnostic, where
+/// no TLS is in the way.
+async fn start_plain_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind plain upstream");
+    let addr = listener.local_addr().expect("plain upstream address");
+    spawn_acceptor(listener, |tcp| async move {
+        let _ = serve(tcp).await;
+    });
+    addr
 }
 
 async fn read_u64<S: AsyncRead + Unpin>(s: &mut S) -> io::Result<u64> {
@@ -450,19 +531,30 @@ impl Target {
     }
 }
 
-/// The direct client pins the certificate exactly as amtgw does: through amtgw's own
-/// `trust = "pin"` client config, so the baseline and the gateway verify alike.
-fn direct_connector(cert: &CertificateDer<'static>) -> TlsConnector {
+/// amtgw's own `trust = "pin"` client config for `cert`, so that the harness's TLS clients
+/// verify exactly as the gateway does.
+fn pinned_client_config(
+    cert: &CertificateDer<'static>,
+    provider: &Arc<CryptoProvider>,
+    versions: Vec<&'static SupportedProtocolVersion>,
+) -> Arc<ClientConfig> {
     let settings = TlsSettings {
         trust: Trust::Pin(vec![Pin::of_certificate(cert)]),
         client_identity: None,
-        versions: vec![&rustls::version::TLS13, &rustls::version::TLS12],
+        versions,
         // rustls' own default cache size, as the client had before.
         session_cache: 256,
     };
-    let config = amtgw::tls::client_config(&settings, &amtgw::tls::provider(), "direct", None)
-        .expect("pinned client config");
-    TlsConnector::from(config)
+    amtgw::tls::client_config(&settings, provider, "direct", None).expect("pinned client config")
+}
+
+/// The direct client: the baseline verifies and negotiates as the gateway does.
+fn direct_connector(cert: &CertificateDer<'static>) -> TlsConnector {
+    TlsConnector::from(pinned_client_config(
+        cert,
+        &amtgw::tls::provider(),
+        vec![&rustls::version::TLS13, &rustls::version::TLS12],
+    ))
 }
 
 async fn timed<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
@@ -546,8 +638,8 @@ async fn connection_rate(target: &Target, total: usize, concurrency: usize) -> D
 }
 
 /// Round trips of 1 KiB each way, in nanoseconds, alternating exchange by exchange between a
-/// direct TLS connection to the upstream and one through the proxy, so both sample sets see
-/// the same background load on a shared machine. Returns (direct, via), each sorted.
+/// direct connection to the upstream and one through the proxy, so both sample sets see the
+/// same background load on a shared machine. Returns (direct, via), each sorted.
 async fn latency(direct: &Target, via: &Target, samples: usize) -> (Vec<u64>, Vec<u64>) {
     let mut conns = [
         direct.connect().await.expect("connect for latency"),
@@ -580,6 +672,12 @@ async fn latency(direct: &Target, via: &Target, samples: usize) -> (Vec<u64>, Ve
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     let index = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[index.min(sorted.len() - 1)] as f64
+}
+
+/// What the hop through `via` adds at percentile `p`, in µs, over `direct` (as `latency`
+/// returns them). Not the distribution of the difference: see the README's caveats.
+fn added_latency_us(direct: &[u64], via: &[u64], p: f64) -> f64 {
+    (percentile(via, p) - percentile(direct, p)) / 1e3
 }
 
 /// Open `n` connections that each carried one echoed byte, and keep them.
@@ -751,6 +849,238 @@ async fn wsman_mix(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Helpers: work the harness runs as a copy of itself, so that `taskset` can put it on the
+// proxies' CPU (the crate forbids unsafe code, so no sched_setaffinity on a thread). `main`
+// dispatches on the first argument.
+
+const HELPER_ARG: &str = "--e2e-helper";
+
+fn helper_command(cpu: &str, args: &[&str]) -> Command {
+    let exe = std::env::current_exe().expect("path of the bench executable");
+    let mut command = command_on_cpu(cpu, &exe);
+    command.arg(HELPER_ARG).args(args);
+    command
+}
+
+/// The helper side: `forwarder UPSTREAM` or `rustls-in-memory SUITE MIB`.
+fn run_helper(args: &[String]) {
+    match args {
+        [job, upstream] if job == "forwarder" => {
+            bare_forwarder(upstream.parse().expect("forwarder: upstream address"));
+        }
+        [job, suite, mib] if job == "rustls-in-memory" => {
+            let (encrypt, decrypt) =
+                rustls_in_memory_rates(suite, mib.parse().expect("rustls-in-memory: MiB"));
+            println!("{encrypt} {decrypt}");
+        }
+        other => panic!("unknown helper job {other:?}"),
+    }
+}
+
+/// The least any proxy can do: accept, connect, copy both ways with TCP_NODELAY, on one
+/// current-thread runtime; no TLS, no parsing. Prints its address, then serves until killed.
+fn bare_forwarder(upstream: SocketAddr) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("forwarder runtime");
+    runtime.block_on(async move {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind forwarder");
+        println!("{}", listener.local_addr().expect("forwarder address"));
+        loop {
+            let (mut console, _) = listener.accept().await.expect("forwarder accept");
+            tokio::spawn(async move {
+                let Ok(mut device) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                console.set_nodelay(true).ok();
+                device.set_nodelay(true).ok();
+                let _ = tokio::io::copy_bidirectional(&mut console, &mut device).await;
+            });
+        }
+    });
+}
+
+/// A running `bare_forwarder` helper, killed on drop.
+struct BareForwarder {
+    /// Where it runs, as the row names say it.
+    placement: &'static str,
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl BareForwarder {
+    /// Blocks until the helper reports its address (run it off the runtime).
+    fn start(cpu: &str, placement: &'static str, upstream: SocketAddr) -> BareForwarder {
+        let mut child = helper_command(cpu, &["forwarder", &upstream.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the forwarder helper");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("forwarder stdout");
+        io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the forwarder's address");
+        let addr = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("the forwarder helper printed {line:?}, not an address"));
+        BareForwarder {
+            placement,
+            child,
+            addr,
+        }
+    }
+}
+
+impl Drop for BareForwarder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// rustls' bulk rate with nothing else in the way: a client and a server connection in this
+/// thread, `suite` (by its name, e.g. `TLS13_AES_256_GCM_SHA384`) from amtgw's provider, the
+/// handshake over an RSA-2048 certificate as the upstream's, then `mib` MiB in 16 KiB writes.
+/// Encrypting (write + write_tls) and decrypting (read_tls + process_new_packets + read) are
+/// timed apart, batch by batch. Returns MB/s (10⁶ bytes), (encrypt, decrypt).
+fn rustls_in_memory_rates(suite: &str, mib: u64) -> (f64, f64) {
+    let amtgw_provider = amtgw::tls::provider();
+    let suite = amtgw_provider
+        .cipher_suites
+        .iter()
+        .copied()
+        .find(|s| format!("{:?}", s.suite()) == suite)
+        .unwrap_or_else(|| panic!("amtgw's provider has no cipher suite {suite}"));
+    // The same provider offering only that suite, so both ends cannot agree on another.
+    let provider = Arc::new(CryptoProvider {
+        cipher_suites: vec![suite],
+        ..(*amtgw_provider).clone()
+    });
+    let versions = vec![suite.version()];
+    let (cert, key) = generate_amt_identity(false, CertStyle::Unknown).expect("certificate");
+    let server_config = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)
+        .expect("protocol version")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .expect("certificate and key");
+    let client_config = pinned_client_config(&cert, &provider, versions);
+    let server_name = ServerName::from(std::net::IpAddr::from([127, 0, 0, 1]));
+    let mut client = Connection::from(
+        ClientConnection::new(client_config, server_name).expect("client connection"),
+    );
+    let mut server = Connection::from(
+        ServerConnection::new(Arc::new(server_config)).expect("server connection"),
+    );
+
+    let mut wire = Vec::with_capacity(RECORDS_PER_BATCH * (TLS_RECORD_PLAINTEXT + 256));
+    let mut plaintext = vec![0u8; TLS_RECORD_PLAINTEXT];
+    while client.is_handshaking() || server.is_handshaking() {
+        wire.clear();
+        append_tls(&mut client, &mut wire);
+        absorb_tls(&mut server, &wire, &mut plaintext);
+        wire.clear();
+        append_tls(&mut server, &mut wire);
+        absorb_tls(&mut client, &wire, &mut plaintext);
+    }
+    assert_eq!(
+        server.negotiated_cipher_suite().map(|s| s.suite()),
+        Some(suite.suite())
+    );
+
+    let block = [0xa5u8; TLS_RECORD_PLAINTEXT];
+    let total = mib * 1024 * 1024;
+    let batch = (RECORDS_PER_BATCH * TLS_RECORD_PLAINTEXT) as u64;
+    let (mut encrypting, mut decrypting) = (Duration::ZERO, Duration::ZERO);
+    let mut decrypted = 0u64;
+    let mut left = total;
+    while left > 0 {
+        let this_batch = left.min(batch);
+        let start = Instant::now();
+        wire.clear();
+        let mut encrypted = 0;
+        while encrypted < this_batch {
+            let n = (this_batch - encrypted).min(TLS_RECORD_PLAINTEXT as u64) as usize;
+            client.writer().write_all(&block[..n]).expect("encrypt");
+            // At once, as a relay does: rustls queues at most 64 KiB of records.
+            append_tls(&mut client, &mut wire);
+            encrypted += n as u64;
+        }
+        encrypting += start.elapsed();
+        let start = Instant::now();
+        decrypted += absorb_tls(&mut server, &wire, &mut plaintext);
+        decrypting += start.elapsed();
+        left -= this_batch;
+    }
+    assert_eq!(
+        decrypted, total,
+        "the server decrypted a different byte count"
+    );
+    let rate = |took: Duration| total as f64 / 1e6 / took.as_secs_f64();
+    (rate(encrypting), rate(decrypting))
+}
+
+/// Append to `wire` every TLS record `conn` has queued.
+fn append_tls(conn: &mut Connection, wire: &mut Vec<u8>) {
+    while conn.wants_write() {
+        conn.write_tls(wire).expect("write_tls into memory");
+    }
+}
+
+/// Feed `records` to `conn`, reading out (and discarding) the plaintext as it comes; returns
+/// its length.
+fn absorb_tls(conn: &mut Connection, mut records: &[u8], plaintext: &mut [u8]) -> u64 {
+    let mut received = 0;
+    while !records.is_empty() {
+        conn.read_tls(&mut records).expect("read_tls from memory");
+        conn.process_new_packets().expect("process TLS records");
+        loop {
+            match conn.reader().read(plaintext) {
+                Ok(0) => break,
+                Ok(n) => received += n as u64,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) => panic!("reading decrypted plaintext: {error}"),
+            }
+        }
+    }
+    received
+}
+
+/// `rustls_in_memory_rates` in a helper on the proxies' CPU: MB/s (encrypt, decrypt).
+async fn rustls_in_memory(suite: SupportedCipherSuite, mib: u64) -> (f64, f64) {
+    let args = [
+        "rustls-in-memory".to_owned(),
+        format!("{:?}", suite.suite()),
+        mib.to_string(),
+    ];
+    let output = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        helper_command(PROXY_CPU, &args).output()
+    })
+    .await
+    .expect("rustls helper task")
+    .expect("run the rustls helper");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let rates: Vec<f64> = stdout
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    match (output.status.success(), &rates[..]) {
+        (true, &[encrypt, decrypt]) => (encrypt, decrypt),
+        _ => panic!(
+            "the rustls in-memory helper failed ({}): {stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Proxies
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -878,15 +1208,7 @@ impl Proxy {
         let conf_path = dir.join(format!("{stem}.conf"));
         let log = dir.join(format!("{stem}.log"));
         let leaf = leaf_pem.display();
-        // E2E_TASKSET=1: the proxy on CPU 1, the harness on CPU 0 (see `main`). `taskset`
-        // execs the program, so the child's pid is the proxy's.
-        let mut command = if pinned_cpus() {
-            let mut c = Command::new("taskset");
-            c.args(["-c", "1"]).arg(program);
-            c
-        } else {
-            Command::new(program)
-        };
+        let mut command = command_on_cpu(PROXY_CPU, program);
         let conf = match kind {
             Kind::Amtgw => {
                 command.args(["run", "--config"]).arg(&conf_path);
@@ -1092,12 +1414,29 @@ impl Drop for Proxy {
 // ---------------------------------------------------------------------------------------------
 // Results
 
+/// What the last column says about a figure.
+#[derive(Clone, Copy)]
+enum Verdict {
+    /// amtgw ÷ the best peer; ✓ when amtgw is at least as good.
+    BestPeer { higher_is_better: bool },
+    /// amtgw against a fixed target of the issue's; ✓ when amtgw reaches it.
+    AmtgwAtLeast(f64),
+    /// Nothing: a diagnostic.
+    Nothing,
+}
+
 struct Metric {
     name: String,
     unit: &'static str,
-    higher_is_better: bool,
+    verdict: Verdict,
     decimals: usize,
     values: BTreeMap<&'static str, Vec<f64>>,
+}
+
+impl Metric {
+    fn median(&self, target: &str) -> Option<f64> {
+        self.values.get(target).map(|v| median(v))
+    }
 }
 
 #[derive(Default)]
@@ -1106,11 +1445,26 @@ struct Results {
 }
 
 impl Results {
+    /// A figure the last column compares between amtgw and the best peer.
     fn record(
         &mut self,
         name: &str,
         unit: &'static str,
         higher_is_better: bool,
+        decimals: usize,
+        target: &'static str,
+        value: f64,
+    ) {
+        let verdict = Verdict::BestPeer { higher_is_better };
+        self.record_as(name, unit, verdict, decimals, target, value);
+    }
+
+    /// One value of `target` (a column) for the figure `name`; the table shows the median.
+    fn record_as(
+        &mut self,
+        name: &str,
+        unit: &'static str,
+        verdict: Verdict,
         decimals: usize,
         target: &'static str,
         value: f64,
@@ -1121,7 +1475,7 @@ impl Results {
                 self.metrics.push(Metric {
                     name: name.to_owned(),
                     unit,
-                    higher_is_better,
+                    verdict,
                     decimals,
                     values: BTreeMap::new(),
                 });
@@ -1133,6 +1487,12 @@ impl Results {
             .entry(target)
             .or_default()
             .push(value);
+    }
+
+    /// The value of `target` recorded last for `name` (this repetition's).
+    fn latest(&self, name: &str, target: &str) -> Option<f64> {
+        let metric = self.metrics.iter().find(|m| m.name == name)?;
+        metric.values.get(target)?.last().copied()
     }
 
     fn table(&self, columns: &[&'static str]) -> String {
@@ -1147,42 +1507,54 @@ impl Results {
         out.push_str("---:|\n");
         for m in &self.metrics {
             let _ = write!(out, "| {} ({}) |", m.name, m.unit);
-            let median_of = |t: &str| m.values.get(t).map(|v| median(v));
             for c in columns {
-                match median_of(c) {
+                match m.median(c) {
                     Some(v) => {
                         let _ = write!(out, " {v:.*} |", m.decimals);
                     }
                     None => out.push_str(" – |"),
                 }
             }
-            let peers = columns
-                .iter()
-                .filter(|c| !matches!(**c, "amtgw" | "direct"))
-                .filter_map(|c| median_of(c).map(|v| (*c, v)));
-            let best = if m.higher_is_better {
-                peers.max_by(|a, b| a.1.total_cmp(&b.1))
-            } else {
-                peers.min_by(|a, b| a.1.total_cmp(&b.1))
-            };
-            match (median_of("amtgw"), best.filter(|_| m.unit != "%")) {
-                (Some(a), Some((peer, b))) if b.abs() > f64::EPSILON => {
-                    let ratio = a / b;
-                    let better = if m.higher_is_better {
-                        ratio >= 1.0
-                    } else {
-                        ratio <= 1.0
-                    };
-                    let _ = writeln!(
-                        out,
-                        " {ratio:.2} vs {peer} {} |",
-                        if better { "✓" } else { "✗" }
-                    );
-                }
-                _ => out.push_str(" – |\n"),
-            }
+            let _ = writeln!(
+                out,
+                " {} |",
+                Self::last_column(m, columns).unwrap_or_else(|| "–".into())
+            );
         }
         out
+    }
+
+    /// The last column's cell for `m`, if there is anything to say.
+    fn last_column(m: &Metric, columns: &[&'static str]) -> Option<String> {
+        let mark = |good: bool| if good { "✓" } else { "✗" };
+        let amtgw = m.median("amtgw")?;
+        match m.verdict {
+            Verdict::Nothing => None,
+            Verdict::AmtgwAtLeast(target) => {
+                Some(format!("target ≥ {target} {}", mark(amtgw >= target)))
+            }
+            Verdict::BestPeer { higher_is_better } => {
+                let peers = columns
+                    .iter()
+                    .filter(|c| !matches!(**c, "amtgw" | "direct"))
+                    .filter_map(|c| m.median(c).map(|v| (*c, v)));
+                let (peer, best) = if higher_is_better {
+                    peers.max_by(|a, b| a.1.total_cmp(&b.1))
+                } else {
+                    peers.min_by(|a, b| a.1.total_cmp(&b.1))
+                }?;
+                if best.abs() <= f64::EPSILON {
+                    return None;
+                }
+                let ratio = amtgw / best;
+                let better = if higher_is_better {
+                    ratio >= 1.0
+                } else {
+                    ratio <= 1.0
+                };
+                Some(format!("{ratio:.2} vs {peer} {}", mark(better)))
+            }
+        }
     }
 }
 
@@ -1234,8 +1606,13 @@ async fn check_refuses_wrong_pin(proxy: &Proxy, upstream: &Handshakes) -> bool {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).is_some_and(|a| a == HELPER_ARG) {
+        run_helper(&args[2..]);
+        return;
+    }
     // cargo bench passes --bench; cargo test --all-targets passes nothing of the kind.
-    let smoke = !std::env::args().any(|a| a == "--bench");
+    let smoke = !args.iter().any(|a| a == "--bench");
     let options = Options::from_env(smoke);
     let max_idle = options.idle.iter().copied().max().unwrap_or(0) as u64;
     // Each idle connection holds two descriptors here (client, upstream) and two in the proxy.
@@ -1244,7 +1621,7 @@ fn main() {
         // Before the runtime starts its threads, so they inherit the mask.
         let pid = std::process::id().to_string();
         let ok = Command::new("taskset")
-            .args(["-a", "-p", "-c", "0", &pid])
+            .args(["-a", "-p", "-c", HARNESS_CPU, &pid])
             .stdout(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
@@ -1299,6 +1676,7 @@ async fn run(mut options: Options, open_files: u64) {
     let other_pin = Pin::of_certificate(&other_cert).to_string();
     let (full_addr, full_counts) = start_upstream(&cert, &key, false).await;
     let (resumed_addr, resumed_counts) = start_upstream(&cert, &key, true).await;
+    let plain_upstream = start_plain_upstream().await;
     let sim = SimDevice::start(SimConfig {
         identity: SimIdentity::Provided {
             chain: vec![cert.clone()],
@@ -1343,6 +1721,7 @@ async fn run(mut options: Options, open_files: u64) {
 
     let mut proxies = Vec::new();
     let mut versions = Vec::new();
+    let mut amtgw_negotiated = None;
     for (kind, program) in &available {
         versions.push(format!("{} ({})", kind.name(), kind.version(program)));
         let proxy = Proxy::start(
@@ -1367,20 +1746,67 @@ async fn run(mut options: Options, open_files: u64) {
                 )
             });
         let negotiated = full_counts
-            .last
-            .lock()
-            .map(|l| l.clone())
-            .unwrap_or_default();
+            .last_negotiated()
+            .expect("the upstream records every handshake");
         notes.push(format!(
             "{} negotiates {negotiated} with the upstream",
             kind.name()
         ));
+        if *kind == Kind::Amtgw {
+            amtgw_negotiated = Some(negotiated);
+        }
         proxies.push(proxy);
     }
     let direct = |addr| Target::Direct {
         addr,
         connector: direct_connector(&cert),
     };
+
+    // The in-memory rate uses what amtgw negotiated; without amtgw in the run, what the direct
+    // client does, which is amtgw's own client config.
+    let negotiated = match amtgw_negotiated {
+        Some(negotiated) => negotiated,
+        None => {
+            timed("direct connection", one_connection(&direct(full_addr)))
+                .await
+                .expect("direct connection to the upstream");
+            full_counts
+                .last_negotiated()
+                .expect("the upstream records every handshake")
+        }
+    };
+    notes.push(format!(
+        "rustls in memory: {:?} over {:?} from amtgw's provider (aws-lc-rs), RSA-2048 \
+         handshake, {} MiB in 16 KiB writes, one thread{}",
+        negotiated.suite.suite(),
+        negotiated.version,
+        options.bulk_mb,
+        if pinned_cpus() {
+            format!(" on CPU {PROXY_CPU}")
+        } else {
+            String::new()
+        },
+    ));
+
+    // Bare TCP forwarders in front of the plain echo: on the proxies' CPU, every hop crosses
+    // CPUs as it does through a proxy; on the harness's CPU, none does.
+    let placements: &[(&'static str, &'static str)] = if pinned_cpus() {
+        &[
+            (PROXY_CPU, " on the proxies' CPU"),
+            (HARNESS_CPU, " on the harness's CPU"),
+        ]
+    } else {
+        &[(PROXY_CPU, ", unpinned")]
+    };
+    let mut forwarders = Vec::new();
+    for &(cpu, placement) in placements {
+        let forwarder = tokio::task::spawn_blocking(move || {
+            BareForwarder::start(cpu, placement, plain_upstream)
+        })
+        .await
+        .expect("forwarder start");
+        forwarders.push(forwarder);
+    }
 
     let mut results = Results::default();
     let started = Instant::now();
@@ -1486,6 +1912,28 @@ async fn run(mut options: Options, open_files: u64) {
                 );
             }
         }
+        let (encrypt, decrypt) = rustls_in_memory(negotiated.suite, options.bulk_mb).await;
+        let rustls_rates = [
+            ("to device", "encrypt", encrypt),
+            ("to console", "decrypt", decrypt),
+        ];
+        for (_, operation, rate) in rustls_rates {
+            let name = format!("rustls in memory, {operation}");
+            results.record_as(&name, "MB/s", Verdict::Nothing, 0, "direct", rate);
+        }
+        // Every column's bulk figure of this repetition against this repetition's rate: the
+        // issue wants amtgw's within 2× of it.
+        for (direction, operation, rate) in rustls_rates {
+            let bulk = format!("bulk {direction}");
+            let share = format!("bulk {direction} ÷ rustls {operation} rate");
+            let verdict = Verdict::AmtgwAtLeast(BULK_TARGET_SHARE_OF_RUSTLS);
+            let columns = std::iter::once("direct").chain(proxies.iter().map(|p| p.kind.name()));
+            for column in columns {
+                if let Some(bulk_rate) = results.latest(&bulk, column) {
+                    results.record_as(&share, "×", verdict, 2, column, bulk_rate / rate);
+                }
+            }
+        }
         println!("e2e: bulk rep {rep} done ({:.0?})", started.elapsed());
 
         for (label, upstream_addr, counts) in [
@@ -1540,10 +1988,10 @@ async fn run(mut options: Options, open_files: u64) {
                 );
                 if label == "resumed" {
                     let share = (r1 - r0) as f64 * 100.0 / (h1 - h0).max(1) as f64;
-                    results.record(
+                    results.record_as(
                         "upstream handshakes resumed (diagnostic)",
                         "%",
-                        true,
+                        Verdict::Nothing,
                         0,
                         p,
                         share,
@@ -1569,9 +2017,33 @@ async fn run(mut options: Options, open_files: u64) {
             for (p, label) in [(50.0, "p50"), (99.0, "p99"), (99.9, "p99.9")] {
                 let name = format!("latency {label}, added by the proxy");
                 let direct_us = percentile(&base, p) / 1e3;
-                let added = percentile(&via, p) / 1e3 - direct_us;
+                let added = added_latency_us(&base, &via, p);
                 results.record(&name, "µs", false, 1, "direct", direct_us);
                 results.record(&name, "µs", false, 1, proxy.kind.name(), added);
+            }
+        }
+        for forwarder in &forwarders {
+            let (base, via) = timed(
+                "latency",
+                latency(
+                    &Target::Plain(plain_upstream),
+                    &Target::Plain(forwarder.addr),
+                    options.latency_samples,
+                ),
+            )
+            .await;
+            for (p, label) in [(50.0, "p50"), (99.0, "p99")] {
+                results.record_as(
+                    &format!(
+                        "latency {label}, added by a bare TCP forwarder{} (diagnostic)",
+                        forwarder.placement
+                    ),
+                    "µs",
+                    Verdict::Nothing,
+                    1,
+                    "direct",
+                    added_latency_us(&base, &via, p),
+                );
             }
         }
         println!("e2e: latency rep {rep} done ({:.0?})", started.elapsed());
@@ -1655,6 +2127,7 @@ async fn run(mut options: Options, open_files: u64) {
         proxy.stop();
     }
     drop(proxies);
+    drop(forwarders);
     sim.shutdown().await;
 
     let mut columns = vec!["direct"];
@@ -1746,9 +2219,11 @@ fn render(
     let _ = writeln!(
         out,
         "- every proxy pins the same RSA-2048 AMT-like certificate and was checked to refuse \
-         another one; ✓ marks a figure where amtgw is at least as good as the best peer; in the \
-         latency rows the direct column is the absolute round trip of a TLS client talking to \
-         the upstream itself, the proxy columns what each proxy adds to it\n"
+         another one; ✓ marks a figure where amtgw is at least as good as the best peer (or, \
+         where a target is named, reaches it); in the latency rows the direct column is the \
+         absolute round trip of a TLS client talking to the upstream itself, the proxy columns \
+         what each proxy adds to it; the rustls in-memory and bare-forwarder rows involve no \
+         proxy and show in the direct column\n"
     );
     out.push_str(&results.table(columns));
     out
