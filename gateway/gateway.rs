@@ -31,6 +31,7 @@ use crate::router::{AddressRouter, Router};
 use crate::service::Service;
 use crate::shutdown::Lifecycle;
 use crate::tls::{PinStore, PinStoreError};
+use crate::workers::Workers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -204,6 +205,8 @@ pub struct Gateway {
     admin: Option<(TcpListener, Arc<AdminState>)>,
     requests: mpsc::Receiver<Request>,
     handle: ReloadHandle,
+    /// Where connections run; `None` runs them on the runtime `run` is called on.
+    workers: Option<Arc<Workers>>,
 }
 
 impl Gateway {
@@ -262,6 +265,7 @@ impl Gateway {
             admin,
             requests,
             handle: ReloadHandle { requests: sender },
+            workers: None,
         })
     }
 
@@ -299,6 +303,12 @@ impl Gateway {
     /// re-read because another process changed it.
     pub fn reload_events(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared.generation.subscribe()
+    }
+
+    /// Run every connection on these data-path workers instead of the caller's runtime.
+    pub fn with_workers(mut self, workers: Arc<Workers>) -> Gateway {
+        self.workers = Some(workers);
+        self
     }
 
     /// A handle to reload the running gateway (SIGHUP, the file watcher, tests).
@@ -401,6 +411,7 @@ impl Gateway {
             stop.clone(),
             connections.clone(),
             ids.clone(),
+            self.workers.clone(),
         ));
         Listening { bound, stop }
     }
@@ -472,6 +483,15 @@ impl Gateway {
             config.gateway.max_connections,
         );
         record_client_certificates(&self.shared.metrics, &config);
+        if let Some(workers) = &self.workers
+            && workers.len() != config.gateway.workers
+        {
+            tracing::warn!(
+                running = workers.len(),
+                configured = config.gateway.workers,
+                "gateway.workers changed; it takes effect at the next restart"
+            );
+        }
         let router: Arc<dyn Router> = Arc::new(AddressRouter::new(&config, &devices));
         self.shared.snapshot.store(Arc::new(Snapshot {
             config,

@@ -28,6 +28,7 @@ pub mod shutdown;
 pub mod sim;
 pub mod tls;
 pub mod upstream;
+pub mod workers;
 
 mod admin;
 mod listener;

@@ -1,6 +1,7 @@
 //! The accept loop of one plain-TCP listener. It only accepts and spawns: limits, routing,
 //! the device connect and the handshake all happen in the connection's own task, so a slow
-//! device never delays other consoles.
+//! device never delays other consoles. With data-path workers (`amtgw run`), the connection's
+//! task runs on one of them; otherwise on the runtime the gateway runs on.
 
 use std::io;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::proxy::{self, ListenerContext};
+use crate::workers::Workers;
 
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -22,6 +24,7 @@ pub(crate) async fn accept_loop(
     stop: CancellationToken,
     connections: TaskTracker,
     ids: Arc<AtomicU64>,
+    workers: Option<Arc<Workers>>,
 ) {
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -35,7 +38,18 @@ pub(crate) async fn accept_loop(
             Ok((socket, peer)) => {
                 backoff = Duration::from_millis(5);
                 let id = ids.fetch_add(1, Ordering::Relaxed);
-                connections.spawn(proxy::serve(socket, peer, id, ctx.clone()));
+                let ctx = ctx.clone();
+                let Some(workers) = &workers else {
+                    connections.spawn(proxy::serve(socket, peer, id, ctx));
+                    continue;
+                };
+                let service = ctx.service;
+                let handed = workers.spawn_connection(&connections, socket, move |socket| {
+                    proxy::serve(socket, peer, id, ctx)
+                });
+                if let Err(error) = handed {
+                    tracing::warn!(service = service.as_str(), %peer, reason = "worker_handoff", %error, "connection closed: it could not be handed to a worker");
+                }
             }
             // The console gave up between SYN and accept: nothing to do.
             Err(e) if is_per_connection(&e) => {}

@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -15,6 +16,7 @@ use amtgw::config::LogFormat;
 use amtgw::demo::{Demo, DemoOptions};
 use amtgw::sim::{self, CertStyle, SimConfig, SimDevice, SimIdentity};
 use amtgw::tls::{Fingerprints, load_certificates, load_private_key};
+use amtgw::workers::Workers;
 use amtgw::{Config, Gateway};
 
 const EX_USAGE: u8 = 64;
@@ -328,9 +330,11 @@ fn init_logging(format: LogFormat) {
 /// Bind, serve until SIGTERM/SIGINT, drain. `Ok(true)` when every session drained.
 async fn serve(config: Config) -> anyhow::Result<bool> {
     let source = config.source.clone();
+    let workers = start_workers(&config)?;
     let gateway = Gateway::bind(config)
         .await
-        .with_context(|| format!("starting from {source}"))?;
+        .with_context(|| format!("starting from {source}"))?
+        .with_workers(workers);
     announce(&gateway);
     let reload = gateway.reload_handle();
     let shutdown = CancellationToken::new();
@@ -343,6 +347,16 @@ async fn serve(config: Config) -> anyhow::Result<bool> {
     let report = run.await.context("gateway task failed")?;
     tracing::info!(cut = report.cut, "stopped");
     Ok(report.drained())
+}
+
+fn start_workers(config: &Config) -> anyhow::Result<Arc<Workers>> {
+    let workers = Workers::start(config.gateway.workers).context("starting the data path")?;
+    tracing::info!(
+        workers = workers.len(),
+        busy_poll_us = config.gateway.busy_poll.as_micros() as u64,
+        "data-path workers started"
+    );
+    Ok(Arc::new(workers))
 }
 
 fn announce(gateway: &Gateway) {
@@ -362,6 +376,8 @@ async fn demo(options: DemoOptions) -> anyhow::Result<bool> {
         state,
         ..
     } = demo;
+    let workers = start_workers(&gateway.config())?;
+    let gateway = gateway.with_workers(workers);
     let shutdown = CancellationToken::new();
     let reload = gateway.reload_handle();
     let run = tokio::spawn(gateway.run(shutdown.clone()));

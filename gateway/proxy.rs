@@ -199,6 +199,7 @@ async fn connection(
         MAX_READ_SIZE,
         settings.idle_timeout,
         service.measures_exchanges(),
+        gateway.busy_poll,
     );
     let result = tokio::select! {
         result = relay.run(console, &mut tls, &observer) => Some(result),

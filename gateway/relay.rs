@@ -24,8 +24,11 @@ use tokio::time::{Instant, Sleep};
 
 use crate::tls;
 
-/// The largest single read. 16 KiB holds a full TLS record's plaintext.
-pub const MAX_READ_SIZE: usize = 16 * 1024;
+/// The largest single read. Four TLS records' worth: towards the device rustls then seals four
+/// records per write and sends them in one `writev`, where 16 KiB reads (one record) cost a
+/// syscall and a TCP segment each (measured: 0.88 -> 0.38 CPU-s/GiB). It costs no memory per
+/// connection: the buffer is per thread.
+pub const MAX_READ_SIZE: usize = 64 * 1024;
 
 thread_local! {
     /// Shared by every relay on this thread: a read and the writes from it happen within one
@@ -259,11 +262,18 @@ pub struct Relay {
     first_device_byte: Option<Duration>,
     awaiting_answer_since: Option<Instant>,
     measure_exchanges: bool,
+    busy_poll: Duration,
 }
 
 impl Relay {
-    /// `read_size` caps each read (at most `MAX_READ_SIZE`); tests use tiny ones.
-    pub fn new(read_size: usize, idle_timeout: Duration, measure_exchanges: bool) -> Relay {
+    /// `read_size` caps each read (at most `MAX_READ_SIZE`); tests use tiny ones. After each
+    /// read the relay keeps polling for `busy_poll` (zero: never) before it lets the thread sleep.
+    pub fn new(
+        read_size: usize,
+        idle_timeout: Duration,
+        measure_exchanges: bool,
+        busy_poll: Duration,
+    ) -> Relay {
         let now = Instant::now();
         Relay {
             to_device: Direction::new(read_size, false),
@@ -279,6 +289,7 @@ impl Relay {
             first_device_byte: None,
             awaiting_answer_since: None,
             measure_exchanges,
+            busy_poll,
         }
     }
 
@@ -313,7 +324,26 @@ impl Relay {
         D: AsyncRead + AsyncWrite + Unpin + ?Sized,
         O: RelayObserver + ?Sized,
     {
-        poll_fn(|cx| self.poll_run(cx, &mut *console, &mut *device, observer)).await
+        loop {
+            let polled =
+                poll_fn(
+                    |cx| match self.poll_run(cx, &mut *console, &mut *device, observer) {
+                        Poll::Ready(result) => Poll::Ready(Some(result)),
+                        Poll::Pending if self.last_activity.elapsed() < self.busy_poll => {
+                            Poll::Ready(None)
+                        }
+                        Poll::Pending => Poll::Pending,
+                    },
+                )
+                .await;
+            match polled {
+                Some(result) => return result,
+                // Busy polling: on a single-threaded runtime, yielding makes the scheduler poll
+                // the I/O driver without blocking before it polls this task again, so the next
+                // packet is seen without the thread going to sleep and being woken.
+                None => tokio::task::yield_now().await,
+            }
+        }
     }
 
     fn poll_run<C, D, O>(
@@ -420,7 +450,7 @@ mod tests {
         let (mut console, mut console_far) = duplex(64);
         let (mut device, mut device_far) = duplex(64);
         let relay = tokio::spawn(async move {
-            let mut relay = Relay::new(16, Duration::from_secs(60), false);
+            let mut relay = Relay::new(16, Duration::from_secs(60), false, Duration::ZERO);
             let result = relay
                 .run(&mut console_far, &mut device_far, &NoObserver)
                 .await;
@@ -452,7 +482,7 @@ mod tests {
     async fn a_blocked_writer_keeps_order_and_the_backlog_is_released_when_idle() {
         let (mut console, mut console_far) = duplex(1024);
         let (mut device, mut device_far) = duplex(8);
-        let mut relay = Relay::new(64, Duration::from_secs(60), false);
+        let mut relay = Relay::new(64, Duration::from_secs(60), false, Duration::ZERO);
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let sent: Vec<u8> = (0..100u8).collect();
         console.write_all(&sent).await.unwrap();
@@ -484,7 +514,7 @@ mod tests {
         let (_device, mut device_far) = duplex(64);
         let started = tokio::time::Instant::now();
         let relay = tokio::spawn(async move {
-            let mut relay = Relay::new(16, Duration::from_secs(30), false);
+            let mut relay = Relay::new(16, Duration::from_secs(30), false, Duration::ZERO);
             relay
                 .run(&mut console_far, &mut device_far, &NoObserver)
                 .await

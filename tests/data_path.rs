@@ -79,9 +79,45 @@ async fn relays_bytes_both_ways_and_counts_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_100_megabytes_intact() {
-    const TOTAL: usize = 100 * 1024 * 1024;
     let (gateway, _) = pinned_echo().await;
-    let conn = gateway.connect(Service::Wsman).await;
+    send_100_megabytes_and_check_the_echo(gateway.connect(Service::Wsman).await).await;
+}
+
+/// As `amtgw run` does it: connections on data-path workers, here with busy polling on, so the
+/// relay's spinning path and its backlog (the echo pushes back) carry every byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_intact_on_workers_with_busy_polling() {
+    let identity = amt_self_signed(false, false);
+    let pin = identity.cert_pin();
+    let device = echo_device(DeviceTls::new(identity)).await;
+    let toml = one_device_config(device, &format!("trust = \"pin\"\npins = [\"{pin}\"]"))
+        .replace("[gateway]\n", "[gateway]\nbusy_poll = \"200us\"\n");
+    let config =
+        amtgw::Config::from_toml("<test config>", std::path::Path::new("."), &toml).unwrap();
+    assert_eq!(config.gateway.busy_poll.as_micros(), 200);
+    let workers = std::sync::Arc::new(amtgw::workers::Workers::start(2).unwrap());
+    let gateway = TestGateway::start_with(config, Some(workers)).await;
+    send_100_megabytes_and_check_the_echo(gateway.connect(Service::Wsman).await).await;
+    let answer = exchange(gateway.connect(Service::Wsman).await, b"one more")
+        .await
+        .unwrap();
+    assert_eq!(answer, b"one more");
+    let closed_ok = |m: &Metrics| {
+        m.value(
+            "amtgw_connections_closed_total",
+            &[("service", "wsman"), ("outcome", "ok")],
+        )
+    };
+    let metrics = gateway.metrics_settled(|m| closed_ok(m) >= 2.0).await;
+    assert_eq!(closed_ok(&metrics), 2.0);
+    assert_eq!(
+        metrics.value("amtgw_connections_open", &[("service", "wsman")]),
+        0.0
+    );
+}
+
+async fn send_100_megabytes_and_check_the_echo(conn: TcpStream) {
+    const TOTAL: usize = 100 * 1024 * 1024;
     let (mut rx, mut tx) = conn.into_split();
     let writer = tokio::spawn(async move {
         let mut hasher = Sha256::new();

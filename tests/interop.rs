@@ -559,17 +559,9 @@ async fn amtterm_sol_session_through_gateway() {
         labels.extend(outcome.map(|o| ("outcome", o)));
         metrics.value("amtgw_connections_closed_total", &labels)
     };
-    let metrics = tokio::time::timeout(STEP_TIMEOUT, async {
-        loop {
-            let metrics = gateway.metrics().await;
-            if closed(&metrics, None) >= 1.0 {
-                return metrics;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the gateway never recorded the end of the SOL session");
+    let metrics = gateway
+        .metrics_settled(|metrics| closed(metrics, None) >= 1.0)
+        .await;
     assert_eq!(closed(&metrics, None), 1.0, "{}", metrics.0);
     assert_eq!(
         closed(&metrics, Some("ok")),

@@ -61,6 +61,12 @@ pub struct GatewaySettings {
     /// Warn (log and `amtgw_certificates_expiring`) when a client certificate or a CA-validated
     /// device certificate expires within this window.
     pub expiry_warning: Duration,
+    /// Data-path worker threads (`amtgw run`), each with its own single-threaded runtime.
+    /// Read at start only.
+    pub workers: usize,
+    /// After a connection's last read, keep polling for this long instead of sleeping (zero:
+    /// never). Trades CPU for latency where waking a sleeping CPU is slow (VMs).
+    pub busy_poll: Duration,
 }
 
 /// Per-device metric labels: off by default, because a fleet has 10,000+ devices and each

@@ -30,6 +30,8 @@ pub(crate) struct RawGateway {
     pub(crate) pin_store: Option<String>,
     pub(crate) watch_interval: Option<String>,
     pub(crate) expiry_warning: Option<String>,
+    pub(crate) workers: Option<usize>,
+    pub(crate) busy_poll: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

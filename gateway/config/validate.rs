@@ -286,6 +286,12 @@ impl Validator<'_> {
                 g.expiry_warning.as_deref(),
                 Duration::from_secs(30 * 24 * 3600),
             )?,
+            workers: self.positive(
+                "gateway.workers",
+                g.workers
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            )?,
+            busy_poll: self.busy_poll(g.busy_poll.as_deref())?,
         })
     }
 
@@ -645,6 +651,27 @@ impl Validator<'_> {
         })?;
         if value.is_zero() {
             return Err(self.err(key, "must be longer than zero"));
+        }
+        Ok(value)
+    }
+
+    /// Zero turns busy polling off; more than a millisecond would keep a core spinning through
+    /// whole device round trips, which is never what low latency needs.
+    fn busy_poll(&self, text: Option<&str>) -> Result<Duration, ConfigError> {
+        const KEY: &str = "gateway.busy_poll";
+        const MAX: Duration = Duration::from_millis(1);
+        let value = match text {
+            None | Some("0" | "0s" | "0us" | "0ms") => return Ok(Duration::ZERO),
+            Some(text) => self.duration(KEY, Some(text), Duration::ZERO)?,
+        };
+        if value > MAX {
+            return Err(self.err(
+                KEY,
+                format!(
+                    "`{}` is too long; use at most \"1ms\" (\"50us\" to \"200us\" is typical), or \"0s\" to turn it off",
+                    humantime::format_duration(value)
+                ),
+            ));
         }
         Ok(value)
     }

@@ -350,7 +350,19 @@ impl TestGateway {
     }
 
     pub async fn start_config(config: Config) -> TestGateway {
-        let gateway = Gateway::bind(config).await.unwrap();
+        TestGateway::start_with(config, None).await
+    }
+
+    /// Start with connections on data-path workers (as `amtgw run` does), or on the test's
+    /// runtime.
+    pub async fn start_with(
+        config: Config,
+        workers: Option<std::sync::Arc<amtgw::workers::Workers>>,
+    ) -> TestGateway {
+        let mut gateway = Gateway::bind(config).await.unwrap();
+        if let Some(workers) = workers {
+            gateway = gateway.with_workers(workers);
+        }
         let reload = gateway.reload_handle();
         let reloads = gateway.reload_events();
         let addrs = gateway.local_addrs();
@@ -400,6 +412,25 @@ impl TestGateway {
 
     pub async fn metrics(&self) -> Metrics {
         Metrics(http_get(self.admin, "/metrics").await.1)
+    }
+
+    /// Scrape until `settled` holds (10 s at most). Needed when sessions run on other threads
+    /// than the test: the console sees the relayed FIN before the session's summary is
+    /// recorded, which a single-threaded test runtime would have ordered.
+    pub async fn metrics_settled(&self, settled: impl Fn(&Metrics) -> bool) -> Metrics {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let metrics = self.metrics().await;
+            if settled(&metrics) {
+                return metrics;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "metrics never settled:\n{}",
+                metrics.0
+            );
+            tokio::task::yield_now().await;
+        }
     }
 
     pub async fn stop(self) -> DrainReport {
