@@ -39,6 +39,8 @@ impl Device {
 pub struct DeviceStatus {
     open: AtomicU64,
     last: Mutex<Option<HandshakeRecord>>,
+    /// The certificate behind `last`'s summary, so an unchanged one is not parsed again.
+    last_leaf: Mutex<Option<CertificateDer<'static>>>,
     /// Whether its CA-validated certificate is inside the expiry warning window, so the
     /// warning is logged when that changes rather than on every connection.
     expiring: std::sync::atomic::AtomicBool,
@@ -88,9 +90,15 @@ impl DeviceStatus {
         leaf: Option<&CertificateDer<'_>>,
     ) -> Option<i64> {
         let mut last = self.last.lock().ok()?;
+        let mut last_leaf = self.last_leaf.lock().ok()?;
+        let previous = || last.as_ref().and_then(|l| l.certificate.clone());
         record.certificate = match (leaf, record.resumed) {
-            (Some(leaf), false) => CertificateSummary::of(leaf),
-            _ => last.as_ref().and_then(|l| l.certificate.clone()),
+            (Some(leaf), false) if last_leaf.as_ref() == Some(leaf) => previous(),
+            (Some(leaf), false) => {
+                *last_leaf = Some(leaf.clone().into_owned());
+                CertificateSummary::of(leaf)
+            }
+            _ => previous(),
         };
         let not_after = record.certificate.as_ref().map(|c| c.not_after);
         *last = Some(record);
