@@ -1,7 +1,10 @@
 //! End-to-end benchmark: amtgw against the programs an operator would otherwise deploy in its
 //! place (stunnel4 in client mode, HAProxy `mode tcp` with `ssl verify required`, nginx
 //! `stream` with `proxy_ssl_verify`), all forwarding plain TCP to the same TLS upstream and all
-//! pinned to its exact certificate. See `benches/README.md` for what each figure means.
+//! pinned to its exact certificate. amtgw and HAProxy also run a second time with busy polling
+//! on (`amtgw-busy-poll`, `haproxy-busy-polling`): on a VM waking a sleeping CPU is slow, and
+//! those columns show what not sleeping gains and costs. See `benches/README.md` for what each
+//! figure means.
 //!
 //! `cargo bench --bench e2e` runs the full comparison and writes `benches/results/latest.md`;
 //! under `cargo test --all-targets` (no `--bench` argument) it runs a seconds-long smoke: one
@@ -1083,48 +1086,35 @@ async fn rustls_in_memory(suite: SupportedCipherSuite, mib: u64) -> (f64, f64) {
 // ---------------------------------------------------------------------------------------------
 // Proxies
 
+/// A program the harness runs as a proxy.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
+enum Program {
     Amtgw,
     Stunnel,
     Haproxy,
     Nginx,
 }
 
-impl Kind {
-    const ALL: [Kind; 4] = [Kind::Amtgw, Kind::Stunnel, Kind::Haproxy, Kind::Nginx];
-
-    fn parse(name: &str) -> Kind {
-        match name {
-            "amtgw" => Kind::Amtgw,
-            "stunnel" | "stunnel4" => Kind::Stunnel,
-            "haproxy" => Kind::Haproxy,
-            "nginx" => Kind::Nginx,
-            other => {
-                panic!("E2E_PROXIES: unknown proxy {other:?} (amtgw, stunnel, haproxy, nginx)")
-            }
-        }
-    }
-
+impl Program {
     fn name(self) -> &'static str {
         match self {
-            Kind::Amtgw => "amtgw",
-            Kind::Stunnel => "stunnel",
-            Kind::Haproxy => "haproxy",
-            Kind::Nginx => "nginx",
+            Program::Amtgw => "amtgw",
+            Program::Stunnel => "stunnel",
+            Program::Haproxy => "haproxy",
+            Program::Nginx => "nginx",
         }
     }
 
-    fn program(self) -> Option<PathBuf> {
+    fn locate(self) -> Option<PathBuf> {
         let names: &[&str] = match self {
-            Kind::Amtgw => {
+            Program::Amtgw => {
                 let path = std::env::var("E2E_AMTGW_BIN")
                     .unwrap_or_else(|_| env!("CARGO_BIN_EXE_amtgw").to_owned());
                 return Some(PathBuf::from(path)).filter(|p| p.exists());
             }
-            Kind::Stunnel => &["stunnel4", "stunnel"],
-            Kind::Haproxy => &["haproxy"],
-            Kind::Nginx => &["nginx"],
+            Program::Stunnel => &["stunnel4", "stunnel"],
+            Program::Haproxy => &["haproxy"],
+            Program::Nginx => &["nginx"],
         };
         let path = std::env::var("PATH").unwrap_or_default();
         let dirs = path
@@ -1138,24 +1128,116 @@ impl Kind {
             .find(|p| p.is_file());
         // Debian's nginx loads the stream module from libnginx-mod-stream; without it there is
         // nothing to compare.
-        found.filter(|_| self != Kind::Nginx || Path::new(NGINX_STREAM_MODULE).is_file())
+        found.filter(|_| self != Program::Nginx || Path::new(NGINX_STREAM_MODULE).is_file())
     }
 
     fn version(self, program: &Path) -> String {
         let program = program.to_string_lossy();
         let text = match self {
-            Kind::Amtgw => command_output(&program, &["--version"]),
-            Kind::Stunnel => command_output(&program, &["-version"]).map(|t| {
+            Program::Amtgw => command_output(&program, &["--version"]),
+            Program::Stunnel => command_output(&program, &["-version"]).map(|t| {
                 t.lines()
                     .find(|l| l.starts_with("stunnel"))
                     .unwrap_or_default()
                     .to_owned()
             }),
-            Kind::Haproxy => command_output(&program, &["-v"]),
-            Kind::Nginx => command_output(&program, &["-v"]),
+            Program::Haproxy => command_output(&program, &["-v"]),
+            Program::Nginx => command_output(&program, &["-v"]),
         };
         text.and_then(|t| t.lines().next().map(str::to_owned))
             .unwrap_or_else(|| "unknown version".into())
+    }
+}
+
+/// `busy_poll` of amtgw-busy-poll: E2E_BUSY_POLL, as amtgw's config spells a duration.
+fn amtgw_busy_poll() -> String {
+    std::env::var("E2E_BUSY_POLL").unwrap_or_else(|_| "200us".to_owned())
+}
+
+/// A column of the table: a program in one configuration. The busy-polling variants exist
+/// because on a VM waking a sleeping vCPU is slow (see the README): what a proxy gains by not
+/// sleeping, and what that costs in CPU, is a comparison of its own.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Amtgw,
+    /// amtgw with `gateway.busy_poll`: polls on after a connection's last read, for a while.
+    AmtgwBusyPoll,
+    Stunnel,
+    Haproxy,
+    /// HAProxy with `busy-polling`: never sleeps, connections or not.
+    HaproxyBusyPolling,
+    Nginx,
+}
+
+impl Kind {
+    /// Also the column order.
+    const ALL: [Kind; 6] = [
+        Kind::Amtgw,
+        Kind::AmtgwBusyPoll,
+        Kind::Stunnel,
+        Kind::Haproxy,
+        Kind::HaproxyBusyPolling,
+        Kind::Nginx,
+    ];
+
+    fn parse(name: &str) -> Kind {
+        if name == "stunnel4" {
+            return Kind::Stunnel;
+        }
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .unwrap_or_else(|| {
+                let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+                panic!("E2E_PROXIES: unknown proxy {name:?} ({})", names.join(", "))
+            })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::AmtgwBusyPoll => "amtgw-busy-poll",
+            Kind::HaproxyBusyPolling => "haproxy-busy-polling",
+            other => other.program().name(),
+        }
+    }
+
+    fn program(self) -> Program {
+        match self {
+            Kind::Amtgw | Kind::AmtgwBusyPoll => Program::Amtgw,
+            Kind::Stunnel => Program::Stunnel,
+            Kind::Haproxy | Kind::HaproxyBusyPolling => Program::Haproxy,
+            Kind::Nginx => Program::Nginx,
+        }
+    }
+
+    /// Polls instead of sleeping (some of the time): compared only with its like, see
+    /// `Comparison`.
+    fn busy_polls(self) -> bool {
+        matches!(self, Kind::AmtgwBusyPoll | Kind::HaproxyBusyPolling)
+    }
+
+    /// Burns its CPU even with no connection open. Left running, it would take the proxies'
+    /// CPU from every other proxy and helper measured there, so it runs only during its own
+    /// turns (`Proxy::turn`).
+    fn spins_when_idle(self) -> bool {
+        self == Kind::HaproxyBusyPolling
+    }
+
+    /// How a variant's configuration differs from its program's default one, for the header.
+    fn variant_note(self) -> Option<String> {
+        match self {
+            Kind::AmtgwBusyPoll => Some(format!(
+                "amtgw-busy-poll is amtgw with `busy_poll = \"{}\"` in [gateway] (E2E_BUSY_POLL): \
+                 after a connection's last read it polls that long before sleeping",
+                amtgw_busy_poll()
+            )),
+            Kind::HaproxyBusyPolling => Some(
+                "haproxy-busy-polling is haproxy with `busy-polling` in its global section: its \
+                 threads never sleep, so it is paused (SIGSTOP) outside its own measurements"
+                    .to_owned(),
+            ),
+            _ => None,
+        }
     }
 }
 
@@ -1209,19 +1291,26 @@ impl Proxy {
         let log = dir.join(format!("{stem}.log"));
         let leaf = leaf_pem.display();
         let mut command = command_on_cpu(PROXY_CPU, program);
-        let conf = match kind {
-            Kind::Amtgw => {
+        let conf = match kind.program() {
+            Program::Amtgw => {
                 command.args(["run", "--config"]).arg(&conf_path);
                 // One log line per connection at info; peers are configured not to log per
                 // connection either.
                 command.env("RUST_LOG", "warn");
-                // For experiments: tokio reads TOKIO_WORKER_THREADS (default: one per core).
+                // For experiments: the data path runs on amtgw's own workers
+                // (`gateway.workers`, default one per CPU it may run on), set through its
+                // environment override.
                 if let Ok(threads) = std::env::var("E2E_AMTGW_THREADS") {
-                    command.env("TOKIO_WORKER_THREADS", threads);
+                    command.env("AMTGW_GATEWAY__WORKERS", threads);
                 }
-                let mut c = String::from(
+                let busy_poll = if kind.busy_polls() {
+                    format!("busy_poll = {:?}\n", amtgw_busy_poll())
+                } else {
+                    String::new()
+                };
+                let mut c = format!(
                     "[gateway]\nmax_connections = 50000\nconnect_timeout = \"5s\"\n\
-                     handshake_timeout = \"5s\"\nshutdown_timeout = \"1s\"\n\n\
+                     handshake_timeout = \"5s\"\nshutdown_timeout = \"1s\"\n{busy_poll}\n\
                      [admin]\nenabled = false\n\n",
                 );
                 for (service, (listen, _), device) in [
@@ -1248,7 +1337,7 @@ impl Proxy {
                 );
                 c
             }
-            Kind::Stunnel => {
+            Program::Stunnel => {
                 command.arg(&conf_path);
                 // verifyPeer: the leaf must be one of the certificates in CAfile, i.e. a pin.
                 // Debian's stunnel is one process, a thread per connection.
@@ -1262,14 +1351,23 @@ impl Proxy {
                 }
                 c
             }
-            Kind::Haproxy => {
+            Program::Haproxy => {
                 command.arg("-db").arg("-f").arg(&conf_path);
                 let maxconn =
                     capacity.min((open_files_limits().0 as usize).saturating_sub(100) / 2);
+                let busy_polling = if kind.busy_polls() {
+                    "  busy-polling\n"
+                } else {
+                    ""
+                };
+                // retries 0: a refused upstream closes the client at once instead of after
+                // HAProxy's 1 s retry turn-around, a timer; with busy-polling, HAProxy 2.6's
+                // timers never fired here, so the wrong-pin check would hang. No measured
+                // connection fails, so no figure depends on it.
                 let mut c = format!(
-                    "global\n  nbthread 2\n  maxconn {maxconn}\n\n\
-                     defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 10m\n  \
-                     timeout server 10m\n",
+                    "global\n  nbthread 2\n  maxconn {maxconn}\n{busy_polling}\n\
+                     defaults\n  mode tcp\n  retries 0\n  timeout connect 5s\n  \
+                     timeout client 10m\n  timeout server 10m\n",
                 );
                 for (i, (listen, up)) in all.iter().enumerate() {
                     // The self-signed leaf is the only CA: a pin. No sni/verifyhost, so the
@@ -1282,7 +1380,7 @@ impl Proxy {
                 }
                 c
             }
-            Kind::Nginx => {
+            Program::Nginx => {
                 command
                     .arg("-p")
                     .arg(dir)
@@ -1345,6 +1443,32 @@ impl Proxy {
         self.child.id()
     }
 
+    /// `kill -SIGNAL` to every process of the tree.
+    fn signal_tree(&self, signal: &str) {
+        let pids: Vec<String> = tree(self.pid()).iter().map(u32::to_string).collect();
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .args(&pids)
+            .status();
+    }
+
+    /// Pause a proxy that spins when idle until its next `turn`; a paused process keeps its
+    /// connections and session caches. Others keep running as they would in service.
+    fn rest(&self) {
+        if self.kind.spins_when_idle() {
+            self.signal_tree("STOP");
+        }
+    }
+
+    /// This proxy is measured until the guard drops: resumed if `rest` paused it, and paused
+    /// again afterwards.
+    fn turn(&self) -> Turn<'_> {
+        if self.kind.spins_when_idle() {
+            self.signal_tree("CONT");
+        }
+        Turn(self)
+    }
+
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -1381,6 +1505,10 @@ impl Proxy {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
+        // A stopped process would leave SIGTERM pending until the SIGKILL below.
+        if self.kind.spins_when_idle() {
+            self.signal_tree("CONT");
+        }
         let pids = tree(self.pid());
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
@@ -1411,16 +1539,25 @@ impl Drop for Proxy {
     }
 }
 
+/// A proxy's turn to be measured (`Proxy::turn`).
+struct Turn<'a>(&'a Proxy);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.rest();
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Results
 
-/// What the last column says about a figure.
+/// What the ÷ columns say about a figure.
 #[derive(Clone, Copy)]
 enum Verdict {
-    /// amtgw ÷ the best peer; ✓ when amtgw is at least as good.
+    /// The compared amtgw column ÷ the best peer; ✓ when amtgw is at least as good.
     BestPeer { higher_is_better: bool },
-    /// amtgw against a fixed target of the issue's; ✓ when amtgw reaches it.
-    AmtgwAtLeast(f64),
+    /// The compared amtgw column against a fixed target of the issue's; ✓ when it reaches it.
+    AtLeast(f64),
     /// Nothing: a diagnostic.
     Nothing,
 }
@@ -1439,13 +1576,77 @@ impl Metric {
     }
 }
 
+/// One ÷ column: an amtgw configuration against the best peer. Busy-polling peers count only
+/// against a busy-polling amtgw, so each amtgw is judged against peers configured like it:
+/// the default against the defaults, amtgw-busy-poll against all of them.
+struct Comparison {
+    subject: Kind,
+}
+
+impl Comparison {
+    /// One per amtgw configuration in `kinds`, in their order.
+    fn for_kinds(kinds: impl IntoIterator<Item = Kind>) -> Vec<Comparison> {
+        kinds
+            .into_iter()
+            .filter(|k| k.program() == Program::Amtgw)
+            .map(|subject| Comparison { subject })
+            .collect()
+    }
+
+    fn heading(&self) -> String {
+        let included = if self.subject.busy_polls() {
+            ", busy-polling included"
+        } else {
+            ""
+        };
+        format!("{} ÷ best peer{included}", self.subject.name())
+    }
+
+    fn is_peer(&self, kind: Kind) -> bool {
+        kind.program() != Program::Amtgw && (self.subject.busy_polls() || !kind.busy_polls())
+    }
+
+    /// The cell for `m`, if there is anything to say.
+    fn cell(&self, m: &Metric) -> Option<String> {
+        let mark = |good: bool| if good { "✓" } else { "✗" };
+        let subject = m.median(self.subject.name())?;
+        match m.verdict {
+            Verdict::Nothing => None,
+            Verdict::AtLeast(target) => {
+                Some(format!("target ≥ {target} {}", mark(subject >= target)))
+            }
+            Verdict::BestPeer { higher_is_better } => {
+                let peers = Kind::ALL
+                    .into_iter()
+                    .filter(|k| self.is_peer(*k))
+                    .filter_map(|k| m.median(k.name()).map(|v| (k.name(), v)));
+                let (peer, best) = if higher_is_better {
+                    peers.max_by(|a, b| a.1.total_cmp(&b.1))
+                } else {
+                    peers.min_by(|a, b| a.1.total_cmp(&b.1))
+                }?;
+                if best.abs() <= f64::EPSILON {
+                    return None;
+                }
+                let ratio = subject / best;
+                let better = if higher_is_better {
+                    ratio >= 1.0
+                } else {
+                    ratio <= 1.0
+                };
+                Some(format!("{ratio:.2} vs {peer} {}", mark(better)))
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Results {
     metrics: Vec<Metric>,
 }
 
 impl Results {
-    /// A figure the last column compares between amtgw and the best peer.
+    /// A figure the ÷ columns compare with the best peer.
     fn record(
         &mut self,
         name: &str,
@@ -1495,16 +1696,19 @@ impl Results {
         metric.values.get(target)?.last().copied()
     }
 
-    fn table(&self, columns: &[&'static str]) -> String {
+    fn table(&self, columns: &[&'static str], comparisons: &[Comparison]) -> String {
         let mut out = String::from("| figure |");
         for c in columns {
             let _ = write!(out, " {c} |");
         }
-        out.push_str(" amtgw ÷ best peer |\n|---|");
-        for _ in columns {
+        for comparison in comparisons {
+            let _ = write!(out, " {} |", comparison.heading());
+        }
+        out.push_str("\n|---|");
+        for _ in 0..columns.len() + comparisons.len() {
             out.push_str("---:|");
         }
-        out.push_str("---:|\n");
+        out.push('\n');
         for m in &self.metrics {
             let _ = write!(out, "| {} ({}) |", m.name, m.unit);
             for c in columns {
@@ -1515,46 +1719,13 @@ impl Results {
                     None => out.push_str(" – |"),
                 }
             }
-            let _ = writeln!(
-                out,
-                " {} |",
-                Self::last_column(m, columns).unwrap_or_else(|| "–".into())
-            );
+            for comparison in comparisons {
+                let cell = comparison.cell(m).unwrap_or_else(|| "–".into());
+                let _ = write!(out, " {cell} |");
+            }
+            out.push('\n');
         }
         out
-    }
-
-    /// The last column's cell for `m`, if there is anything to say.
-    fn last_column(m: &Metric, columns: &[&'static str]) -> Option<String> {
-        let mark = |good: bool| if good { "✓" } else { "✗" };
-        let amtgw = m.median("amtgw")?;
-        match m.verdict {
-            Verdict::Nothing => None,
-            Verdict::AmtgwAtLeast(target) => {
-                Some(format!("target ≥ {target} {}", mark(amtgw >= target)))
-            }
-            Verdict::BestPeer { higher_is_better } => {
-                let peers = columns
-                    .iter()
-                    .filter(|c| !matches!(**c, "amtgw" | "direct"))
-                    .filter_map(|c| m.median(c).map(|v| (*c, v)));
-                let (peer, best) = if higher_is_better {
-                    peers.max_by(|a, b| a.1.total_cmp(&b.1))
-                } else {
-                    peers.min_by(|a, b| a.1.total_cmp(&b.1))
-                }?;
-                if best.abs() <= f64::EPSILON {
-                    return None;
-                }
-                let ratio = amtgw / best;
-                let better = if higher_is_better {
-                    ratio >= 1.0
-                } else {
-                    ratio <= 1.0
-                };
-                Some(format!("{ratio:.2} vs {peer} {}", mark(better)))
-            }
-        }
     }
 }
 
@@ -1605,6 +1776,26 @@ async fn check_refuses_wrong_pin(proxy: &Proxy, upstream: &Handshakes) -> bool {
     upstream.snapshot().0 != before
 }
 
+/// "amtgw and amtgw-busy-poll (amtgw 0.1.0)", …: each program asked for its version once,
+/// named with every column it runs as.
+fn program_versions(available: &[(Kind, PathBuf)]) -> Vec<String> {
+    let mut programs: Vec<(Program, Vec<&str>, String)> = Vec::new();
+    for (kind, path) in available {
+        match programs.iter_mut().find(|(p, ..)| *p == kind.program()) {
+            Some((_, names, _)) => names.push(kind.name()),
+            None => programs.push((
+                kind.program(),
+                vec![kind.name()],
+                kind.program().version(path),
+            )),
+        }
+    }
+    programs
+        .into_iter()
+        .map(|(_, names, version)| format!("{} ({version})", names.join(" and ")))
+        .collect()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).is_some_and(|a| a == HELPER_ARG) {
@@ -1652,13 +1843,17 @@ async fn run(mut options: Options, open_files: u64) {
     let mut available = Vec::new();
     let mut notes = Vec::new();
     for kind in &options.proxies {
-        match kind.program() {
-            Some(program) => available.push((*kind, program)),
+        match kind.program().locate() {
+            Some(program) => {
+                available.push((*kind, program));
+                notes.extend(kind.variant_note());
+            }
             None => {
                 let note = format!(
-                    "{} is not installed (or, for nginx, its stream module): skipped; \
+                    "{}: {} is not installed (or, for nginx, its stream module): skipped; \
                      benches/install-peers.sh installs it",
-                    kind.name()
+                    kind.name(),
+                    kind.program().name()
                 );
                 println!("e2e: {note}");
                 notes.push(note);
@@ -1719,11 +1914,10 @@ async fn run(mut options: Options, open_files: u64) {
         );
     }
 
+    let versions = program_versions(&available);
     let mut proxies = Vec::new();
-    let mut versions = Vec::new();
     let mut amtgw_negotiated = None;
     for (kind, program) in &available {
-        versions.push(format!("{} ({})", kind.name(), kind.version(program)));
         let proxy = Proxy::start(
             *kind,
             program,
@@ -1752,9 +1946,10 @@ async fn run(mut options: Options, open_files: u64) {
             "{} negotiates {negotiated} with the upstream",
             kind.name()
         ));
-        if *kind == Kind::Amtgw {
-            amtgw_negotiated = Some(negotiated);
+        if kind.program() == Program::Amtgw {
+            amtgw_negotiated.get_or_insert(negotiated);
         }
+        proxy.rest();
         proxies.push(proxy);
     }
     let direct = |addr| Target::Direct {
@@ -1890,6 +2085,7 @@ async fn run(mut options: Options, open_files: u64) {
                 mb as f64 / 1e6 / elapsed.as_secs_f64(),
             );
             for proxy in &proxies {
+                let _turn = proxy.turn();
                 let c0 = cpu(proxy.pid());
                 let elapsed = run_bulk(Target::Plain(proxy.routes.resumed.0)).await;
                 let used = cpu(proxy.pid()) - c0;
@@ -1926,7 +2122,7 @@ async fn run(mut options: Options, open_files: u64) {
         for (direction, operation, rate) in rustls_rates {
             let bulk = format!("bulk {direction}");
             let share = format!("bulk {direction} ÷ rustls {operation} rate");
-            let verdict = Verdict::AmtgwAtLeast(BULK_TARGET_SHARE_OF_RUSTLS);
+            let verdict = Verdict::AtLeast(BULK_TARGET_SHARE_OF_RUSTLS);
             let columns = std::iter::once("direct").chain(proxies.iter().map(|p| p.kind.name()));
             for column in columns {
                 if let Some(bulk_rate) = results.latest(&bulk, column) {
@@ -1955,6 +2151,7 @@ async fn run(mut options: Options, open_files: u64) {
                 options.conns as f64 / elapsed.as_secs_f64(),
             );
             for proxy in &proxies {
+                let _turn = proxy.turn();
                 let listen = if label == "resumed" {
                     proxy.routes.resumed.0
                 } else {
@@ -2005,6 +2202,7 @@ async fn run(mut options: Options, open_files: u64) {
         );
 
         for proxy in &proxies {
+            let _turn = proxy.turn();
             let (base, via) = timed(
                 "latency",
                 latency(
@@ -2081,6 +2279,7 @@ async fn run(mut options: Options, open_files: u64) {
                     gets as f64 / elapsed.as_secs_f64(),
                 );
                 for proxy in &proxies {
+                    let _turn = proxy.turn();
                     let c0 = cpu(proxy.pid());
                     let elapsed = timed(
                         "WS-Man",
@@ -2132,10 +2331,12 @@ async fn run(mut options: Options, open_files: u64) {
 
     let mut columns = vec!["direct"];
     columns.extend(available.iter().map(|(k, _)| k.name()));
+    let comparisons = Comparison::for_kinds(available.iter().map(|(k, _)| *k));
     let report = render(
         &options,
         &results,
         &columns,
+        &comparisons,
         &versions,
         &notes,
         started.elapsed(),
@@ -2154,6 +2355,7 @@ fn render(
     options: &Options,
     results: &Results,
     columns: &[&'static str],
+    comparisons: &[Comparison],
     versions: &[String],
     notes: &[String],
     took: Duration,
@@ -2219,12 +2421,13 @@ fn render(
     let _ = writeln!(
         out,
         "- every proxy pins the same RSA-2048 AMT-like certificate and was checked to refuse \
-         another one; ✓ marks a figure where amtgw is at least as good as the best peer (or, \
-         where a target is named, reaches it); in the latency rows the direct column is the \
+         another one; each ÷ column compares the amtgw column it names with the best peer \
+         (busy-polling peers only against amtgw-busy-poll), ✓ where amtgw is at least as good \
+         (or, where a target is named, reaches it); in the latency rows the direct column is the \
          absolute round trip of a TLS client talking to the upstream itself, the proxy columns \
          what each proxy adds to it; the rustls in-memory and bare-forwarder rows involve no \
          proxy and show in the direct column\n"
     );
-    out.push_str(&results.table(columns));
+    out.push_str(&results.table(columns, comparisons));
     out
 }

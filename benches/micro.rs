@@ -90,7 +90,7 @@ async fn relay_once(total: usize, observer: &(impl RelayObserver + ?Sized)) {
         let mut rest = Vec::new();
         console.read_to_end(&mut rest).await.ok();
     });
-    let mut relay = Relay::new(MAX_READ_SIZE, Duration::from_secs(60), true);
+    let mut relay = Relay::new(MAX_READ_SIZE, Duration::from_secs(60), true, Duration::ZERO);
     relay
         .run(&mut console_far, &mut device_far, observer)
         .await
