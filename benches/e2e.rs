@@ -1231,11 +1231,13 @@ impl Kind {
                  after a connection's last read it polls that long before sleeping",
                 amtgw_busy_poll()
             )),
-            Kind::HaproxyBusyPolling => Some(
-                "haproxy-busy-polling is haproxy with `busy-polling` in its global section: its \
-                 threads never sleep, so it is paused (SIGSTOP) outside its own measurements"
-                    .to_owned(),
-            ),
+            Kind::HaproxyBusyPolling => Some(format!(
+                "haproxy-busy-polling is haproxy with `busy-polling` in its global section and \
+                 `nbthread {}` (one per CPU it may run on, as spinning threads must not share \
+                 one): its threads never sleep, so it is paused (SIGSTOP) outside its own \
+                 measurements",
+                if pinned_cpus() { 1 } else { 2 }
+            )),
             _ => None,
         }
     }
@@ -1355,17 +1357,20 @@ impl Proxy {
                 command.arg("-db").arg("-f").arg(&conf_path);
                 let maxconn =
                     capacity.min((open_files_limits().0 as usize).saturating_sub(100) / 2);
-                let busy_polling = if kind.busy_polls() {
-                    "  busy-polling\n"
+                // Threads that never sleep must not share a CPU: the busy-polling variant gets
+                // one per CPU it may run on, like amtgw's workers; the default keeps 2.
+                let (threads, busy_polling) = if kind.busy_polls() {
+                    let cpus = if pinned_cpus() { 1 } else { 2 };
+                    (cpus, "  busy-polling\n")
                 } else {
-                    ""
+                    (2, "")
                 };
                 // retries 0: a refused upstream closes the client at once instead of after
                 // HAProxy's 1 s retry turn-around, a timer; with busy-polling, HAProxy 2.6's
                 // timers never fired here, so the wrong-pin check would hang. No measured
                 // connection fails, so no figure depends on it.
                 let mut c = format!(
-                    "global\n  nbthread 2\n  maxconn {maxconn}\n{busy_polling}\n\
+                    "global\n  nbthread {threads}\n  maxconn {maxconn}\n{busy_polling}\n\
                      defaults\n  mode tcp\n  retries 0\n  timeout connect 5s\n  \
                      timeout client 10m\n  timeout server 10m\n",
                 );
@@ -2386,6 +2391,12 @@ fn render(
     } else {
         "; no CPU pinning"
     };
+    // Inherited by every process of the run alike (harness, upstream, proxies); it changes
+    // how glibc copies memory, which moves the bulk figures on some CPUs (see the README).
+    let tunables = match std::env::var("GLIBC_TUNABLES") {
+        Ok(t) if !t.is_empty() => format!("; GLIBC_TUNABLES={t} for every process"),
+        _ => String::new(),
+    };
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -2398,7 +2409,7 @@ fn render(
     );
     let _ = writeln!(
         out,
-        "- machine: {cores} cores, {}, Linux {}{placement}\n- date: {date}; commit {commit}{}\n- proxies: {}\n\
+        "- machine: {cores} cores, {}, Linux {}{placement}{tunables}\n- date: {date}; commit {commit}{}\n- proxies: {}\n\
          - sizes: {} repetitions (medians shown), bulk {} MiB per run, {} connections per \
          connection run ({} at a time), {} latency samples of 1 KiB each way, idle {:?}, \
          {} WS-Man Gets per run; took {:.0?}",
