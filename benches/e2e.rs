@@ -1154,6 +1154,12 @@ fn amtgw_busy_poll() -> String {
     std::env::var("E2E_BUSY_POLL").unwrap_or_else(|_| "200us".to_owned())
 }
 
+/// `nbthread` of haproxy-busy-polling: one per CPU it may run on, as threads that never sleep
+/// must not share one (like amtgw's workers by default).
+fn haproxy_busy_polling_threads() -> usize {
+    if pinned_cpus() { 1 } else { 2 }
+}
+
 /// A column of the table: a program in one configuration. The busy-polling variants exist
 /// because on a VM waking a sleeping vCPU is slow (see the README): what a proxy gains by not
 /// sleeping, and what that costs in CPU, is a comparison of its own.
@@ -1236,7 +1242,7 @@ impl Kind {
                  `nbthread {}` (one per CPU it may run on, as spinning threads must not share \
                  one): its threads never sleep, so it is paused (SIGSTOP) outside its own \
                  measurements",
-                if pinned_cpus() { 1 } else { 2 }
+                haproxy_busy_polling_threads()
             )),
             _ => None,
         }
@@ -1357,11 +1363,8 @@ impl Proxy {
                 command.arg("-db").arg("-f").arg(&conf_path);
                 let maxconn =
                     capacity.min((open_files_limits().0 as usize).saturating_sub(100) / 2);
-                // Threads that never sleep must not share a CPU: the busy-polling variant gets
-                // one per CPU it may run on, like amtgw's workers; the default keeps 2.
                 let (threads, busy_polling) = if kind.busy_polls() {
-                    let cpus = if pinned_cpus() { 1 } else { 2 };
-                    (cpus, "  busy-polling\n")
+                    (haproxy_busy_polling_threads(), "  busy-polling\n")
                 } else {
                     (2, "")
                 };
@@ -1465,12 +1468,17 @@ impl Proxy {
         }
     }
 
-    /// This proxy is measured until the guard drops: resumed if `rest` paused it, and paused
-    /// again afterwards.
-    fn turn(&self) -> Turn<'_> {
+    /// Undo `rest`.
+    fn wake(&self) {
         if self.kind.spins_when_idle() {
             self.signal_tree("CONT");
         }
+    }
+
+    /// This proxy is measured until the guard drops: resumed if `rest` paused it, and paused
+    /// again afterwards.
+    fn turn(&self) -> Turn<'_> {
+        self.wake();
         Turn(self)
     }
 
@@ -1511,9 +1519,7 @@ impl Proxy {
             return;
         }
         // A stopped process would leave SIGTERM pending until the SIGKILL below.
-        if self.kind.spins_when_idle() {
-            self.signal_tree("CONT");
-        }
+        self.wake();
         let pids = tree(self.pid());
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])

@@ -329,7 +329,12 @@ impl Relay {
                 poll_fn(
                     |cx| match self.poll_run(cx, &mut *console, &mut *device, observer) {
                         Poll::Ready(result) => Poll::Ready(Some(result)),
-                        Poll::Pending if self.last_activity.elapsed() < self.busy_poll => {
+                        // Zero first: with busy polling off (the default) a wake-up that finds
+                        // nothing to do reads no clock.
+                        Poll::Pending
+                            if !self.busy_poll.is_zero()
+                                && self.last_activity.elapsed() < self.busy_poll =>
+                        {
                             Poll::Ready(None)
                         }
                         Poll::Pending => Poll::Pending,
