@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Trust;
 use crate::fleet::Device;
-use crate::gateway::Shared;
+use crate::shutdown::Lifecycle;
+use crate::state::Shared;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -25,6 +26,8 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub(crate) struct AdminState {
     pub(crate) registry: Registry,
     pub(crate) shared: Arc<Shared>,
+    /// For `/readyz`: not ready once draining.
+    pub(crate) lifecycle: Lifecycle,
 }
 
 pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
@@ -79,7 +82,7 @@ async fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Fu
     match request.uri().path() {
         "/metrics" => metrics(state, request),
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if state.shared.lifecycle.is_draining() => text(
+        "/readyz" if state.lifecycle.is_draining() => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "draining: shutdown in progress\n",
         ),
@@ -159,7 +162,7 @@ fn repin_target(path: &str) -> Option<&str> {
 /// pin, so the next successful handshake records the new one. Loopback admin only.
 async fn repin(state: &AdminState, name: &str) -> Response<Full<Bytes>> {
     let snapshot = state.shared.snapshot.load_full();
-    let Some(device) = snapshot.devices.iter().find(|d| d.name() == name) else {
+    let Some(device) = snapshot.device(name) else {
         return text(
             StatusCode::NOT_FOUND,
             &format!("no device named `{name}`\n"),

@@ -1,9 +1,13 @@
-//! The accept loop of one plain-TCP listener. It only accepts and spawns: limits, routing,
-//! the device connect and the handshake all happen in the connection's own task, so a slow
-//! device never delays other consoles. With data-path workers (`amtgw run`), the connection's
-//! task runs on one of them; otherwise on the runtime the gateway runs on.
+//! The plain-TCP listeners: which addresses to listen on, binding them, and the accept loop.
+//!
+//! The accept loop only accepts and spawns: limits, routing, the device connect and the
+//! handshake all happen in the connection's own task, so a slow device never delays other
+//! consoles. With data-path workers (`amtgw run`), the connection's task runs on one of them;
+//! otherwise on the runtime the gateway runs on.
 
+use std::collections::BTreeSet;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -12,15 +16,129 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::proxy::{self, ListenerContext};
+use crate::config::Config;
+use crate::proxy;
+use crate::service::Service;
+use crate::shutdown::Lifecycle;
+use crate::state::Shared;
 use crate::workers::Workers;
 
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot listen for {service} on {addr}: {source}{}",
+    bind_hint(source, addr)
+)]
+pub struct BindError {
+    /// A service name, or `admin`.
+    pub service: &'static str,
+    pub addr: SocketAddr,
+    pub source: io::Error,
+}
+
+impl BindError {
+    pub fn kind(&self) -> &'static str {
+        "bind_failed"
+    }
+}
+
+fn bind_hint(error: &io::Error, addr: &SocketAddr) -> String {
+    match error.kind() {
+        io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
+            " (port {} is privileged: run with CAP_NET_BIND_SERVICE, or choose a port >= 1024)",
+            addr.port()
+        ),
+        io::ErrorKind::AddrInUse => {
+            " (another process listens there; stop it or change the port)".into()
+        }
+        io::ErrorKind::AddrNotAvailable => format!(
+            " ({} is on no interface of this host; add it, e.g. `ip addr add {}/32 dev lo`)",
+            addr.ip(),
+            addr.ip()
+        ),
+        _ => String::new(),
+    }
+}
+
+/// One bound plain-TCP listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundAddress {
+    pub service: Service,
+    pub addr: SocketAddr,
+}
+
+/// A listener's identity across reloads: the service and the *configured* address (port 0
+/// stays 0, so an ephemeral listener is not rebound on every reload).
+pub(crate) type ListenerKey = (Service, IpAddr, u16);
+
+/// A service listens on its `bind` addresses and on every device's alias address, unless a
+/// wildcard bind already covers them.
+pub(crate) fn listener_keys(config: &Config) -> BTreeSet<ListenerKey> {
+    let mut keys = BTreeSet::new();
+    for settings in &config.services {
+        let mut addresses: BTreeSet<IpAddr> = settings.bind.iter().copied().collect();
+        // A wildcard covers the aliases of its own address family only.
+        let covered = |alias: &IpAddr| {
+            addresses
+                .iter()
+                .any(|a| a.is_unspecified() && a.is_ipv4() == alias.is_ipv4())
+        };
+        let aliases: Vec<IpAddr> = config
+            .devices
+            .iter()
+            .filter_map(|d| d.listen)
+            .filter(|alias| !covered(alias))
+            .collect();
+        addresses.extend(aliases);
+        keys.extend(
+            addresses
+                .into_iter()
+                .map(|ip| (settings.service, ip, settings.listen_port)),
+        );
+    }
+    keys
+}
+
+pub(crate) async fn bind(
+    service: &'static str,
+    addr: SocketAddr,
+) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).await.map_err(|source| BindError {
+        service,
+        addr,
+        source,
+    })
+}
+
+pub(crate) async fn bind_key(key: ListenerKey) -> Result<TcpListener, BindError> {
+    bind(key.0.as_str(), SocketAddr::new(key.1, key.2)).await
+}
+
+/// What every connection on one listener shares.
+pub(crate) struct ListenerContext {
+    pub(crate) service: Service,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) lifecycle: Lifecycle,
+}
+
+impl ListenerContext {
+    /// The context of a connection accepted now: the configuration in force at this moment.
+    fn connection(&self) -> proxy::Context {
+        proxy::Context {
+            service: self.service,
+            snapshot: self.shared.snapshot.load_full(),
+            metrics: self.shared.metrics.clone(),
+            global_limit: self.shared.global_limit.clone(),
+            lifecycle: self.lifecycle.clone(),
+        }
+    }
+}
+
 /// Accept until the gateway shuts down or a reload removes this listener (`stop`).
 pub(crate) async fn accept_loop(
     listener: TcpListener,
-    ctx: Arc<ListenerContext>,
+    ctx: ListenerContext,
     stop: CancellationToken,
     connections: TaskTracker,
     ids: Arc<AtomicU64>,
@@ -30,7 +148,7 @@ pub(crate) async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             biased;
-            () = ctx.shared.lifecycle.stopping() => break,
+            () = ctx.lifecycle.stopping() => break,
             () = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
@@ -38,17 +156,16 @@ pub(crate) async fn accept_loop(
             Ok((socket, peer)) => {
                 backoff = Duration::from_millis(5);
                 let id = ids.fetch_add(1, Ordering::Relaxed);
-                let ctx = ctx.clone();
+                let connection = ctx.connection();
                 let Some(workers) = &workers else {
-                    connections.spawn(proxy::serve(socket, peer, id, ctx));
+                    connections.spawn(proxy::serve(socket, peer, id, connection));
                     continue;
                 };
-                let service = ctx.service;
                 let handed = workers.spawn_connection(&connections, socket, move |socket| {
-                    proxy::serve(socket, peer, id, ctx)
+                    proxy::serve(socket, peer, id, connection)
                 });
                 if let Err(error) = handed {
-                    tracing::warn!(service = service.as_str(), %peer, reason = "worker_handoff", %error, "connection closed: it could not be handed to a worker");
+                    tracing::warn!(service = ctx.service.as_str(), %peer, reason = "worker_handoff", %error, "connection closed: it could not be handed to a worker");
                 }
             }
             // The console gave up between SYN and accept: nothing to do.
@@ -57,7 +174,7 @@ pub(crate) async fn accept_loop(
             Err(e) => {
                 tracing::warn!(service = ctx.service.as_str(), error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
                 tokio::select! {
-                    () = ctx.shared.lifecycle.stopping() => break,
+                    () = ctx.lifecycle.stopping() => break,
                     () = stop.cancelled() => break,
                     () = tokio::time::sleep(backoff) => {}
                 }

@@ -14,10 +14,11 @@ use tracing_subscriber::EnvFilter;
 
 use amtgw::config::LogFormat;
 use amtgw::demo::{Demo, DemoOptions};
+use amtgw::shutdown::{Signal, Signals};
 use amtgw::sim::{self, CertStyle, SimConfig, SimDevice, SimIdentity};
 use amtgw::tls::{Fingerprints, load_certificates, load_private_key};
 use amtgw::workers::Workers;
-use amtgw::{Config, Gateway};
+use amtgw::{Config, Gateway, ReloadHandle};
 
 const EX_USAGE: u8 = 64;
 
@@ -339,10 +340,7 @@ async fn serve(config: Config) -> anyhow::Result<bool> {
     let reload = gateway.reload_handle();
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(gateway.run(shutdown.clone()));
-    let signal = amtgw::shutdown::signal(Some(&reload))
-        .await
-        .context("cannot install signal handlers")?;
-    tracing::info!(signal, "shutdown requested");
+    until_stopped(Some(&reload), None::<fn()>).await?;
     shutdown.cancel();
     let report = run.await.context("gateway task failed")?;
     tracing::info!(cut = report.cut, "stopped");
@@ -383,12 +381,15 @@ async fn demo(options: DemoOptions) -> anyhow::Result<bool> {
     let run = tokio::spawn(gateway.run(shutdown.clone()));
     let unprovisioned = &devices[amtgw::demo::TOFU_DEVICE];
     let name = amtgw::demo::DEVICE_NAMES[amtgw::demo::TOFU_DEVICE];
-    until_stopped(Some(&reload), || match unprovisioned.unprovision() {
-        Ok(()) => {
-            println!("unprovisioned {name}: new key and certificate; it is refused until re-pinned")
-        }
-        Err(e) => tracing::warn!(error = %e, "unprovision failed"),
-    })
+    until_stopped(
+        Some(&reload),
+        Some(|| match unprovisioned.unprovision() {
+            Ok(()) => println!(
+                "unprovisioned {name}: new key and certificate; it is refused until re-pinned"
+            ),
+            Err(e) => tracing::warn!(error = %e, "unprovision failed"),
+        }),
+    )
     .await?;
     shutdown.cancel();
     let report = run.await.context("gateway task failed")?;
@@ -412,35 +413,57 @@ async fn simulate(config: SimConfig) -> anyhow::Result<bool> {
     );
     print_pins(&device);
     println!("SIGUSR1 unprovisions it (new key and certificate); Ctrl-C stops it.");
-    until_stopped(None, || match device.unprovision() {
-        Ok(()) => {
-            println!("unprovisioned: new key and certificate");
-            print_pins(&device);
-        }
-        Err(e) => tracing::warn!(error = %e, "unprovision failed"),
-    })
+    until_stopped(
+        None,
+        Some(|| match device.unprovision() {
+            Ok(()) => {
+                println!("unprovisioned: new key and certificate");
+                print_pins(&device);
+            }
+            Err(e) => tracing::warn!(error = %e, "unprovision failed"),
+        }),
+    )
     .await?;
     device.shutdown().await;
     Ok(true)
 }
 
-/// Until SIGTERM or SIGINT: SIGHUP reloads through `reload`, SIGUSR1 runs `on_usr1`.
+/// Until SIGTERM or SIGINT: SIGHUP reloads through `reload` (the outcome is logged and counted
+/// there), SIGUSR1 runs `on_usr1` when there is one.
 async fn until_stopped(
-    reload: Option<&amtgw::gateway::ReloadHandle>,
-    mut on_usr1: impl FnMut(),
+    reload: Option<&ReloadHandle>,
+    mut on_usr1: Option<impl FnMut()>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut usr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1")?;
-    let stop = amtgw::shutdown::signal(reload);
-    tokio::pin!(stop);
+    let mut signals = Signals::install().context("cannot install signal handlers")?;
+    let mut usr1 = match on_usr1 {
+        Some(_) => Some(signal(SignalKind::user_defined1()).context("installing SIGUSR1")?),
+        None => None,
+    };
+    let usr1_received = async |usr1: &mut Option<tokio::signal::unix::Signal>| match usr1 {
+        Some(usr1) => usr1.recv().await,
+        None => std::future::pending().await,
+    };
     loop {
         tokio::select! {
-            _ = usr1.recv() => on_usr1(),
-            signal = &mut stop => {
-                let signal = signal.context("cannot install signal handlers")?;
-                tracing::info!(signal, "stopping");
-                return Ok(());
+            _ = usr1_received(&mut usr1) => {
+                if let Some(on_usr1) = on_usr1.as_mut() {
+                    on_usr1();
+                }
             }
+            signal = signals.next() => match (signal, reload) {
+                (Signal::Stop(signal), _) => {
+                    tracing::info!(signal, "stopping");
+                    return Ok(());
+                }
+                (Signal::Reload, Some(reload)) => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    let _ = reload.reload().await;
+                }
+                (Signal::Reload, None) => {
+                    tracing::info!("SIGHUP ignored: this configuration is not reloadable")
+                }
+            },
         }
     }
 }

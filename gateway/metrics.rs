@@ -17,7 +17,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::config::MetricsSettings;
-use crate::relay::RelayObserver;
+use crate::reason::Reason;
 use crate::service::Service;
 
 /// Latency buckets, 100 µs to 60 s.
@@ -39,7 +39,7 @@ pub struct ServiceLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub service: Service,
-    pub reason: &'static str,
+    pub reason: Reason,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -222,6 +222,11 @@ impl Metrics {
         metrics
             .last_reload_success
             .set(crate::fleet::unix_now() as i64);
+        // Both kinds exported from the start: an alert on `> 0` must not see "no data" as
+        // "nothing expiring" before the first warning.
+        for kind in ["client", "device"] {
+            metrics.expiring(kind);
+        }
         metrics
     }
 
@@ -275,29 +280,11 @@ impl Metrics {
 
 /// Counter and histogram handles of one connection: atomics, no registry lock.
 pub struct ConnectionObserver {
-    to_device: Counter,
-    to_console: Counter,
+    pub(crate) to_device: Counter,
+    pub(crate) to_console: Counter,
     /// The per-device byte counters, when per-device metrics are on.
-    device: Option<(Counter, Counter)>,
-    exchange: Histogram,
-}
-
-impl RelayObserver for ConnectionObserver {
-    fn to_device(&self, bytes: u64) {
-        self.to_device.inc_by(bytes);
-        if let Some((to_device, _)) = &self.device {
-            to_device.inc_by(bytes);
-        }
-    }
-    fn to_console(&self, bytes: u64) {
-        self.to_console.inc_by(bytes);
-        if let Some((_, to_console)) = &self.device {
-            to_console.inc_by(bytes);
-        }
-    }
-    fn exchange(&self, latency: Duration) {
-        self.exchange.observe(latency.as_secs_f64());
-    }
+    pub(crate) device: Option<(Counter, Counter)>,
+    pub(crate) exchange: Histogram,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -614,13 +601,15 @@ mod tests {
 
     #[test]
     fn per_device_metrics_are_off_by_default() {
+        // The defaults of a config that says nothing about metrics.
+        let config = crate::Config::from_toml(
+            "minimal.toml",
+            std::path::Path::new("config"),
+            include_str!("../config/minimal.toml"),
+        )
+        .unwrap();
         let mut registry = Registry::default();
-        let settings = MetricsSettings {
-            per_device: false,
-            max_device_series: 10,
-            device_series_idle: Duration::from_secs(60),
-        };
-        let metrics = DeviceMetrics::register(&mut registry, settings);
+        let metrics = DeviceMetrics::register(&mut registry, config.metrics);
         assert!(metrics.enter("amt-1").is_none());
         assert!(device_labels(&registry).is_empty());
     }

@@ -87,7 +87,7 @@ pub enum ProbeError {
 impl ProbeError {
     pub fn kind(&self) -> &'static str {
         match self {
-            ProbeError::Upstream(e) => e.kind(),
+            ProbeError::Upstream(e) => e.reason().as_str(),
             ProbeError::Tls(e) => e.kind(),
             ProbeError::NoCertificate { .. } | ProbeError::BadCertificate { .. } => "cert_invalid",
         }

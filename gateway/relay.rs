@@ -22,7 +22,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 // (and tests can pause it).
 use tokio::time::{Instant, Sleep};
 
-use crate::tls;
+use crate::reason::Reason;
+use crate::tls::{self, HandshakeFailure};
 
 /// The largest single read. Four TLS records' worth: towards the device rustls then seals four
 /// records per write and sends them in one `writev`, where 16 KiB reads (one record) cost a
@@ -71,15 +72,15 @@ pub enum RelayError {
 }
 
 impl RelayError {
-    pub fn kind(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            RelayError::Console(_) => "console_reset",
+            RelayError::Console(_) => Reason::ConsoleReset,
             RelayError::Device(error) => match tls::rustls_error(error) {
-                Some(tls_error) => tls::failure_kind(tls_error),
-                None => "device_reset",
+                Some(tls_error) => HandshakeFailure::of(tls_error).into(),
+                None => Reason::DeviceReset,
             },
-            RelayError::ClientCertificateRejected(_) => "client_cert_rejected",
-            RelayError::Idle(_) => "idle_timeout",
+            RelayError::ClientCertificateRejected(_) => Reason::ClientCertRejected,
+            RelayError::Idle(_) => Reason::IdleTimeout,
         }
     }
 
@@ -527,7 +528,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(20)).await;
         console.write_all(b"x").await.unwrap();
         let err = relay.await.unwrap().unwrap_err();
-        assert_eq!(err.kind(), "idle_timeout");
+        assert_eq!(err.reason(), Reason::IdleTimeout);
         // Activity at 20 s pushed the deadline to 50 s.
         assert!(
             started.elapsed() >= Duration::from_secs(50),

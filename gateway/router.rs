@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::fleet::Device;
+use crate::reason::Reason;
 use crate::service::Service;
 
 /// What is known about a console connection when it is routed.
@@ -32,9 +33,9 @@ pub enum RouteError {
 }
 
 impl RouteError {
-    pub fn kind(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            RouteError::NoRoute { .. } => "no_route",
+            RouteError::NoRoute { .. } => Reason::NoRoute,
         }
     }
 }

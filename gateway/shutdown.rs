@@ -1,34 +1,48 @@
-//! Shutdown: SIGTERM or SIGINT starts a graceful drain.
+//! Shutdown: SIGTERM or SIGINT starts a graceful drain; SIGHUP is reported as a reload request.
 //!
 //! Sequence: `/readyz` turns 503 -> listeners stop accepting -> connections still connecting
 //! or handshaking are cancelled -> relaying sessions drain until `gateway.shutdown_timeout` ->
 //! the rest are cut.
 
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use tokio::signal::unix::{self, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::gateway::ReloadHandle;
+/// What an operator asked for with a signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGHUP: re-read the configuration.
+    Reload,
+    /// SIGTERM or SIGINT (named): drain and stop.
+    Stop(&'static str),
+}
 
-/// Waits for SIGTERM or SIGINT and names the one that came. Meanwhile each SIGHUP reloads the
-/// configuration through `reload`, when given (the outcome is logged and counted there).
-pub async fn signal(reload: Option<&ReloadHandle>) -> std::io::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    loop {
+/// The signals the gateway answers, installed once. What a signal leads to is the caller's
+/// business: this module knows nothing of reloads.
+pub struct Signals {
+    term: unix::Signal,
+    int: unix::Signal,
+    hup: unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> io::Result<Signals> {
+        Ok(Signals {
+            term: unix::signal(SignalKind::terminate())?,
+            int: unix::signal(SignalKind::interrupt())?,
+            hup: unix::signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next signal that came.
+    pub async fn next(&mut self) -> Signal {
         tokio::select! {
-            _ = term.recv() => return Ok("SIGTERM"),
-            _ = int.recv() => return Ok("SIGINT"),
-            _ = hup.recv() => match reload {
-                Some(reload) => {
-                    tracing::info!("SIGHUP: reloading the configuration");
-                    let _ = reload.reload().await;
-                }
-                None => tracing::info!("SIGHUP ignored: this configuration is not reloadable"),
-            },
+            _ = self.term.recv() => Signal::Stop("SIGTERM"),
+            _ = self.int.recv() => Signal::Stop("SIGINT"),
+            _ = self.hup.recv() => Signal::Reload,
         }
     }
 }

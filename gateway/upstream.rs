@@ -2,19 +2,20 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::config::{GatewaySettings, Host};
 use crate::fleet::Device;
+use crate::reason::Reason;
 use crate::service::Service;
 use crate::socket;
-use crate::tls::{self, Fingerprints, Learned, PinMismatch, PinStoreError};
+use crate::tls::{self, Fingerprints, HandshakeFailure, Learned, PinMismatch, PinStoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -55,28 +56,28 @@ impl UpstreamError {
         )
     }
 
-    pub fn kind(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            UpstreamError::Resolve { .. } => "resolve_failed",
+            UpstreamError::Resolve { .. } => Reason::ResolveFailed,
             UpstreamError::Connect { source, .. } => match source.kind() {
-                io::ErrorKind::ConnectionRefused => "connect_refused",
+                io::ErrorKind::ConnectionRefused => Reason::ConnectRefused,
                 io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
-                    "connect_unreachable"
+                    Reason::ConnectUnreachable
                 }
-                _ => "connect_failed",
+                _ => Reason::ConnectFailed,
             },
-            UpstreamError::ConnectTimeout { .. } => "connect_timeout",
-            UpstreamError::HandshakeTimeout { .. } => "handshake_timeout",
-            UpstreamError::LearnedOtherPin { .. } => "pin_mismatch",
-            UpstreamError::PinStore { .. } => "pin_store_failed",
+            UpstreamError::ConnectTimeout { .. } => Reason::ConnectTimeout,
+            UpstreamError::HandshakeTimeout { .. } => Reason::HandshakeTimeout,
+            UpstreamError::LearnedOtherPin { .. } => Reason::PinMismatch,
+            UpstreamError::PinStore { .. } => Reason::PinStoreFailed,
             UpstreamError::Handshake { source, .. } => match tls::rustls_error(source) {
-                Some(error) => tls::failure_kind(error),
+                Some(error) => HandshakeFailure::of(error).into(),
                 None => match source.kind() {
                     io::ErrorKind::UnexpectedEof
                     | io::ErrorKind::ConnectionReset
                     | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::BrokenPipe => "device_reset",
-                    _ => "handshake_failed",
+                    | io::ErrorKind::BrokenPipe => Reason::DeviceReset,
+                    _ => Reason::HandshakeFailed,
                 },
             },
         }

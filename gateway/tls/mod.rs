@@ -120,29 +120,53 @@ pub(crate) fn with_identity(
     }
 }
 
-/// Why a TLS exchange with a device failed, as a stable reason for logs and metrics.
-pub(crate) fn failure_kind(error: &rustls::Error) -> &'static str {
-    match error {
-        rustls::Error::InvalidCertificate(cert) => match cert {
-            CertificateError::Other(other) if other.0.downcast_ref::<PinMismatch>().is_some() => {
-                "pin_mismatch"
+/// What went wrong in a TLS exchange with a device, as far as TLS can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The certificate matches none of the device's pins (configured or stored).
+    PinMismatch,
+    NameMismatch,
+    /// Outside its validity period.
+    CertExpired,
+    CertInvalid,
+    /// The device refused the gateway's client certificate (or its absence).
+    ClientCertRejected,
+    /// Any other alert from the device.
+    Alert,
+    /// The device answered with something that is not TLS.
+    NotTls,
+    /// No protocol version, cipher suite or signature scheme in common.
+    Incompatible,
+    Other,
+}
+
+impl HandshakeFailure {
+    pub fn of(error: &rustls::Error) -> HandshakeFailure {
+        match error {
+            rustls::Error::InvalidCertificate(cert) => match cert {
+                CertificateError::Other(other)
+                    if other.0.downcast_ref::<PinMismatch>().is_some() =>
+                {
+                    HandshakeFailure::PinMismatch
+                }
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => HandshakeFailure::NameMismatch,
+                CertificateError::Expired
+                | CertificateError::ExpiredContext { .. }
+                | CertificateError::NotValidYet
+                | CertificateError::NotValidYetContext { .. } => HandshakeFailure::CertExpired,
+                _ => HandshakeFailure::CertInvalid,
+            },
+            rustls::Error::AlertReceived(alert) if rejects_client_certificate(*alert) => {
+                HandshakeFailure::ClientCertRejected
             }
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-                "name_mismatch"
+            rustls::Error::AlertReceived(_) => HandshakeFailure::Alert,
+            rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+                HandshakeFailure::NotTls
             }
-            CertificateError::Expired
-            | CertificateError::ExpiredContext { .. }
-            | CertificateError::NotValidYet
-            | CertificateError::NotValidYetContext { .. } => "cert_expired",
-            _ => "cert_invalid",
-        },
-        rustls::Error::AlertReceived(alert) if rejects_client_certificate(*alert) => {
-            "client_cert_rejected"
+            rustls::Error::PeerIncompatible(_) => HandshakeFailure::Incompatible,
+            _ => HandshakeFailure::Other,
         }
-        rustls::Error::AlertReceived(_) => "tls_alert",
-        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => "not_tls",
-        rustls::Error::PeerIncompatible(_) => "tls_incompatible",
-        _ => "tls_error",
     }
 }
 

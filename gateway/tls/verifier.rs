@@ -225,7 +225,10 @@ mod tests {
             assert!(verify(&pinned).is_ok());
             assert!(verify(&pinned).is_ok());
             let refused = verify(&other).unwrap_err();
-            assert_eq!(super::super::failure_kind(&refused), "pin_mismatch");
+            assert_eq!(
+                super::super::HandshakeFailure::of(&refused),
+                super::super::HandshakeFailure::PinMismatch
+            );
         }
     }
 }

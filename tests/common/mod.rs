@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use amtgw::gateway::ReloadHandle;
+use amtgw::ReloadHandle;
 use amtgw::tls::{Fingerprints, Pin};
 use amtgw::{BoundAddress, Config, DrainReport, Gateway, Service};
 use rcgen::{
@@ -521,25 +521,47 @@ pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, S
 pub struct Metrics(pub String);
 
 impl Metrics {
-    /// The value of the sample `name` whose labels include all of `labels`; 0 if absent.
+    /// The sum of the samples `name` whose labels include all of `labels`. Panics when there
+    /// is none: a renamed metric or label must fail a test, not read as 0.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.0
-            .lines()
-            .filter(|line| !line.starts_with('#'))
-            .filter_map(|line| {
-                let (series, value) = line.rsplit_once(' ')?;
-                let (metric, label_text) = match series.split_once('{') {
-                    Some((m, rest)) => (m, rest.trim_end_matches('}')),
-                    None => (series, ""),
-                };
-                (metric == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| label_text.split(',').any(|l| l == format!("{k}=\"{v}\""))))
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
-            })
-            .sum()
+        self.sample(name, labels).unwrap_or_else(|| {
+            panic!(
+                "no series {name} with labels {labels:?} in the scrape:\n{}",
+                self.0
+            )
+        })
+    }
+
+    /// Like `value`, but `None` when no series matches (for polling until one appears, and
+    /// for asserting that one does not exist).
+    pub fn sample(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut matched = None;
+        for line in self.0.lines().filter(|line| !line.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let wanted = metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| label_text.split(',').any(|l| l == format!("{k}=\"{v}\"")));
+            if let (true, Ok(value)) = (wanted, value.parse::<f64>()) {
+                *matched.get_or_insert(0.0) += value;
+            }
+        }
+        matched
+    }
+
+    /// Whether the metric `name` has no series with `labels` (nothing counted yet; an empty
+    /// family is not in the scrape at all). Panics unless `name` is a metric the README
+    /// documents, so a renamed metric cannot pass.
+    pub fn absent(&self, name: &str, labels: &[(&str, &str)]) -> bool {
+        let documented = include_str!("../../README.md").contains(&format!("| `{name}` |"));
+        assert!(documented, "{name} is not in the README's metric tables");
+        self.sample(name, labels).is_none()
     }
 
     /// `amtgw_connections_failed_total` for one reason on the wsman service.
