@@ -184,3 +184,212 @@ async fn console_gone(console: &TcpStream) {
         Ok(_) => std::future::pending().await,
     }
 }
+
+/// The pipeline alone, over loopback: no `Gateway`, no admin, no reload; a snapshot, metrics,
+/// a limit and a lifecycle, as the listener hands them over.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use prometheus_client::registry::Registry;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+    use tokio_rustls::TlsAcceptor;
+
+    use crate::config::Config;
+    use crate::tls::Pin;
+
+    /// A TLS echo device with a fresh self-signed certificate.
+    struct EchoDevice {
+        addr: SocketAddr,
+        certificate: CertificateDer<'static>,
+    }
+
+    async fn echo_device() -> EchoDevice {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["amt".to_owned()]).unwrap();
+        let certificate = params.self_signed(&key).unwrap().der().clone();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let config = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![certificate.clone()], key)
+            .unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let (mut rx, mut tx) = tokio::io::split(tls);
+                    let _ = tokio::io::copy(&mut rx, &mut tx).await;
+                    let _ = tx.shutdown().await;
+                });
+            }
+        });
+        EchoDevice { addr, certificate }
+    }
+
+    /// A pipeline for one wsman device at `device`, pinned to `pinned`.
+    struct Pipeline {
+        registry: Registry,
+        ctx_parts: (Arc<Snapshot>, Arc<Metrics>, Arc<Semaphore>, Lifecycle),
+        console_side: TcpListener,
+    }
+
+    async fn pipeline(device: SocketAddr, pinned: &CertificateDer<'_>, max: usize) -> Pipeline {
+        let toml = format!(
+            r#"
+[gateway]
+max_connections = {max}
+connect_timeout = "2s"
+handshake_timeout = "2s"
+
+[services.wsman]
+listen_port = 0
+default_device = "dut"
+
+[services.redirection]
+enabled = false
+
+[services.dash]
+enabled = false
+
+[[devices]]
+name = "dut"
+host = "{ip}"
+ports = {{ wsman = {port} }}
+trust = "pin"
+pins = ["{pin}"]
+"#,
+            ip = device.ip(),
+            port = device.port(),
+            pin = Pin::of_certificate(pinned.as_ref()),
+        );
+        let config = Config::from_toml("pipeline test", std::path::Path::new("."), &toml).unwrap();
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::register(&mut registry, config.metrics.clone()));
+        let limit = Arc::new(Semaphore::new(config.gateway.max_connections));
+        let snapshot = Arc::new(Snapshot::build(config, None).unwrap());
+        Pipeline {
+            registry,
+            ctx_parts: (snapshot, metrics, limit, Lifecycle::default()),
+            console_side: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        }
+    }
+
+    impl Pipeline {
+        /// Connect a console, serve that one connection to its end, and return what the
+        /// console received after sending `request` and closing its sending side.
+        async fn exchange(&self, request: &[u8]) -> Vec<u8> {
+            let mut console = TcpStream::connect(self.console_side.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (accepted, peer) = self.console_side.accept().await.unwrap();
+            let (snapshot, metrics, global_limit, lifecycle) = self.ctx_parts.clone();
+            let ctx = Context {
+                service: Service::Wsman,
+                snapshot,
+                metrics,
+                global_limit,
+                lifecycle,
+            };
+            let served = tokio::spawn(serve(accepted, peer, 1, ctx));
+            console.write_all(request).await.unwrap();
+            console.shutdown().await.unwrap();
+            let mut answer = Vec::new();
+            // A refused console may see a reset instead of a clean close.
+            let _ = console.read_to_end(&mut answer).await;
+            served.await.unwrap();
+            answer
+        }
+
+        /// The value of the sample whose line starts with `series`, when there is one.
+        fn sample(&self, series: &str) -> Option<f64> {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
+            text.lines()
+                .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        }
+    }
+
+    #[tokio::test]
+    async fn relays_both_ways_and_records_an_ok_close() {
+        let device = echo_device().await;
+        let pipeline = pipeline(device.addr, &device.certificate, 10).await;
+        assert_eq!(pipeline.exchange(b"hello, device").await, b"hello, device");
+        let closed = r#"amtgw_connections_closed_total{service="wsman",outcome="ok"}"#;
+        assert_eq!(pipeline.sample(closed), Some(1.0));
+        let relayed = r#"amtgw_relayed_bytes_total{service="wsman",direction="to_device"}"#;
+        assert_eq!(pipeline.sample(relayed), Some(13.0));
+        assert_eq!(
+            pipeline.sample(r#"amtgw_connections_failed_total{"#),
+            None,
+            "nothing failed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_gateway_refuses_with_reason_limit_before_dialling() {
+        let device = echo_device().await;
+        let pipeline = pipeline(device.addr, &device.certificate, 1).await;
+        let _the_one_place = pipeline.ctx_parts.2.clone().try_acquire_owned().unwrap();
+        assert_eq!(pipeline.exchange(b"x").await, b"");
+        let failed = r#"amtgw_connections_failed_total{service="wsman",reason="limit"}"#;
+        assert_eq!(pipeline.sample(failed), Some(1.0));
+        let connect = r#"amtgw_device_connect_duration_seconds_count{"#;
+        assert_eq!(
+            pipeline.sample(connect),
+            None,
+            "the device was never dialled"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_device_presenting_another_certificate_is_refused_as_pin_mismatch() {
+        let (device, impostor) = (echo_device().await, echo_device().await);
+        let pipeline = pipeline(impostor.addr, &device.certificate, 10).await;
+        assert_eq!(pipeline.exchange(b"secret").await, b"");
+        let failed = r#"amtgw_connections_failed_total{service="wsman",reason="pin_mismatch"}"#;
+        assert_eq!(pipeline.sample(failed), Some(1.0));
+        let handshake =
+            r#"amtgw_tls_handshake_duration_seconds_count{service="wsman",outcome="pin_mismatch"}"#;
+        assert_eq!(pipeline.sample(handshake), Some(1.0));
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_connecting_at_shutdown_is_cancelled_with_reason_shutdown() {
+        // A device that accepts TCP and never answers the TLS handshake.
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = silent.accept().await {
+                held.push(tcp);
+            }
+        });
+        let unrelated = echo_device().await;
+        let pipeline = pipeline(silent_addr, &unrelated.certificate, 10).await;
+        let lifecycle = pipeline.ctx_parts.3.clone();
+        let exchange = pipeline.exchange(b"anyone there?");
+        let stop = async {
+            // Shutdown begins once the connection is waiting on the device.
+            let accepted = r#"amtgw_connections_accepted_total{service="wsman"}"#;
+            while pipeline.sample(accepted).is_none() {
+                tokio::task::yield_now().await;
+            }
+            lifecycle.begin_drain();
+        };
+        let (answer, ()) = tokio::join!(exchange, stop);
+        assert_eq!(answer, b"");
+        let failed = r#"amtgw_connections_failed_total{service="wsman",reason="shutdown"}"#;
+        assert_eq!(pipeline.sample(failed), Some(1.0));
+        held.abort();
+    }
+}
