@@ -57,6 +57,13 @@ impl RelayObserver for NoObserver {
     fn exchange(&self, _: Duration) {}
 }
 
+/// One end of a relayed session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Console,
+    Device,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error("console connection failed: {0}")]
@@ -81,6 +88,24 @@ impl RelayError {
             },
             RelayError::ClientCertificateRejected(_) => Reason::ClientCertRejected,
             RelayError::Idle(_) => Reason::IdleTimeout,
+        }
+    }
+
+    /// Which side ended the session abortively (a TCP reset, seen as a reset on read or a
+    /// broken pipe on write), so the other side can be reset too.
+    pub fn reset_by(&self) -> Option<Peer> {
+        let is_reset = |error: &io::Error| {
+            matches!(
+                error.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+            )
+        };
+        match self {
+            RelayError::Console(error) if is_reset(error) => Some(Peer::Console),
+            RelayError::Device(error) if is_reset(error) => Some(Peer::Device),
+            _ => None,
         }
     }
 

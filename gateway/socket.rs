@@ -16,3 +16,10 @@ pub(crate) fn tune(stream: &TcpStream, keepalive: Duration) {
         .with_retries(4);
     let _ = SockRef::from(stream).set_tcp_keepalive(&params);
 }
+
+/// Make the coming close abortive: with a zero linger time the kernel answers the close with a
+/// RST instead of a FIN, and drops whatever is still unsent. Used to pass a peer's reset on, so
+/// the other peer cannot mistake a crash for a complete answer.
+pub(crate) fn reset_on_close(stream: &TcpStream) {
+    let _ = stream.set_zero_linger();
+}

@@ -15,10 +15,15 @@ fn pinned(identity: &Identity) -> String {
     format!("trust = \"pin\"\npins = [\"{}\"]", identity.cert_pin())
 }
 
-/// A port where nothing listens.
-async fn closed_port() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
+/// A port where nothing listens, held for the test's life: a socket bound but not listening
+/// answers connects with a reset, and no other process can take the port meanwhile.
+fn closed_port() -> (socket2::Socket, std::net::SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    (socket, addr)
 }
 
 async fn fails_with(gateway: &TestGateway, reason: &str) {
@@ -41,8 +46,8 @@ async fn fails_with(gateway: &TestGateway, reason: &str) {
 #[tokio::test]
 async fn device_refusing_the_connection() {
     let identity = amt_self_signed(false, false);
-    let gateway =
-        TestGateway::start(&one_device_config(closed_port().await, &pinned(&identity))).await;
+    let (_held, closed) = closed_port();
+    let gateway = TestGateway::start(&one_device_config(closed, &pinned(&identity))).await;
     fails_with(&gateway, "connect_refused").await;
 }
 
@@ -166,7 +171,8 @@ async fn console_leaving_during_the_handshake_ends_it_at_once() {
 async fn connection_without_a_route_is_closed_at_once() {
     let identity = amt_self_signed(false, false);
     // The device owns alias 127.0.0.2; the service also listens on 127.0.0.1 with no default.
-    let config = one_device_config(closed_port().await, &pinned(&identity))
+    let (_held, closed) = closed_port();
+    let config = one_device_config(closed, &pinned(&identity))
         .replace("default_device = \"dut\"", "")
         .replace("name = \"dut\"", "name = \"dut\"\nlisten = \"127.0.0.2\"");
     let gateway = TestGateway::start(&config).await;
@@ -265,4 +271,69 @@ ports = {{ wsman = {} }}
     }
     assert_eq!(exchange(good_conn, b"after").await.unwrap(), b"after");
     assert_eq!(gateway.metrics().await.failed("pin_mismatch"), 20.0);
+}
+
+#[tokio::test]
+async fn a_device_reset_mid_answer_reaches_the_console_as_a_reset() {
+    let identity = amt_self_signed(false, false);
+    let device = tls_device(
+        DeviceTls::new(identity.clone_identity()),
+        |mut tls| async move {
+            let mut request = [0u8; 7];
+            tls.read_exact(&mut request).await.unwrap();
+            tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npart")
+                .await
+                .unwrap();
+            tls.flush().await.unwrap();
+            // The device crashes mid-answer: its TCP stack resets the connection.
+            tls.get_ref().0.set_zero_linger().unwrap();
+            drop(tls);
+        },
+    )
+    .await;
+    let gateway = TestGateway::start(&one_device_config(device, &pinned(&identity))).await;
+    let mut console = gateway.connect(Service::Wsman).await;
+    console.write_all(b"request").await.unwrap();
+    let mut answer = Vec::new();
+    let ended = console.read_to_end(&mut answer).await;
+    assert_eq!(
+        ended.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "a truncated answer must not end like a complete one (got {} bytes)",
+        answer.len()
+    );
+    let metrics = gateway
+        .metrics_settled(|m| m.sample("amtgw_connections_failed_total", &[]).is_some())
+        .await;
+    assert_eq!(metrics.failed("device_reset"), 1.0, "{}", metrics.0);
+}
+
+#[tokio::test]
+async fn a_console_reset_reaches_the_device_as_a_reset() {
+    let identity = amt_self_signed(false, false);
+    let (seen_tx, seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let device = tls_device(DeviceTls::new(identity.clone_identity()), move |mut tls| {
+        let seen = seen_tx.clone();
+        async move {
+            let mut request = [0u8; 7];
+            tls.read_exact(&mut request).await.unwrap();
+            seen.send(None).unwrap();
+            let mut rest = Vec::new();
+            let ended = tls.read_to_end(&mut rest).await;
+            seen.send(Some(ended.map_err(|e| e.kind()))).unwrap();
+        }
+    })
+    .await;
+    let mut seen = seen_rx;
+    let gateway = TestGateway::start(&one_device_config(device, &pinned(&identity))).await;
+    let mut console = gateway.connect(Service::Wsman).await;
+    console.write_all(b"request").await.unwrap();
+    assert_eq!(seen.recv().await, Some(None), "the device got the request");
+    console.set_zero_linger().unwrap();
+    drop(console);
+    assert_eq!(
+        seen.recv().await,
+        Some(Some(Err(std::io::ErrorKind::ConnectionReset))),
+        "the console's reset reaches the device as a reset, not as a close"
+    );
 }

@@ -15,7 +15,7 @@ use tracing::{Instrument, info_span};
 use crate::fleet::Device;
 use crate::metrics::Metrics;
 use crate::reason::Reason;
-use crate::relay::{MAX_READ_SIZE, Relay, RelayError};
+use crate::relay::{MAX_READ_SIZE, Peer, Relay, RelayError};
 use crate::router::{RouteError, RouteQuery};
 use crate::service::Service;
 use crate::shutdown::Lifecycle;
@@ -157,8 +157,18 @@ async fn connection(
         () = ctx.lifecycle.aborted() => None,
     };
     recorder.relayed(&relay, relayed.is_some());
-    relayed.ok_or(ConnectionError::CutAtDrain)??;
-    Ok(())
+    let relayed = relayed.ok_or(ConnectionError::CutAtDrain)?;
+    if let Err(error) = &relayed {
+        // An abortive close reaches the other side as one: a console must not take a device
+        // crash mid-answer for a complete answer, nor a device a console's for a finished
+        // request.
+        match error.reset_by() {
+            Some(Peer::Device) => socket::reset_on_close(console),
+            Some(Peer::Console) => socket::reset_on_close(tls.get_ref().0),
+            None => {}
+        }
+    }
+    Ok(relayed?)
 }
 
 /// A place under the device's own `max_connections`, if it has one.
