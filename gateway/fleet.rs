@@ -10,14 +10,15 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
 
+use crate::limits::SourceCounts;
 use crate::config::{Config, DeviceSettings, Trust};
 use crate::tls::{self, CertificateSummary, PinStore, TlsError};
 
 pub struct Device {
     pub settings: DeviceSettings,
     pub(crate) connector: TlsConnector,
-    /// Per-device connection limit; `None` means only the global limit applies.
-    pub(crate) limit: Option<Arc<Semaphore>>,
+    /// The device's `max_connections`.
+    pub(crate) limit: Arc<Semaphore>,
     pub(crate) status: Arc<DeviceStatus>,
     /// Where a `tofu` device's pin is learned; `None` for other trust modes.
     pub(crate) pin_store: Option<Arc<PinStore>>,
@@ -44,6 +45,8 @@ pub struct DeviceStatus {
     /// Whether its CA-validated certificate is inside the expiry warning window, so the
     /// warning is logged when that changes rather than on every connection.
     expiring: std::sync::atomic::AtomicBool,
+    /// Open connections to this device per console address (`max_connections_per_source`).
+    pub(crate) sources: SourceCounts,
 }
 
 /// The outcome of the latest device handshake.
@@ -157,12 +160,12 @@ pub fn build(
                     },
                 )?;
             let old = previous.iter().find(|d| d.settings.name == settings.name);
-            let limit = match (old, settings.max_connections) {
-                (_, None) => None,
-                (Some(old), Some(n)) if old.settings.max_connections == Some(n) => {
+            // Sessions open under an unchanged limit keep counting against it.
+            let limit = match old {
+                Some(old) if old.settings.max_connections == settings.max_connections => {
                     old.limit.clone()
                 }
-                (_, Some(n)) => Some(Arc::new(Semaphore::new(n))),
+                _ => Arc::new(Semaphore::new(settings.max_connections)),
             };
             Ok(Arc::new(Device {
                 settings: settings.clone(),

@@ -15,8 +15,10 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::expiry;
+use crate::limits::SourceCounts;
 use crate::listener::{self, BindError, BoundAddress, ListenerContext, ListenerKey};
 use crate::metrics::Metrics;
+use crate::refusals::{self, Refusals};
 use crate::reload::{self, ReloadError, ReloadHandle, ReloadSummary, Request};
 use crate::shutdown::Lifecycle;
 use crate::state::{Shared, Snapshot, SnapshotError};
@@ -61,6 +63,9 @@ struct Listening {
 
 pub struct Gateway {
     shared: Arc<Shared>,
+    /// Open connections per console address, across reloads.
+    sources: Arc<SourceCounts>,
+    refusals: Arc<Refusals>,
     lifecycle: Lifecycle,
     /// The watched files as they were when the config was loaded: the watcher's baseline, so
     /// an edit made before `run` starts is not missed.
@@ -105,6 +110,8 @@ impl Gateway {
         let (handle, requests) = reload::channel();
         Ok(Gateway {
             shared,
+            sources: Arc::default(),
+            refusals: Arc::default(),
             lifecycle,
             watched,
             pending,
@@ -179,6 +186,7 @@ impl Gateway {
             tokio::spawn(admin::serve(listener, state, background.clone()))
         });
         self.spawn_device_series_sweep(&background);
+        self.spawn_refusal_summaries(&background);
         tokio::spawn(watch::watch_files(
             self.shared.clone(),
             std::mem::take(&mut self.watched),
@@ -250,6 +258,8 @@ impl Gateway {
         let ctx = ListenerContext {
             service: key.0,
             shared: self.shared.clone(),
+            sources: self.sources.clone(),
+            refusals: self.refusals.clone(),
             lifecycle: self.lifecycle.clone(),
         };
         tasks.accept_loops.spawn(listener::accept_loop(
@@ -261,6 +271,22 @@ impl Gateway {
             self.workers.clone(),
         ));
         Listening { bound, stop }
+    }
+
+    fn spawn_refusal_summaries(&self, stop: &CancellationToken) {
+        let refusals = self.refusals.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(refusals::INTERVAL);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = every.tick() => refusals.summarise(refusals::INTERVAL),
+                }
+            }
+            refusals.summarise(refusals::INTERVAL);
+        });
     }
 
     fn spawn_device_series_sweep(&self, stop: &CancellationToken) {

@@ -19,6 +19,7 @@ pub mod config;
 pub mod demo;
 pub mod fleet;
 pub mod gateway;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod probe;
@@ -37,6 +38,7 @@ pub mod workers;
 mod admin;
 mod expiry;
 mod proxy;
+mod refusals;
 mod socket;
 mod watch;
 

@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::limits::SourceCounts;
 use crate::proxy;
+use crate::refusals::Refusals;
 use crate::service::Service;
 use crate::shutdown::Lifecycle;
 use crate::state::Shared;
@@ -119,6 +121,8 @@ pub(crate) async fn bind_key(key: ListenerKey) -> Result<TcpListener, BindError>
 pub(crate) struct ListenerContext {
     pub(crate) service: Service,
     pub(crate) shared: Arc<Shared>,
+    pub(crate) sources: Arc<SourceCounts>,
+    pub(crate) refusals: Arc<Refusals>,
     pub(crate) lifecycle: Lifecycle,
 }
 
@@ -130,6 +134,8 @@ impl ListenerContext {
             snapshot: self.shared.snapshot.load_full(),
             metrics: self.shared.metrics.clone(),
             global_limit: self.shared.global_limit.clone(),
+            sources: self.sources.clone(),
+            refusals: self.refusals.clone(),
             lifecycle: self.lifecycle.clone(),
         }
     }

@@ -55,6 +55,8 @@ reasons! {
     NotTls => "not_tls",
     DeviceReset => "device_reset",
     PinStoreFailed => "pin_store_failed",
+    SourceLimit => "source_limit",
+    ConsoleTimeout => "console_timeout",
     ConsoleClosed => "console_closed",
     ConsoleReset => "console_reset",
     IdleTimeout => "idle_timeout",
@@ -62,6 +64,24 @@ reasons! {
 }
 
 impl Reason {
+    /// Position in [`Reason::ALL`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether the connection was refused before any device was contacted, the kind of
+    /// failure a flood produces by the thousand (see `refusals`).
+    pub const fn is_refusal(self) -> bool {
+        matches!(
+            self,
+            Reason::Limit
+                | Reason::DeviceLimit
+                | Reason::SourceLimit
+                | Reason::NoRoute
+                | Reason::ConsoleTimeout
+        )
+    }
+
     /// Whether the connection ended the way connections routinely do (the console went away,
     /// the gateway is stopping): logged at INFO. Every other reason is worth a WARN.
     pub const fn is_routine(self) -> bool {

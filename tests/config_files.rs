@@ -191,7 +191,7 @@ fn reference_config_values_reach_the_typed_config() {
         Trust::Pin(pins) => assert_eq!(pins.len(), 2),
         other => panic!("lab-bench should trust by pin, got {other:?}"),
     }
-    assert_eq!(bench.max_connections, Some(64), "inherited from [defaults]");
+    assert_eq!(bench.max_connections, 64, "inherited from [defaults]");
     assert!(
         bench.tls.client_identity.is_some(),
         "mutual TLS inherited from [defaults]"
@@ -219,7 +219,7 @@ fn reference_config_values_reach_the_typed_config() {
     assert_eq!(nat.server_name.to_str(), "amt-br17.corp.example");
     assert_eq!(nat.port(Service::Wsman), 26993);
     assert_eq!(nat.port(Service::Redirection), 26995);
-    assert_eq!(nat.max_connections, Some(16));
+    assert_eq!(nat.max_connections, 16);
     assert_eq!(nat.tls.versions, [&rustls::version::TLS12]);
     let identity = nat.tls.client_identity.as_ref().unwrap();
     assert!(identity.key_path.ends_with("certs/example-client.key"));

@@ -191,6 +191,8 @@ async fn device_half_close_reaches_console_and_console_can_still_send() {
     let device = tls_device(DeviceTls::new(identity), move |mut stream| {
         let seen_tx = seen_tx.lock().unwrap().take();
         async move {
+            let mut request = [0u8; 7];
+            stream.read_exact(&mut request).await.unwrap();
             stream
                 .write_all(b"HTTP/1.1 401 Unauthorized\r\nConnection: close\r\n\r\n")
                 .await
@@ -210,6 +212,7 @@ async fn device_half_close_reaches_console_and_console_can_still_send() {
     ))
     .await;
     let mut conn = gateway.connect(Service::Wsman).await;
+    conn.write_all(b"request").await.unwrap();
     let mut answer = Vec::new();
     conn.read_to_end(&mut answer).await.unwrap();
     assert!(answer.starts_with(b"HTTP/1.1 401"));

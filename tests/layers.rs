@@ -1,6 +1,7 @@
 //! The library's modules form layers: a module uses only modules below it, so the import graph
 //! has no cycle. Read from the sources (every `crate::module` path, test code included), so
 //! the check needs no tool beyond the test itself.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

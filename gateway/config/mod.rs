@@ -45,6 +45,11 @@ pub struct Config {
 pub struct GatewaySettings {
     /// Connections open at once across all services; more are closed at accept.
     pub max_connections: usize,
+    /// Connections open at once from one console address (an IPv6 /64), all services.
+    pub max_connections_per_source: usize,
+    /// How long a console may stay silent after connecting; the device is dialled only once
+    /// it has spoken.
+    pub console_first_byte_timeout: Duration,
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
     /// How long live sessions may drain after SIGTERM/SIGINT before they are cut.
@@ -113,7 +118,10 @@ pub struct DeviceSettings {
     /// Name sent as SNI (DNS names only) and checked in `ca` mode.
     pub server_name: ServerName<'static>,
     pub tls: TlsSettings,
-    pub max_connections: Option<usize>,
+    /// Connections to this device at once, all consoles and services.
+    pub max_connections: usize,
+    /// Connections to this device at once from one console address.
+    pub max_connections_per_source: usize,
 }
 
 impl DeviceSettings {
@@ -132,6 +140,10 @@ impl fmt::Debug for DeviceSettings {
             .field("server_name", &self.server_name)
             .field("trust", &self.tls.trust)
             .field("max_connections", &self.max_connections)
+            .field(
+                "max_connections_per_source",
+                &self.max_connections_per_source,
+            )
             .finish_non_exhaustive()
     }
 }

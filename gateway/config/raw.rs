@@ -21,6 +21,8 @@ pub(crate) struct RawConfig {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawGateway {
     pub(crate) max_connections: Option<usize>,
+    pub(crate) max_connections_per_source: Option<usize>,
+    pub(crate) console_first_byte_timeout: Option<String>,
     pub(crate) connect_timeout: Option<String>,
     pub(crate) handshake_timeout: Option<String>,
     pub(crate) shutdown_timeout: Option<String>,
@@ -79,6 +81,7 @@ pub(crate) struct RawTrust {
     pub(crate) client_key: Option<String>,
     pub(crate) tls_versions: Option<Vec<String>>,
     pub(crate) max_connections: Option<usize>,
+    pub(crate) max_connections_per_source: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -98,6 +101,7 @@ pub(crate) struct RawDevice {
     pub(crate) client_key: Option<String>,
     pub(crate) tls_versions: Option<Vec<String>>,
     pub(crate) max_connections: Option<usize>,
+    pub(crate) max_connections_per_source: Option<usize>,
 }
 
 impl RawDevice {
@@ -129,6 +133,9 @@ impl RawDevice {
                 .clone()
                 .or_else(|| defaults.tls_versions.clone()),
             max_connections: self.max_connections.or(defaults.max_connections),
+            max_connections_per_source: self
+                .max_connections_per_source
+                .or(defaults.max_connections_per_source),
         }
     }
 }

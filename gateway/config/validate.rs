@@ -12,6 +12,13 @@ use rustls::RootCertStore;
 use rustls_pki_types::ServerName;
 
 use super::raw::{RawConfig, RawDevice, RawService, RawTrust};
+
+/// A device's `max_connections` unless configured. AMT firmware publishes no session limit;
+/// its web and redirection services handle a few TLS sessions at a time (one SOL, IDE-R and
+/// KVM session each). Eight keeps a console's WS-Man, SOL, IDE-R and KVM working side by side
+/// with room for retries; beyond it the gateway refuses (`device_limit`) instead of queueing
+/// sessions in the firmware.
+const DEVICE_MAX_CONNECTIONS: usize = 8;
 use super::{
     ClientIdentity, Config, ConfigError, DeviceSettings, GatewaySettings, Host, LogFormat,
     MetricsSettings, ServiceSettings, TlsSettings, Trust,
@@ -246,10 +253,19 @@ impl Validator<'_> {
                 ));
             }
         };
+        let max_connections =
+            self.positive("gateway.max_connections", g.max_connections.unwrap_or(10_000))?;
         Ok(GatewaySettings {
-            max_connections: self.positive(
-                "gateway.max_connections",
-                g.max_connections.unwrap_or(10_000),
+            max_connections,
+            max_connections_per_source: self.positive(
+                "gateway.max_connections_per_source",
+                g.max_connections_per_source
+                    .unwrap_or((max_connections / 4).max(1)),
+            )?,
+            console_first_byte_timeout: self.duration(
+                "gateway.console_first_byte_timeout",
+                g.console_first_byte_timeout.as_deref(),
+                Duration::from_secs(5),
             )?,
             connect_timeout: self.duration(
                 "gateway.connect_timeout",
@@ -418,10 +434,16 @@ impl Validator<'_> {
 
         let trust = raw.trust_over(defaults);
         let tls = self.tls(i, &name, &trust, gateway)?;
-        let max_connections = trust
-            .max_connections
-            .map(|n| self.positive(&key("max_connections"), n))
-            .transpose()?;
+        let max_connections = self.positive(
+            &key("max_connections"),
+            trust.max_connections.unwrap_or(DEVICE_MAX_CONNECTIONS),
+        )?;
+        let max_connections_per_source = self.positive(
+            &key("max_connections_per_source"),
+            trust
+                .max_connections_per_source
+                .unwrap_or((max_connections / 2).max(1)),
+        )?;
         Ok(DeviceSettings {
             name,
             host,
@@ -430,6 +452,7 @@ impl Validator<'_> {
             server_name,
             tls,
             max_connections,
+            max_connections_per_source,
         })
     }
 

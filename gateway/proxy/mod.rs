@@ -7,14 +7,17 @@ mod record;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, info_span};
 
 use crate::fleet::Device;
+use crate::limits::{Source, SourceCounts};
 use crate::metrics::Metrics;
 use crate::reason::Reason;
+use crate::refusals::Refusals;
 use crate::relay::{MAX_READ_SIZE, Peer, Relay, RelayError};
 use crate::router::{RouteError, RouteQuery};
 use crate::service::Service;
@@ -33,6 +36,9 @@ pub(crate) struct Context {
     pub(crate) metrics: Arc<Metrics>,
     /// `gateway.max_connections`.
     pub(crate) global_limit: Arc<Semaphore>,
+    /// Open connections per console address, gateway-wide.
+    pub(crate) sources: Arc<SourceCounts>,
+    pub(crate) refusals: Arc<Refusals>,
     pub(crate) lifecycle: Lifecycle,
 }
 
@@ -41,11 +47,20 @@ pub(crate) struct Context {
 pub(crate) enum ConnectionError {
     #[error("gateway.max_connections ({max}) reached")]
     Limit { max: usize },
+    #[error("{from} has {max} connections open, its limit ({key})")]
+    SourceLimit {
+        from: Source,
+        max: usize,
+        key: &'static str,
+    },
+    #[error("the console sent nothing for {after:?} (gateway.console_first_byte_timeout)")]
+    ConsoleTimeout { after: Duration },
     /// A reload disabled the service whose listener accepted the connection.
     #[error("service {service} is disabled")]
     ServiceDisabled { service: Service },
+    /// The console's socket failed before relaying.
     #[error(transparent)]
-    ConsoleAddress(io::Error),
+    Console(io::Error),
     #[error(transparent)]
     Route(#[from] RouteError),
     #[error("max_connections ({max}) for device `{device}` reached")]
@@ -54,6 +69,8 @@ pub(crate) enum ConnectionError {
     ShuttingDown,
     #[error("console closed the connection before the device handshake finished")]
     ConsoleLeft,
+    #[error("console closed the connection without sending anything")]
+    ConsoleSilent,
     /// Boxed: it is the largest variant by far, and every connection returns this type.
     #[error(transparent)]
     Upstream(Box<UpstreamError>),
@@ -73,12 +90,16 @@ impl ConnectionError {
     pub(crate) fn reason(&self) -> Reason {
         match self {
             ConnectionError::Limit { .. } => Reason::Limit,
+            ConnectionError::SourceLimit { .. } => Reason::SourceLimit,
+            ConnectionError::ConsoleTimeout { .. } => Reason::ConsoleTimeout,
             ConnectionError::ServiceDisabled { .. } => Reason::NoRoute,
-            ConnectionError::ConsoleAddress(_) => Reason::ConsoleReset,
+            ConnectionError::Console(_) => Reason::ConsoleReset,
             ConnectionError::Route(e) => e.reason(),
             ConnectionError::DeviceLimit { .. } => Reason::DeviceLimit,
             ConnectionError::ShuttingDown | ConnectionError::CutAtDrain => Reason::Shutdown,
-            ConnectionError::ConsoleLeft => Reason::ConsoleClosed,
+            ConnectionError::ConsoleLeft | ConnectionError::ConsoleSilent => {
+                Reason::ConsoleClosed
+            }
             ConnectionError::Upstream(e) => e.reason(),
             ConnectionError::Relay(e) => e.reason(),
         }
@@ -110,19 +131,26 @@ async fn connection(
 ) -> Result<(), ConnectionError> {
     let (service, snapshot) = (ctx.service, &ctx.snapshot);
     let gateway = &snapshot.config.gateway;
-    let _global_permit =
-        ctx.global_limit
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ConnectionError::Limit {
-                max: gateway.max_connections,
-            })?;
+    let _global_permit = ctx.global_limit.clone().try_acquire_owned().map_err(|_| {
+        ConnectionError::Limit {
+            max: gateway.max_connections,
+        }
+    })?;
+    let source = Source::of(peer.ip());
+    let _from_source = ctx
+        .sources
+        .try_enter(source, gateway.max_connections_per_source)
+        .ok_or(ConnectionError::SourceLimit {
+            from: source,
+            max: gateway.max_connections_per_source,
+            key: "gateway.max_connections_per_source",
+        })?;
     let settings = snapshot
         .service(service)
         .ok_or(ConnectionError::ServiceDisabled { service })?;
     let local = console
         .local_addr()
-        .map_err(ConnectionError::ConsoleAddress)?;
+        .map_err(ConnectionError::Console)?;
     let device = snapshot.router.route(&RouteQuery {
         service,
         local,
@@ -130,8 +158,26 @@ async fn connection(
     })?;
     recorder.routed(&device);
     let _open = device.status.open_guard();
-    let _device_permit = device_permit(&device)?;
     socket::tune(console, gateway.tcp_keepalive);
+
+    // The console speaks first in every AMT protocol. Until it has, the device is not
+    // contacted: AMT firmware holds only a few TLS sessions, and an idle console must not
+    // occupy one.
+    tokio::select! {
+        spoke = first_byte(console, gateway.console_first_byte_timeout) => spoke?,
+        () = ctx.lifecycle.stopping() => return Err(ConnectionError::ShuttingDown),
+    }
+    let max_from_source = device.settings.max_connections_per_source;
+    let _device_from_source = device
+        .status
+        .sources
+        .try_enter(source, max_from_source)
+        .ok_or(ConnectionError::SourceLimit {
+            from: source,
+            max: max_from_source,
+            key: "max_connections_per_source",
+        })?;
+    let _device_permit = device_permit(&device)?;
 
     // Connections still setting up when shutdown starts are cancelled, not drained; so are
     // those whose console leaves before the device answers.
@@ -171,17 +217,26 @@ async fn connection(
     Ok(relayed?)
 }
 
-/// A place under the device's own `max_connections`, if it has one.
-fn device_permit(device: &Device) -> Result<Option<OwnedSemaphorePermit>, ConnectionError> {
-    let Some(limit) = &device.limit else {
-        return Ok(None);
-    };
-    match limit.clone().try_acquire_owned() {
-        Ok(permit) => Ok(Some(permit)),
-        Err(_) => Err(ConnectionError::DeviceLimit {
+/// A place under the device's own `max_connections`.
+fn device_permit(device: &Device) -> Result<OwnedSemaphorePermit, ConnectionError> {
+    device
+        .limit
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ConnectionError::DeviceLimit {
             device: device.name().to_owned(),
-            max: device.settings.max_connections.unwrap_or_default(),
-        }),
+            max: device.settings.max_connections,
+        })
+}
+
+/// Waits until the console has sent something (left in the socket for the relay).
+async fn first_byte(console: &TcpStream, limit: Duration) -> Result<(), ConnectionError> {
+    let mut probe = [0u8; 1];
+    match tokio::time::timeout(limit, console.peek(&mut probe)).await {
+        Err(_) => Err(ConnectionError::ConsoleTimeout { after: limit }),
+        Ok(Ok(0)) => Err(ConnectionError::ConsoleSilent),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(ConnectionError::Console(error)),
     }
 }
 
@@ -308,6 +363,8 @@ pins = ["{pin}"]
                 snapshot,
                 metrics,
                 global_limit,
+                sources: Arc::default(),
+                refusals: Arc::default(),
                 lifecycle,
             };
             let served = tokio::spawn(serve(accepted, peer, 1, ctx));

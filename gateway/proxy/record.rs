@@ -239,12 +239,21 @@ impl<'a> Recorder<'a> {
             .get_or_create(&labels)
             .observe(duration.as_secs_f64());
         let error = failure.map(|e| e.to_string());
-        let warn = reason.is_some_and(|r| !r.is_routine());
-        self.summary(warn, outcome, error.as_deref(), duration);
+        let level = match reason {
+            None => Level::INFO,
+            // Under a flood only the first refusal of each kind per interval gets a line of
+            // its own; `refusals` summarises the rest.
+            Some(reason) if reason.is_refusal() && !self.ctx.refusals.count(service, reason) => {
+                Level::DEBUG
+            }
+            Some(reason) if reason.is_routine() => Level::INFO,
+            Some(_) => Level::WARN,
+        };
+        self.summary(level, outcome, error.as_deref(), duration);
     }
 
-    /// The access log line: WARN for failures worth a look, INFO otherwise.
-    fn summary(&self, warn: bool, outcome: &str, error: Option<&str>, duration: Duration) {
+    /// The access log line.
+    fn summary(&self, level: Level, outcome: &str, error: Option<&str>, duration: Duration) {
         // Milliseconds with microsecond resolution: readable, and no float noise in the log.
         let ms = |d: Duration| d.as_micros() as f64 / 1000.0;
         let t = &self.upstream;
@@ -270,10 +279,12 @@ impl<'a> Recorder<'a> {
             };
         }
         // `tracing` fixes an event's level where the event is written: one per level.
-        if warn {
+        if level == Level::WARN {
             summary!(Level::WARN);
-        } else {
+        } else if level == Level::INFO {
             summary!(Level::INFO);
+        } else {
+            summary!(Level::DEBUG);
         }
     }
 }
