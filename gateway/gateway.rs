@@ -30,7 +30,7 @@ use crate::proxy::ListenerContext;
 use crate::router::{AddressRouter, Router};
 use crate::service::Service;
 use crate::shutdown::Lifecycle;
-use crate::tls::{PinStore, PinStoreError};
+use crate::tls::{self, PinStore, PinStoreError};
 use crate::workers::Workers;
 
 #[derive(Debug, thiserror::Error)]
@@ -553,7 +553,7 @@ fn record_client_certificates(metrics: &Metrics, config: &Config) {
 
 /// Days left when `not_after` (unix seconds) falls within `window` from now (negative: expired).
 pub(crate) fn expires_within(not_after: i64, window: std::time::Duration) -> Option<i64> {
-    let left = not_after - fleet::unix_now() as i64;
+    let left = not_after - tls::unix_now() as i64;
     (left < window.as_secs() as i64).then_some(left.div_euclid(86_400))
 }
 

@@ -221,7 +221,7 @@ impl Metrics {
         );
         metrics
             .last_reload_success
-            .set(crate::fleet::unix_now() as i64);
+            .set(crate::tls::unix_now() as i64);
         metrics
     }
 
@@ -233,8 +233,7 @@ impl Metrics {
             })
             .inc();
         if rejected.is_none() {
-            self.last_reload_success
-                .set(crate::fleet::unix_now() as i64);
+            self.last_reload_success.set(crate::tls::unix_now() as i64);
         }
     }
 

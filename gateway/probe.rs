@@ -31,11 +31,10 @@ use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{ClientIdentity, Config, DeviceSettings, Host, Trust};
-use crate::fleet::unix_now;
+use crate::config::{Config, DeviceSettings, Host};
 use crate::service::Service;
-use crate::tls::rfc3339;
 use crate::tls::{self, CertificateSummary, Fingerprints, Learned, PinStore, StoredPin, TlsError};
+use crate::tls::{ClientIdentity, Trust, rfc3339, unix_now};
 use crate::tls::{LeafCheck, LeafVerifier};
 use crate::upstream::{Dial, UpstreamError, UpstreamTimings};
 

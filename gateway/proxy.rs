@@ -9,14 +9,14 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, Level, info_span};
 
-use crate::config::Trust;
-use crate::fleet::{self, Device, HandshakeRecord};
+use crate::fleet::{Device, HandshakeRecord};
 use crate::gateway::Shared;
 use crate::metrics::{DeviceSeries, HandshakeLabels, OutcomeLabels, ReasonLabels, ServiceLabels};
 use crate::relay::{MAX_READ_SIZE, Relay};
 use crate::router::RouteQuery;
 use crate::service::Service;
 use crate::socket;
+use crate::tls::{self, Trust};
 use crate::upstream::{self, UpstreamError, UpstreamTimings};
 
 /// What every connection on one listener shares. The configuration comes from the shared
@@ -245,7 +245,7 @@ fn observe_device(
         .status
         .record_handshake(
             HandshakeRecord {
-                at: fleet::unix_now(),
+                at: tls::unix_now(),
                 result: error.map_or("ok", UpstreamError::kind),
                 error: error.map(ToString::to_string),
                 tls_version: timings.version,

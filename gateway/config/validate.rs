@@ -13,11 +13,11 @@ use rustls_pki_types::ServerName;
 
 use super::raw::{RawConfig, RawDevice, RawService, RawTrust};
 use super::{
-    ClientIdentity, Config, ConfigError, DeviceSettings, GatewaySettings, Host, LogFormat,
-    MetricsSettings, ServiceSettings, TlsSettings, Trust,
+    Config, ConfigError, DeviceSettings, GatewaySettings, Host, LogFormat, MetricsSettings,
+    ServiceSettings,
 };
 use crate::service::Service;
-use crate::tls::{Pin, load_certificates, load_private_key};
+use crate::tls::{ClientIdentity, Pin, TlsSettings, Trust, load_certificates, load_private_key};
 
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9716";
 
