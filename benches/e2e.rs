@@ -22,9 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use amtgw::config::{TlsSettings, Trust};
 use amtgw::sim::{CertStyle, SimConfig, SimDevice, SimIdentity, generate_amt_identity};
-use amtgw::tls::Pin;
+use amtgw::tls::{Pin, TlsSettings, Trust};
 use md5::{Digest as _, Md5};
 use rustls::crypto::CryptoProvider;
 use rustls::{

@@ -15,10 +15,10 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Trust;
 use crate::fleet::Device;
 use crate::shutdown::Lifecycle;
 use crate::state::Shared;
+use crate::tls::Trust;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::fleet;
 use crate::metrics::Metrics;
+use crate::tls;
 
 /// Export each client certificate's expiry and warn about those inside the warning window.
 pub(crate) fn record_client_certificates(metrics: &Metrics, config: &Config) {
@@ -36,7 +36,7 @@ pub(crate) fn record_client_certificates(metrics: &Metrics, config: &Config) {
 
 /// Days left when `not_after` (unix seconds) falls within `window` from now (negative: expired).
 pub(crate) fn expires_within(not_after: i64, window: Duration) -> Option<i64> {
-    let left = not_after - fleet::unix_now() as i64;
+    let left = not_after - tls::unix_now() as i64;
     (left < window.as_secs() as i64).then_some(left.div_euclid(86_400))
 }
 
@@ -46,7 +46,7 @@ mod tests {
 
     #[test]
     fn inside_the_window_gives_whole_days_left_and_negative_once_expired() {
-        let now = fleet::unix_now() as i64;
+        let now = tls::unix_now() as i64;
         let month = Duration::from_secs(30 * 86_400);
         assert_eq!(expires_within(now + 10 * 86_400 + 60, month), Some(10));
         assert_eq!(expires_within(now + 40 * 86_400, month), None);

@@ -3,16 +3,15 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::CertificateDer;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
 
+use crate::config::{Config, DeviceSettings};
 use crate::limits::SourceCounts;
-use crate::config::{Config, DeviceSettings, Trust};
-use crate::tls::{self, CertificateSummary, PinStore, TlsError};
+use crate::tls::{self, CertificateSummary, PinStore, TlsError, Trust};
 
 pub struct Device {
     pub settings: DeviceSettings,
@@ -115,13 +114,6 @@ impl Drop for OpenGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -14,6 +14,8 @@
 //! Modules follow that path: [`listener`] accepts, [`proxy`] runs one connection, [`router`]
 //! picks the device, [`upstream`] opens the device leg with a config from [`tls`] built once by
 //! [`fleet`], [`relay`] moves bytes; [`metrics`], `admin` and [`shutdown`] serve operators.
+//! [`probe`] handshakes with a device only to report its certificate (for `amtgw pin`, whose
+//! command code is in the binary). [`tls`] depends on no other module here.
 
 pub mod config;
 pub mod demo;

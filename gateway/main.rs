@@ -1,6 +1,9 @@
 //! The `amtgw` command: parses the CLI, loads the config, sets up logging, and hands over to
 //! the library. Exit codes: 0 success (all sessions drained), 1 runtime failure or sessions cut
 //! at the drain deadline, 64 invalid configuration or usage.
+//!
+//! Subcommands with output of their own live beside this file in `cli/` (`amtgw pin`:
+//! `cli/pin.rs`); they belong to the binary, not to the library.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -19,6 +22,10 @@ use amtgw::sim::{self, CertStyle, SimConfig, SimDevice, SimIdentity};
 use amtgw::tls::{Fingerprints, load_certificates, load_private_key};
 use amtgw::workers::Workers;
 use amtgw::{Config, Gateway, ReloadHandle};
+
+mod cli {
+    pub(crate) mod pin;
+}
 
 const EX_USAGE: u8 = 64;
 
@@ -127,7 +134,7 @@ arguments.")]
         #[arg(long, requires = "config", conflicts_with = "target")]
         all: bool,
         /// Probes in flight at once with --all.
-        #[arg(long, default_value_t = amtgw::probe::DEFAULT_CONCURRENCY,
+        #[arg(long, default_value_t = cli::pin::DEFAULT_CONCURRENCY,
               value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         concurrency: usize,
         /// Record the presented pin in the pin store for trust = "tofu" devices that have none.
@@ -255,7 +262,7 @@ fn main() -> ExitCode {
             replace,
             timeout,
         } => {
-            let args = amtgw::probe::PinArgs {
+            let args = cli::pin::PinArgs {
                 target,
                 config,
                 all,
@@ -265,7 +272,7 @@ fn main() -> ExitCode {
                 timeout,
             };
             match runtime() {
-                Ok(rt) => ExitCode::from(rt.block_on(amtgw::probe::pin_command(args))),
+                Ok(rt) => ExitCode::from(rt.block_on(cli::pin::pin_command(args))),
                 Err(e) => report(Err(e)),
             }
         }

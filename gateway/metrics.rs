@@ -221,7 +221,7 @@ impl Metrics {
         );
         metrics
             .last_reload_success
-            .set(crate::fleet::unix_now() as i64);
+            .set(crate::tls::unix_now() as i64);
         // Both kinds exported from the start: an alert on `> 0` must not see "no data" as
         // "nothing expiring" before the first warning.
         for kind in ["client", "device"] {
@@ -238,8 +238,7 @@ impl Metrics {
             })
             .inc();
         if rejected.is_none() {
-            self.last_reload_success
-                .set(crate::fleet::unix_now() as i64);
+            self.last_reload_success.set(crate::tls::unix_now() as i64);
         }
     }
 

@@ -41,7 +41,8 @@ impl Refusals {
     pub(crate) fn summarise(&self, interval: Duration) {
         for service in Service::ALL {
             for &reason in Reason::ALL {
-                let refused = self.counts[service.index()][reason.index()].swap(0, Ordering::Relaxed);
+                let refused =
+                    self.counts[service.index()][reason.index()].swap(0, Ordering::Relaxed);
                 if refused > 1 {
                     tracing::warn!(
                         service = service.as_str(),
@@ -66,9 +67,18 @@ mod tests {
         let refusals = Refusals::default();
         assert!(refusals.count(Service::Wsman, Reason::Limit));
         assert!(!refusals.count(Service::Wsman, Reason::Limit));
-        assert!(refusals.count(Service::Wsman, Reason::NoRoute), "another reason");
-        assert!(refusals.count(Service::Dash, Reason::Limit), "another service");
+        assert!(
+            refusals.count(Service::Wsman, Reason::NoRoute),
+            "another reason"
+        );
+        assert!(
+            refusals.count(Service::Dash, Reason::Limit),
+            "another service"
+        );
         refusals.summarise(INTERVAL);
-        assert!(refusals.count(Service::Wsman, Reason::Limit), "a new interval");
+        assert!(
+            refusals.count(Service::Wsman, Reason::Limit),
+            "a new interval"
+        );
     }
 }

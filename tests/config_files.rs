@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use amtgw::config::{Host, Trust};
+use amtgw::config::Host;
+use amtgw::tls::Trust;
 use amtgw::{Config, Service};
 
 fn repo_path(relative: &str) -> PathBuf {

@@ -130,8 +130,8 @@ fn the_bottom_layers_use_only_what_the_issue_allows() {
         (
             "proxy",
             &[
-                "config", "expiry", "fleet", "metrics", "reason", "relay", "router", "service",
-                "shutdown", "socket", "state", "tls", "upstream",
+                "config", "expiry", "fleet", "limits", "metrics", "reason", "refusals", "relay",
+                "router", "service", "shutdown", "socket", "state", "tls", "upstream",
             ],
         ),
     ];

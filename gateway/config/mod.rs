@@ -2,6 +2,9 @@
 //! serde shapes -> [`validate`] -> the typed [`Config`] the gateway runs on. Everything is
 //! checked, and every file it names is read, before anything binds.
 //!
+//! A device's trust settings ([`TlsSettings`], [`Trust`], [`ClientIdentity`]) are `tls` types,
+//! re-exported here; `validate` is what builds them from the raw shapes.
+//!
 //! Environment overrides use `__` between keys: `AMTGW_GATEWAY__MAX_CONNECTIONS=5000`,
 //! `AMTGW_SERVICES__WSMAN__BIND='["0.0.0.0"]'`.
 
@@ -11,16 +14,16 @@ mod validate;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
-use rustls::RootCertStore;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::ServerName;
 
 use crate::service::Service;
-use crate::tls::Pin;
+// The trust settings live with the code that uses them; re-exported so `config::Trust` and
+// friends keep working.
+pub use crate::tls::{ClientIdentity, TlsSettings, Trust};
 
 /// The environment variable prefix for overrides.
 pub const ENV_PREFIX: &str = "AMTGW_";
@@ -161,73 +164,6 @@ impl fmt::Display for Host {
             Host::Ip(ip) => ip.fmt(f),
             Host::Dns(name) => f.write_str(name),
         }
-    }
-}
-
-/// Everything needed to build a device's rustls `ClientConfig`.
-#[derive(Clone)]
-pub struct TlsSettings {
-    pub trust: Trust,
-    pub client_identity: Option<Arc<ClientIdentity>>,
-    pub versions: Vec<&'static rustls::SupportedProtocolVersion>,
-    pub session_cache: usize,
-}
-
-/// How a device's certificate is trusted. There is deliberately no mode that skips verification.
-#[derive(Clone)]
-pub enum Trust {
-    /// Any of these pins matches the presented leaf; chain, validity and name are not checked,
-    /// the handshake signature is.
-    Pin(Vec<Pin>),
-    /// The leaf chains to one of these roots and is valid for the device's `server_name`.
-    Ca {
-        ca_file: PathBuf,
-        roots: Arc<RootCertStore>,
-    },
-    /// Trust on first use: the first certificate seen is recorded in the pin store
-    /// (`gateway.pin_store`) and required from then on.
-    Tofu,
-}
-
-impl Trust {
-    pub fn mode(&self) -> &'static str {
-        match self {
-            Trust::Pin(_) => "pin",
-            Trust::Ca { .. } => "ca",
-            Trust::Tofu => "tofu",
-        }
-    }
-}
-
-impl fmt::Debug for Trust {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Trust::Pin(pins) => f.debug_tuple("Pin").field(pins).finish(),
-            Trust::Ca { ca_file, roots } => f
-                .debug_struct("Ca")
-                .field("ca_file", ca_file)
-                .field("roots", &roots.len())
-                .finish(),
-            Trust::Tofu => f.write_str("Tofu"),
-        }
-    }
-}
-
-/// A client certificate chain and key for devices that demand mutual TLS.
-pub struct ClientIdentity {
-    pub cert_path: PathBuf,
-    pub key_path: PathBuf,
-    pub chain: Vec<CertificateDer<'static>>,
-    pub key: PrivateKeyDer<'static>,
-}
-
-impl fmt::Debug for ClientIdentity {
-    // The key never reaches a log: only where it was read from.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientIdentity")
-            .field("cert_path", &self.cert_path)
-            .field("key_path", &self.key_path)
-            .finish_non_exhaustive()
     }
 }
 

@@ -20,11 +20,11 @@ use super::raw::{RawConfig, RawDevice, RawService, RawTrust};
 /// sessions in the firmware.
 const DEVICE_MAX_CONNECTIONS: usize = 8;
 use super::{
-    ClientIdentity, Config, ConfigError, DeviceSettings, GatewaySettings, Host, LogFormat,
-    MetricsSettings, ServiceSettings, TlsSettings, Trust,
+    Config, ConfigError, DeviceSettings, GatewaySettings, Host, LogFormat, MetricsSettings,
+    ServiceSettings,
 };
 use crate::service::Service;
-use crate::tls::{Pin, load_certificates, load_private_key};
+use crate::tls::{ClientIdentity, Pin, TlsSettings, Trust, load_certificates, load_private_key};
 
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9716";
 
@@ -253,8 +253,10 @@ impl Validator<'_> {
                 ));
             }
         };
-        let max_connections =
-            self.positive("gateway.max_connections", g.max_connections.unwrap_or(10_000))?;
+        let max_connections = self.positive(
+            "gateway.max_connections",
+            g.max_connections.unwrap_or(10_000),
+        )?;
         Ok(GatewaySettings {
             max_connections,
             max_connections_per_source: self.positive(

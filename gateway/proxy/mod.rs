@@ -97,9 +97,7 @@ impl ConnectionError {
             ConnectionError::Route(e) => e.reason(),
             ConnectionError::DeviceLimit { .. } => Reason::DeviceLimit,
             ConnectionError::ShuttingDown | ConnectionError::CutAtDrain => Reason::Shutdown,
-            ConnectionError::ConsoleLeft | ConnectionError::ConsoleSilent => {
-                Reason::ConsoleClosed
-            }
+            ConnectionError::ConsoleLeft | ConnectionError::ConsoleSilent => Reason::ConsoleClosed,
             ConnectionError::Upstream(e) => e.reason(),
             ConnectionError::Relay(e) => e.reason(),
         }
@@ -131,11 +129,13 @@ async fn connection(
 ) -> Result<(), ConnectionError> {
     let (service, snapshot) = (ctx.service, &ctx.snapshot);
     let gateway = &snapshot.config.gateway;
-    let _global_permit = ctx.global_limit.clone().try_acquire_owned().map_err(|_| {
-        ConnectionError::Limit {
-            max: gateway.max_connections,
-        }
-    })?;
+    let _global_permit =
+        ctx.global_limit
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ConnectionError::Limit {
+                max: gateway.max_connections,
+            })?;
     let source = Source::of(peer.ip());
     let _from_source = ctx
         .sources
@@ -148,9 +148,7 @@ async fn connection(
     let settings = snapshot
         .service(service)
         .ok_or(ConnectionError::ServiceDisabled { service })?;
-    let local = console
-        .local_addr()
-        .map_err(ConnectionError::Console)?;
+    let local = console.local_addr().map_err(ConnectionError::Console)?;
     let device = snapshot.router.route(&RouteQuery {
         service,
         local,

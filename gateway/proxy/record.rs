@@ -10,14 +10,14 @@ use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tracing::Level;
 
-use crate::config::Trust;
 use crate::expiry::expires_within;
-use crate::fleet::{self, Device, HandshakeRecord};
+use crate::fleet::{Device, HandshakeRecord};
 use crate::metrics::{
     ConnectionObserver, DeviceSeries, HandshakeLabels, OutcomeLabels, ReasonLabels, ServiceLabels,
 };
 use crate::reason::Reason;
 use crate::relay::{Relay, RelayObserver};
+use crate::tls::{self, Trust};
 use crate::upstream::{UpstreamError, UpstreamTimings};
 
 use super::{ConnectionError, Context};
@@ -167,7 +167,7 @@ impl<'a> Recorder<'a> {
             .status
             .record_handshake(
                 HandshakeRecord {
-                    at: fleet::unix_now(),
+                    at: tls::unix_now(),
                     result: Reason::outcome(error.map(UpstreamError::reason)),
                     error: error.map(ToString::to_string),
                     tls_version: timings.version,

@@ -1,5 +1,7 @@
 //! What an operator wants to know about a presented certificate: who it names, who issued it,
-//! when it expires, and its pins.
+//! when it expires, and its pins; and the clock and date format those answers use.
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::CertificateDer;
 use serde::Serialize;
@@ -46,10 +48,18 @@ pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
     Some(parsed.validity().not_after.timestamp())
 }
 
+/// Now, in unix seconds (0 if the clock is before 1970).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
 /// RFC 3339 UTC, second precision (`2049-12-31T23:59:59Z`). The calendar arithmetic is the
 /// `time` crate's, reached through x509-parser's `ASN1Time`, so no date code is duplicated
 /// here; a time outside its range (beyond year 9999) is shown as unix seconds.
-pub(crate) fn rfc3339(unix: i64) -> String {
+pub fn rfc3339(unix: i64) -> String {
     match ASN1Time::from_timestamp(unix) {
         Ok(time) => {
             let t = time.to_datetime();

@@ -1,9 +1,15 @@
-//! Upstream TLS: one rustls `ClientConfig` per device, built once when the config is loaded;
-//! the trust verifiers; PEM loading; and the mapping of rustls errors to stable reasons.
+//! Upstream TLS: the trust settings of a device ([`TlsSettings`], [`Trust`],
+//! [`ClientIdentity`]) and one rustls `ClientConfig` per device built from them once when the
+//! config is loaded; the trust verifiers; the pin store; PEM loading; certificate summaries
+//! and the clock they are dated by; and the mapping of rustls errors to stable reasons.
+//!
+//! This module depends on no other module of amtgw, only on std and external crates: `config`
+//! validates raw TOML into its types, `fleet` builds with it, `probe` inspects with it.
 
 mod inspect;
 mod pem;
 mod pin;
+mod settings;
 mod store;
 mod verifier;
 
@@ -14,14 +20,13 @@ use rustls::client::{ClientSessionMemoryCache, Resumption};
 use rustls::crypto::CryptoProvider;
 use rustls::{AlertDescription, CertificateError, ClientConfig};
 
-pub(crate) use inspect::rfc3339;
-pub use inspect::{CertificateSummary, not_after};
+pub use inspect::{CertificateSummary, not_after, rfc3339, unix_now};
 pub use pem::{PemError, load_certificates, load_private_key};
 pub use pin::{Pin, PinKind, PinParseError};
+pub use settings::{ClientIdentity, TlsSettings, Trust};
 pub use store::{Learned, PinStore, PinStoreError, StoredPin};
 pub use verifier::{Fingerprints, PinMismatch};
 
-use crate::config::{ClientIdentity, TlsSettings, Trust};
 use verifier::FirstUse;
 pub(crate) use verifier::{LeafCheck, LeafVerifier, Pins};
 

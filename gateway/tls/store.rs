@@ -47,7 +47,6 @@ use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use serde::Deserialize;
@@ -570,10 +569,7 @@ fn toml_string(value: &str) -> String {
 }
 
 fn now() -> String {
-    let unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    super::rfc3339(unix)
+    super::rfc3339(super::unix_now() as i64)
 }
 
 #[cfg(test)]
