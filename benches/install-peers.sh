@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the end-to-end benchmark (benches/e2e.rs) compares amtgw with:
+# Installs the Debian packages the end-to-end benchmark (benches/e2e/) compares amtgw with:
 # stunnel4 (client mode), HAProxy (mode tcp, ssl verify required) and nginx with the stream
 # module (proxy_ssl_verify). prlimit (util-linux) raises the descriptor limit for the idle-
 # connection figure.
