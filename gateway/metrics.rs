@@ -78,6 +78,7 @@ pub struct Metrics {
     pub(crate) exchange_seconds: Family<ServiceLabels, Histogram>,
     pub(crate) client_certificate_expiry: Family<CertificateLabels, Gauge>,
     pub(crate) reloads: Family<ReloadLabels, Counter>,
+    pub(crate) pin_store_errors: Family<PinStoreErrorLabels, Counter>,
     pub(crate) expiring: Family<ExpiringLabels, Gauge>,
     pub(crate) last_reload_success: Gauge,
     pub devices: DeviceMetrics,
@@ -87,6 +88,12 @@ pub struct Metrics {
 pub struct ExpiringLabels {
     /// `client` (certificates the gateway presents) or `device` (CA-validated device
     /// certificates, as last seen in a handshake).
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PinStoreErrorLabels {
+    /// Why re-reading the store failed (`pin_store_lost`, `pin_store_syntax`, ...).
     pub kind: &'static str,
 }
 
@@ -123,6 +130,7 @@ impl Metrics {
             exchange_seconds: Family::new_with_constructor(latency_histogram),
             client_certificate_expiry: Family::default(),
             reloads: Family::default(),
+            pin_store_errors: Family::default(),
             expiring: Family::default(),
             last_reload_success: Gauge::default(),
             devices,
@@ -210,6 +218,11 @@ impl Metrics {
             metrics.expiring.clone(),
         );
         r.register(
+            "pin_store_errors",
+            "Re-reads of the pin store that failed, by kind; the pins in memory stay in force",
+            metrics.pin_store_errors.clone(),
+        );
+        r.register(
             "config_reloads",
             "Configuration reloads, by result (ok or why it was rejected)",
             metrics.reloads.clone(),
@@ -240,6 +253,12 @@ impl Metrics {
         if rejected.is_none() {
             self.last_reload_success.set(crate::tls::unix_now() as i64);
         }
+    }
+
+    pub(crate) fn observe_pin_store_error(&self, kind: &'static str) {
+        self.pin_store_errors
+            .get_or_create(&PinStoreErrorLabels { kind })
+            .inc();
     }
 
     pub(crate) fn expiring(&self, kind: &'static str) -> Gauge {

@@ -111,7 +111,8 @@ pub(crate) async fn watch_files(
                     shared.bump_generation();
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "pin store re-read failed; keeping the pins in memory")
+                    shared.metrics.observe_pin_store_error(e.kind());
+                    tracing::error!(reason = e.kind(), error = %e, "pin store re-read failed; keeping the pins in memory")
                 }
             }
         } else {

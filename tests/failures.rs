@@ -27,7 +27,7 @@ fn closed_port() -> (socket2::Socket, std::net::SocketAddr) {
 }
 
 async fn fails_with(gateway: &TestGateway, reason: &str) {
-    expect_closed(gateway.connect(Service::Wsman).await).await;
+    expect_refused(gateway.connect(Service::Wsman).await).await;
     let metrics = gateway.metrics().await;
     assert_eq!(
         metrics.failed(reason),
@@ -140,7 +140,7 @@ async fn idle_session_is_closed_after_the_idle_timeout() {
 }
 
 #[tokio::test]
-async fn console_leaving_during_the_handshake_ends_it_at_once() {
+async fn console_resetting_during_the_handshake_ends_it_at_once() {
     let identity = amt_self_signed(false, false);
     let (accepted_tx, accepted_rx) = tokio::sync::oneshot::channel::<()>();
     let accepted_tx = std::sync::Mutex::new(Some(accepted_tx));
@@ -159,8 +159,12 @@ async fn console_leaving_during_the_handshake_ends_it_at_once() {
     let config = one_device_config(device, &pinned(&identity))
         .replace("handshake_timeout = \"2s\"", "handshake_timeout = \"60s\"");
     let gateway = TestGateway::start(&config).await;
-    let conn = gateway.connect(Service::Wsman).await;
+    let mut conn = gateway.connect(Service::Wsman).await;
+    conn.write_all(b"request").await.unwrap();
     accepted_rx.await.unwrap();
+    // A reset, not a close: a console that closes after its request may just be done
+    // sending (half-close) and waiting for the answer.
+    conn.set_zero_linger().unwrap();
     drop(conn);
     // Shutdown drains only once every connection task has ended.
     let report = gateway.stop().await;
@@ -176,7 +180,7 @@ async fn connection_without_a_route_is_closed_at_once() {
         .replace("default_device = \"dut\"", "")
         .replace("name = \"dut\"", "name = \"dut\"\nlisten = \"127.0.0.2\"");
     let gateway = TestGateway::start(&config).await;
-    expect_closed(
+    expect_refused(
         TcpStream::connect(gateway.addr_on(Service::Wsman, "127.0.0.1"))
             .await
             .unwrap(),
@@ -198,7 +202,7 @@ async fn connections_past_the_global_limit_are_refused_and_others_continue() {
     let mut echo = [0u8; 3];
     first.read_exact(&mut echo).await.unwrap();
 
-    expect_closed(gateway.connect(Service::Wsman).await).await;
+    expect_refused(gateway.connect(Service::Wsman).await).await;
     assert_eq!(gateway.metrics().await.failed("limit"), 1.0);
 
     // The session holding the slot is undisturbed.
@@ -208,14 +212,18 @@ async fn connections_past_the_global_limit_are_refused_and_others_continue() {
 #[tokio::test]
 async fn connections_past_the_device_limit_are_refused() {
     let identity = amt_self_signed(false, false);
-    let pin = format!("{}\nmax_connections = 1", pinned(&identity));
+    // Two from one address would be allowed: the device's own limit is what refuses.
+    let pin = format!(
+        "{}\nmax_connections = 1\nmax_connections_per_source = 2",
+        pinned(&identity)
+    );
     let device = echo_device(DeviceTls::new(identity)).await;
     let gateway = TestGateway::start(&one_device_config(device, &pin)).await;
     let mut first = gateway.connect(Service::Wsman).await;
     first.write_all(b"one").await.unwrap();
     let mut echo = [0u8; 3];
     first.read_exact(&mut echo).await.unwrap();
-    expect_closed(gateway.connect(Service::Wsman).await).await;
+    expect_refused(gateway.connect(Service::Wsman).await).await;
     assert_eq!(gateway.metrics().await.failed("device_limit"), 1.0);
 }
 
@@ -262,7 +270,7 @@ ports = {{ wsman = {} }}
     let mut buf = [0u8; 6];
     good_conn.read_exact(&mut buf).await.unwrap();
     for _ in 0..20 {
-        expect_closed(
+        expect_refused(
             TcpStream::connect(gateway.addr_on(Service::Wsman, "127.0.0.3"))
                 .await
                 .unwrap(),
@@ -336,4 +344,77 @@ async fn a_console_reset_reaches_the_device_as_a_reset() {
         Some(Some(Err(std::io::ErrorKind::ConnectionReset))),
         "the console's reset reaches the device as a reset, not as a close"
     );
+}
+
+#[tokio::test]
+async fn a_silent_console_is_closed_without_the_device_ever_being_contacted() {
+    let identity = amt_self_signed(false, false);
+    let (dialled_tx, mut dialled) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let device = tcp_device(move |_tcp| {
+        let dialled = dialled_tx.clone();
+        async move {
+            let _ = dialled.send(());
+        }
+    })
+    .await;
+    let config = one_device_config(device, &pinned(&identity)).replace(
+        "[gateway]",
+        "[gateway]\nconsole_first_byte_timeout = \"200ms\"",
+    );
+    let gateway = TestGateway::start(&config).await;
+    let mut silent = gateway.connect(Service::Wsman).await;
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        silent.read(&mut buf).await.unwrap(),
+        0,
+        "closed by the gateway"
+    );
+    let metrics = gateway.metrics().await;
+    assert_eq!(metrics.failed("console_timeout"), 1.0, "{}", metrics.0);
+    assert!(dialled.try_recv().is_err(), "the device was never dialled");
+    assert!(metrics.absent("amtgw_device_connect_duration_seconds", &[]));
+}
+
+#[tokio::test]
+async fn idle_consoles_from_one_address_cannot_lock_out_other_consoles() {
+    // The flood of the adversarial run, scaled down: one address holds many connections that
+    // trickle a byte now and then; a console from another address must still get through.
+    let identity = amt_self_signed(false, false);
+    let pin = pinned(&identity);
+    let device = echo_device(DeviceTls::new(identity)).await;
+    let config = one_device_config(device, &pin)
+        .replace("[gateway]", "[gateway]\nmax_connections = 40")
+        .replace(
+            "[services.wsman]",
+            "[services.wsman]\nbind = [\"127.0.0.1\", \"127.0.0.2\"]",
+        );
+    let gateway = TestGateway::start(&config).await;
+    let flood_target = gateway.addr_on(Service::Wsman, "127.0.0.1");
+    let mut flood = Vec::new();
+    for _ in 0..40 {
+        let mut conn = TcpStream::connect(flood_target).await.unwrap();
+        let _ = conn.write_all(b"x").await;
+        flood.push(conn);
+    }
+    // Another console, from another address (127.0.0.2 -> 127.0.0.2).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let other = socket
+        .connect(gateway.addr_on(Service::Wsman, "127.0.0.2"))
+        .await
+        .unwrap();
+    assert_eq!(exchange(other, b"mine").await.unwrap(), b"mine");
+    // Defaults only: a quarter of the gateway (10) per address, of which half a device's 8
+    // (4) reach the device; the other 36 are refused.
+    let refused = |m: &Metrics| {
+        m.sample(
+            "amtgw_connections_failed_total",
+            &[("reason", "source_limit")],
+        )
+    };
+    let metrics = gateway
+        .metrics_settled(|m| refused(m).is_some_and(|n| n >= 36.0))
+        .await;
+    assert_eq!(refused(&metrics), Some(36.0), "{}", metrics.0);
+    drop(flood);
 }

@@ -128,7 +128,7 @@ async fn metrics_speak_openmetrics_when_asked_and_classic_text_otherwise() {
     let identity = amt_self_signed(false, false);
     let gateway = TestGateway::start(&one_device_config(echo_device(DeviceTls::new(identity)).await, "trust = \"pin\"\npins = [\"cert-sha256:00000000000000000000000000000000000000000000000000000000000000ff\"]")).await;
     // Families appear once they have a sample.
-    expect_closed(gateway.connect(Service::Wsman).await).await;
+    expect_refused(gateway.connect(Service::Wsman).await).await;
     let (head, body) = raw_get(
         gateway.admin,
         "/metrics",
@@ -205,7 +205,7 @@ async fn devices_endpoint_shows_a_pin_mismatch_with_the_presented_certificate() 
         &format!("trust = \"pin\"\npins = [\"{}\"]", pinned.cert_pin()),
     ))
     .await;
-    expect_closed(gateway.connect(Service::Wsman).await).await;
+    expect_refused(gateway.connect(Service::Wsman).await).await;
     let (_, body) = http_get(gateway.admin, "/devices").await;
     let devices: serde_json::Value = serde_json::from_str(&body).unwrap();
     let last = &devices["devices"][0]["last_handshake"];

@@ -233,7 +233,7 @@ async fn a_long_transfer_survives_reloads_that_add_remove_and_repin_devices() {
         1.0
     );
     // New connections see the last configuration: the device no longer matches its pin.
-    expect_closed(
+    expect_refused(
         TcpStream::connect(gateway.addr_on(Service::Wsman, "127.0.0.2"))
             .await
             .unwrap(),

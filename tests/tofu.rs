@@ -46,6 +46,8 @@ name = "amt-tofu"
 host = "127.0.0.1"
 ports = {{ wsman = {} }}
 trust = "tofu"
+max_connections = 16
+max_connections_per_source = 16
 "#,
             store.display(),
             sim.wsman_addr().port()
@@ -173,4 +175,31 @@ async fn concurrent_first_connections_learn_exactly_one_pin() {
         assert!(task.await.unwrap());
     }
     assert_eq!(stored_certificate_pin(&s.store), Some(pin_of(&s.sim)));
+}
+
+#[tokio::test]
+async fn an_emptied_pin_store_keeps_every_pin_and_learns_no_new_key() {
+    let s = setup().await;
+    assert!(identify(&s.gateway).await, "the pin is learned");
+    // The store is emptied behind the gateway's back (a full disk, a careless copy).
+    std::fs::write(&s.store, "").unwrap();
+    let errors = |m: &Metrics| {
+        m.sample(
+            "amtgw_pin_store_errors_total",
+            &[("kind", "pin_store_lost")],
+        )
+    };
+    s.gateway
+        .metrics_settled(|m| errors(m).is_some_and(|n| n >= 1.0))
+        .await;
+
+    // Unprovisioned (or an impostor): its new key is refused, not learned as a first use.
+    s.sim.unprovision().unwrap();
+    assert!(!identify(&s.gateway).await, "the new key is refused");
+    assert_eq!(s.gateway.metrics().await.failed("pin_mismatch"), 1.0);
+    assert_eq!(
+        std::fs::read(&s.store).unwrap(),
+        b"",
+        "the damaged file is left for the operator"
+    );
 }

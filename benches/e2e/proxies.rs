@@ -84,7 +84,8 @@ impl Proxy {
                     String::new()
                 };
                 let mut c = format!(
-                    "[gateway]\nmax_connections = 50000\nconnect_timeout = \"5s\"\n\
+                    "[gateway]\nmax_connections = 50000\nmax_connections_per_source = 50000\n\
+                     connect_timeout = \"5s\"\n\
                      handshake_timeout = \"5s\"\nshutdown_timeout = \"1s\"\n{busy_poll}\n\
                      [admin]\nenabled = false\n\n",
                 );
@@ -103,9 +104,11 @@ impl Proxy {
                 let _ = write!(
                     c,
                     "[[devices]]\nname = \"up\"\nhost = \"127.0.0.1\"\n\
-                     ports = {{ wsman = {}, redirection = {} }}\ntrust = \"pin\"\npins = [\"{pin}\"]\n\n\
+                     ports = {{ wsman = {}, redirection = {} }}\ntrust = \"pin\"\npins = [\"{pin}\"]\n\
+                     max_connections = 50000\nmax_connections_per_source = 50000\n\n\
                      [[devices]]\nname = \"sim\"\nhost = \"127.0.0.1\"\nports = {{ dash = {} }}\n\
-                     trust = \"pin\"\npins = [\"{pin}\"]\n",
+                     trust = \"pin\"\npins = [\"{pin}\"]\n\
+                     max_connections = 50000\nmax_connections_per_source = 50000\n",
                     routes.full.1.port(),
                     routes.resumed.1.port(),
                     routes.sim.1.port()

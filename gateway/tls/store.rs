@@ -59,6 +59,10 @@ use super::{Fingerprints, Pin, PinKind};
 const HEADER: &str = "# amtgw pin store: device certificate pins learned on first use (trust = \"tofu\").\n\
                       # Written by amtgw; re-pin a device with `amtgw pin --replace NAME`.\n";
 
+/// The last line of every store amtgw writes. A file that lacks it and misses pins known in
+/// memory was cut short (a full disk, a crash of whatever copied it), not edited.
+const END: &str = "# end of the pin store";
+
 /// The pins recorded for one device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredPin {
@@ -125,6 +129,17 @@ pub enum PinStoreError {
         line: Option<usize>,
         message: String,
     },
+    /// The file is gone, empty or cut short while pins are known: treated as damage, never as
+    /// "no pins", or every device would be learned again from whoever answers.
+    #[error(
+        "pin store {}: the file {what} while {known} pin(s) are known; they stay in force from memory and no new device is learned until the file is restored from a backup, or rewritten on purpose with `amtgw pin --replace NAME` (which starts it afresh)",
+        .path.display()
+    )]
+    Lost {
+        path: PathBuf,
+        what: String,
+        known: usize,
+    },
     #[error(
         "pin store {}: device {device:?}: {field}: {reason}; fix the value or re-pin with `amtgw pin --replace {device}`",
         at(.path, Some(*.line))
@@ -145,6 +160,7 @@ impl PinStoreError {
             PinStoreError::Io { .. } => "pin_store_io",
             PinStoreError::Lock { .. } => "pin_store_lock",
             PinStoreError::Syntax { .. } => "pin_store_syntax",
+            PinStoreError::Lost { .. } => "pin_store_lost",
             PinStoreError::InvalidPin { .. } => "pin_store_invalid_pin",
         }
     }
@@ -331,17 +347,47 @@ impl PinStore {
         Ok(file)
     }
 
+    /// The file's pins. Gone, empty or cut short while this process knows pins is an error
+    /// ([`PinStoreError::Lost`]): callers keep what they know and learn nothing new.
     fn read(&self) -> Result<Pins, PinStoreError> {
-        match fs::read_to_string(&self.path) {
-            Ok(text) => parse(&self.path, &text),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Pins::new()),
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(PinStoreError::Syntax {
-                path: self.path.clone(),
-                line: None,
-                message: "the file is not UTF-8 text".to_owned(),
-            }),
-            Err(source) => Err(self.io_error("read the file", source)),
+        let known = self.snapshot.load();
+        let lost = |what: String| PinStoreError::Lost {
+            path: self.path.clone(),
+            what,
+            known: known.len(),
+        };
+        let text = match fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return match known.is_empty() {
+                    true => Ok(Pins::new()),
+                    false => Err(lost("is gone".to_owned())),
+                };
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(PinStoreError::Syntax {
+                    path: self.path.clone(),
+                    line: None,
+                    message: "the file is not UTF-8 text".to_owned(),
+                });
+            }
+            Err(source) => return Err(self.io_error("read the file", source)),
+        };
+        if text.trim().is_empty() {
+            return match known.is_empty() {
+                true => Ok(Pins::new()),
+                false => Err(lost("is empty".to_owned())),
+            };
         }
+        let pins = parse(&self.path, &text)?;
+        let complete = text.lines().any(|line| line.trim_end() == END);
+        let missing = known.keys().filter(|d| !pins.contains_key(*d)).count();
+        if !complete && missing > 0 {
+            return Err(lost(format!(
+                "ends early (its last line is not `{END}`) and lacks {missing} of them"
+            )));
+        }
+        Ok(pins)
     }
 
     /// Temporary file, data `fsync`, rename over the store. The caller syncs the directory.
@@ -536,6 +582,9 @@ fn render(pins: &Pins) -> String {
             toml_string(&pin.learned_at),
         ));
     }
+    out.push('\n');
+    out.push_str(END);
+    out.push('\n');
     out
 }
 
@@ -652,7 +701,7 @@ mod tests {
         assert_eq!(
             fs::read_to_string(&path).unwrap(),
             format!(
-                "{HEADER}\n[devices.amt-sim-01]\ncertificate = \"{}\"\npublic_key = \"{}\"\nlearned_at = \"{learned_at}\"\n",
+                "{HEADER}\n[devices.amt-sim-01]\ncertificate = \"{}\"\npublic_key = \"{}\"\nlearned_at = \"{learned_at}\"\n\n{END}\n",
                 presented.certificate, presented.public_key
             )
         );
@@ -817,6 +866,81 @@ mod tests {
         assert!(
             err.to_string().contains("expected a cert-sha256: pin"),
             "{err}"
+        );
+    }
+
+    /// The store after learning two devices, with the file's text.
+    fn two_learned(dir: &tempfile::TempDir) -> (PathBuf, PinStore, String) {
+        let (path, store) = store_in(dir);
+        store.learn("amt-a", &fingerprints("a")).unwrap();
+        store.learn("amt-b", &fingerprints("b")).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        (path, store, text)
+    }
+
+    /// Lost: the pins stay, nothing new is learned, and the damaged file is left for the
+    /// operator to see.
+    fn assert_lost(path: &Path, store: &PinStore, what: &str) {
+        let err = store.reload().unwrap_err();
+        assert_eq!(err.kind(), "pin_store_lost", "{err}");
+        assert!(err.to_string().contains(what), "{err}");
+        assert!(store.get("amt-a").is_some() && store.get("amt-b").is_some());
+        let on_disk = fs::read(path).ok();
+        let learned = store.learn("impostor", &fingerprints("x")).unwrap_err();
+        assert_eq!(learned.kind(), "pin_store_lost");
+        assert_eq!(fs::read(path).ok(), on_disk, "the file is not overwritten");
+    }
+
+    #[test]
+    fn an_emptied_store_is_damage_while_pins_are_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, store, _) = two_learned(&dir);
+        fs::write(&path, "").unwrap();
+        assert_lost(&path, &store, "is empty");
+    }
+
+    #[test]
+    fn a_deleted_store_is_damage_while_pins_are_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, store, _) = two_learned(&dir);
+        fs::remove_file(&path).unwrap();
+        assert_lost(&path, &store, "is gone");
+    }
+
+    #[test]
+    fn a_store_cut_between_two_devices_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, store, text) = two_learned(&dir);
+        // Valid TOML up to the cut: only the missing closing line tells it from an edit.
+        let cut = text.find("[devices.amt-b]").unwrap();
+        fs::write(&path, &text[..cut]).unwrap();
+        assert_lost(&path, &store, "ends early");
+    }
+
+    #[test]
+    fn an_edit_that_deletes_a_device_table_is_taken_as_meant() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, store, text) = two_learned(&dir);
+        let (start, end) = (
+            text.find("[devices.amt-b]").unwrap(),
+            text.find(END).unwrap(),
+        );
+        fs::write(&path, format!("{}{}", &text[..start], &text[end..])).unwrap();
+        store.reload().unwrap();
+        assert!(store.get("amt-a").is_some());
+        assert!(store.get("amt-b").is_none(), "forgotten on purpose");
+    }
+
+    #[test]
+    fn an_empty_or_missing_store_is_no_pins_when_none_are_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins.toml");
+        fs::write(&path, "\n").unwrap();
+        let store = PinStore::open(&path).unwrap();
+        assert!(store.snapshot().is_empty());
+        assert_eq!(
+            store.learn("amt", &fingerprints("a")).unwrap(),
+            Learned::New
         );
     }
 

@@ -482,7 +482,7 @@ pub async fn exchange(mut conn: TcpStream, request: &[u8]) -> std::io::Result<Ve
     Ok(answer)
 }
 
-/// Connect and wait until the gateway closes the connection without sending anything.
+/// Wait until the gateway closes the connection without sending anything.
 pub async fn expect_closed(mut conn: TcpStream) {
     let mut buf = [0u8; 64];
     match conn.read(&mut buf).await {
@@ -490,6 +490,15 @@ pub async fn expect_closed(mut conn: TcpStream) {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
         other => panic!("expected the gateway to close the connection, got {other:?}"),
     }
+}
+
+/// On a new connection: speak first, as every AMT console does (the gateway contacts the
+/// device only then), and expect the gateway to close it without an answer.
+pub async fn expect_refused(mut conn: TcpStream) {
+    // The gateway may already have closed or reset it: then the write fails, and the read
+    // tells.
+    let _ = conn.write_all(b"request").await;
+    expect_closed(conn).await;
 }
 
 /// A plain HTTP/1.1 GET; returns status code and body.
@@ -561,7 +570,10 @@ impl Metrics {
     pub fn absent(&self, name: &str, labels: &[(&str, &str)]) -> bool {
         let documented = include_str!("../../README.md").contains(&format!("| `{name}` |"));
         assert!(documented, "{name} is not in the README's metric tables");
-        self.sample(name, labels).is_none()
+        // A histogram's samples are its `_count`, `_sum` and `_bucket` series.
+        ["", "_count", "_sum", "_bucket"]
+            .iter()
+            .all(|suffix| self.sample(&format!("{name}{suffix}"), labels).is_none())
     }
 
     /// `amtgw_connections_failed_total` for one reason on the wsman service.
