@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use amtgw::config::{TlsSettings, Trust};
-use amtgw::sim::{CertStyle, SimConfig, SimDevice, SimIdentity, generate_amt_identity};
 use amtgw::tls::Pin;
+use amtgw_sim::{CertStyle, SimConfig, SimDevice, SimIdentity, generate_amt_identity};
 use md5::{Digest as _, Md5};
 use rustls::crypto::CryptoProvider;
 use rustls::{
@@ -729,7 +729,7 @@ fn wsman_request(auth: Option<(&Challenge, u64)>, keep_alive: bool) -> Vec<u8> {
         WSMAN_BODY.len()
     );
     if let Some((challenge, nc)) = auth {
-        let (user, password) = (amtgw::sim::DEMO_USERNAME, amtgw::sim::DEMO_PASSWORD);
+        let (user, password) = (amtgw_sim::DEMO_USERNAME, amtgw_sim::DEMO_PASSWORD);
         let nc = format!("{nc:08x}");
         let cnonce = "0a4f113b";
         let ha1 = md5_hex(&format!("{user}:{}:{password}", challenge.realm));

@@ -10,11 +10,12 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
+use amtgw_sim::{self as sim, SimConfig, SimDevice, SimError};
+
 use crate::ConfigError;
 use crate::config::Config;
 use crate::gateway::{Gateway, GatewayError};
 use crate::service::Service;
-use crate::sim::{self, SimConfig, SimDevice, SimError};
 use crate::tls::Fingerprints;
 
 /// Names of the simulated devices, in order; the first is every service's default.

@@ -14,8 +14,13 @@
 //! Modules follow that path: [`listener`] accepts, [`proxy`] runs one connection, [`router`]
 //! picks the device, [`upstream`] opens the device leg with a config from [`tls`] built once by
 //! [`fleet`], [`relay`] moves bytes; [`metrics`], `admin` and [`shutdown`] serve operators.
+//!
+//! The simulated AMT device is its own crate, `amtgw-sim` (sim/ in this workspace). With the
+//! `sim` feature (the default) `demo` runs two of them behind a gateway for `amtgw demo`;
+//! production builds leave both out (`--no-default-features`).
 
 pub mod config;
+#[cfg(feature = "sim")]
 pub mod demo;
 pub mod fleet;
 pub mod gateway;
@@ -25,7 +30,6 @@ pub mod relay;
 pub mod router;
 pub mod service;
 pub mod shutdown;
-pub mod sim;
 pub mod tls;
 pub mod upstream;
 pub mod workers;
@@ -33,6 +37,8 @@ pub mod workers;
 mod admin;
 mod listener;
 mod proxy;
+#[cfg(test)]
+mod sim_tests;
 mod socket;
 
 pub use config::{Config, ConfigError};

@@ -2,7 +2,8 @@
 //! the library. Exit codes: 0 success (all sessions drained), 1 runtime failure or sessions cut
 //! at the drain deadline, 64 invalid configuration or usage.
 
-use std::net::{IpAddr, SocketAddr};
+#[cfg(feature = "sim")]
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -13,9 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use amtgw::config::LogFormat;
+#[cfg(feature = "sim")]
 use amtgw::demo::{Demo, DemoOptions};
-use amtgw::sim::{self, CertStyle, SimConfig, SimDevice, SimIdentity};
-use amtgw::tls::{Fingerprints, load_certificates, load_private_key};
 use amtgw::workers::Workers;
 use amtgw::{Config, Gateway};
 
@@ -43,6 +43,7 @@ enum Command {
     },
     /// Run the demo: simulated AMT devices behind the gateway on the legacy ports of
     /// 127.0.0.1 (and 127.0.0.2 for the second device).
+    #[cfg(feature = "sim")]
     Demo {
         #[arg(long, default_value_t = 16992)]
         wsman_port: u16,
@@ -59,39 +60,10 @@ enum Command {
     },
     /// Run one simulated AMT device (TLS only, like CSME 16.1+). SIGUSR1 "unprovisions" it:
     /// a new key and self-signed certificate, as the firmware makes.
-    Sim {
-        /// Host name the device reports in AMT_GeneralSettings.
-        #[arg(long, default_value = "amt-sim")]
-        name: String,
-        #[arg(long, default_value = "127.0.0.1")]
-        bind: IpAddr,
-        #[arg(long, default_value_t = 16993)]
-        wsman_port: u16,
-        #[arg(long, default_value_t = 16995)]
-        redirection_port: u16,
-        #[arg(long, default_value_t = 664)]
-        dash_port: u16,
-        /// Mark the generated certificate CA:TRUE, as some firmware does.
-        #[arg(long)]
-        ca_true: bool,
-        /// Generate "CN=Intel(R) AMT self-signed certificate" instead of all-"Unknown" DN fields.
-        #[arg(long)]
-        intel_named: bool,
-        /// Serve this certificate chain (PEM) instead of a generated one; needs --key.
-        #[arg(long, requires = "key")]
-        cert: Option<PathBuf>,
-        #[arg(long, requires = "cert")]
-        key: Option<PathBuf>,
-        /// Require a client certificate chaining to these CA certificates (mutual TLS).
-        #[arg(long)]
-        client_ca: Option<PathBuf>,
-        #[arg(long)]
-        tls12_only: bool,
-        #[arg(long, default_value = sim::DEMO_USERNAME)]
-        user: String,
-        #[arg(long, env = "AMT_SIM_PASSWORD", default_value = sim::DEMO_PASSWORD)]
-        password: String,
-    },
+    ///
+    /// The same as the `amtgw-sim` command.
+    #[cfg(feature = "sim")]
+    Sim(amtgw_sim::cli::SimArgs),
     /// Probe a device's TLS certificate, like ssh-keyscan: subject, issuer, validity, both pin
     /// forms, TLS version and cipher; with --config, whether it matches the device's pins.
     #[command(after_help = "\
@@ -176,6 +148,7 @@ fn main() -> ExitCode {
             init_logging(config.gateway.log_format);
             report(runtime().and_then(|rt| rt.block_on(serve(config))))
         }
+        #[cfg(feature = "sim")]
         Command::Demo {
             wsman_port,
             redirection_port,
@@ -194,56 +167,18 @@ fn main() -> ExitCode {
             };
             report(runtime().and_then(|rt| rt.block_on(demo(options))))
         }
-        Command::Sim {
-            name,
-            bind,
-            wsman_port,
-            redirection_port,
-            dash_port,
-            ca_true,
-            intel_named,
-            cert,
-            key,
-            client_ca,
-            tls12_only,
-            user,
-            password,
-        } => {
+        #[cfg(feature = "sim")]
+        Command::Sim(args) => {
             init_logging(LogFormat::Text);
-            let identity = match (cert, key) {
-                (Some(cert), Some(key)) => match (load_certificates(&cert), load_private_key(&key))
-                {
-                    (Ok(chain), Ok(key)) => SimIdentity::Provided { chain, key },
-                    (Err(e), _) => return usage_error(&e),
-                    (_, Err(e)) => return usage_error(&e),
-                },
-                _ => SimIdentity::Generated {
-                    ca_true,
-                    style: if intel_named {
-                        CertStyle::IntelNamed
-                    } else {
-                        CertStyle::Unknown
-                    },
-                },
-            };
-            let client_auth_roots = match client_ca.as_deref().map(load_certificates).transpose() {
-                Ok(roots) => roots,
+            let config = match args.into_config() {
+                Ok(config) => config,
                 Err(e) => return usage_error(&e),
             };
-            let config = SimConfig {
-                name,
-                bind,
-                wsman_port,
-                redirection_port,
-                dash_port,
-                identity,
-                client_auth_roots,
-                tls12_only,
-                username: user,
-                password,
-                heartbeat: sim::DEFAULT_HEARTBEAT,
-            };
-            report(runtime().and_then(|rt| rt.block_on(simulate(config))))
+            report(runtime().and_then(|rt| {
+                rt.block_on(amtgw_sim::cli::serve(config))
+                    .map(|()| true)
+                    .map_err(anyhow::Error::from)
+            }))
         }
         Command::Pin {
             target,
@@ -271,6 +206,7 @@ fn main() -> ExitCode {
     }
 }
 
+#[cfg(feature = "sim")]
 fn usage_error(error: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("error: {error}");
     ExitCode::from(EX_USAGE)
@@ -366,6 +302,7 @@ fn announce(gateway: &Gateway) {
     }
 }
 
+#[cfg(feature = "sim")]
 async fn demo(options: DemoOptions) -> anyhow::Result<bool> {
     let demo = Demo::start(&options).await.context("starting the demo")?;
     announce(&demo.gateway);
@@ -399,32 +336,8 @@ async fn demo(options: DemoOptions) -> anyhow::Result<bool> {
     Ok(report.drained())
 }
 
-async fn simulate(config: SimConfig) -> anyhow::Result<bool> {
-    let name = config.name.clone();
-    let device = SimDevice::start(config)
-        .await
-        .context("starting the simulated device")?;
-    println!(
-        "simulated AMT device {name}: WS-Man TLS {}, redirection TLS {}, DASH TLS {}",
-        device.wsman_addr(),
-        device.redirection_addr(),
-        device.dash_addr()
-    );
-    print_pins(&device);
-    println!("SIGUSR1 unprovisions it (new key and certificate); Ctrl-C stops it.");
-    until_stopped(None, || match device.unprovision() {
-        Ok(()) => {
-            println!("unprovisioned: new key and certificate");
-            print_pins(&device);
-        }
-        Err(e) => tracing::warn!(error = %e, "unprovision failed"),
-    })
-    .await?;
-    device.shutdown().await;
-    Ok(true)
-}
-
 /// Until SIGTERM or SIGINT: SIGHUP reloads through `reload`, SIGUSR1 runs `on_usr1`.
+#[cfg(feature = "sim")]
 async fn until_stopped(
     reload: Option<&amtgw::gateway::ReloadHandle>,
     mut on_usr1: impl FnMut(),
@@ -442,14 +355,5 @@ async fn until_stopped(
                 return Ok(());
             }
         }
-    }
-}
-
-fn print_pins(device: &SimDevice) {
-    if let Some(fingerprints) = Fingerprints::of(&device.certificate()) {
-        println!(
-            "  pins: {}  {}",
-            fingerprints.certificate, fingerprints.public_key
-        );
     }
 }

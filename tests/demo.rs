@@ -24,8 +24,8 @@ fn try_curl_get_settings(ip: &str, port: u16) -> Option<String> {
         .args(["-sS", "--fail", "--max-time", "10", "--digest", "-u"])
         .arg(format!(
             "{}:{}",
-            amtgw::sim::DEMO_USERNAME,
-            amtgw::sim::DEMO_PASSWORD
+            amtgw_sim::DEMO_USERNAME,
+            amtgw_sim::DEMO_PASSWORD
         ))
         .args([
             "-H",
@@ -101,7 +101,7 @@ fn demo_serves_repins_and_exits_cleanly_on_sigterm() {
         "{printed}"
     );
     assert!(printed.contains("amtterm 127.0.0.1"), "{printed}");
-    assert!(printed.contains(amtgw::sim::DEMO_PASSWORD), "{printed}");
+    assert!(printed.contains(amtgw_sim::DEMO_PASSWORD), "{printed}");
 
     assert!(curl_get_settings("127.0.0.1", wsman).contains("<g:HostName>amt-sim-01</g:HostName>"));
     assert!(curl_get_settings("127.0.0.2", wsman).contains("<g:HostName>amt-sim-02</g:HostName>"));

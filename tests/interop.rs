@@ -18,7 +18,7 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 use amtgw::Service;
-use amtgw::sim::{DEMO_PASSWORD, DEMO_USERNAME, SimConfig, SimDevice};
+use amtgw_sim::{DEMO_PASSWORD, DEMO_USERNAME, SimConfig, SimDevice};
 use common::*;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
