@@ -43,6 +43,8 @@ enum Command {
     },
     /// Run the demo: simulated AMT devices behind the gateway on the legacy ports of
     /// 127.0.0.1 (and 127.0.0.2 for the second device).
+    ///
+    /// A port of 0 picks a free one; the printed instructions name the ports actually bound.
     #[cfg(feature = "sim")]
     Demo {
         #[arg(long, default_value_t = 16992)]
@@ -61,7 +63,8 @@ enum Command {
     /// Run one simulated AMT device (TLS only, like CSME 16.1+). SIGUSR1 "unprovisions" it:
     /// a new key and self-signed certificate, as the firmware makes.
     ///
-    /// The same as the `amtgw-sim` command.
+    /// The same as the `amtgw-sim` command. A port of 0 picks a free one; the first line
+    /// printed names the addresses actually bound.
     #[cfg(feature = "sim")]
     Sim(amtgw_sim::cli::SimArgs),
     /// Probe a device's TLS certificate, like ssh-keyscan: subject, issuer, validity, both pin
