@@ -5,11 +5,13 @@
 #     scripts/container-build.sh
 #
 # It builds the static binary on the host (RUSTFLAGS="-C target-feature=+crt-static" cargo
-# build --release --locked --target x86_64-unknown-linux-gnu, into AMTGW_STATIC_TARGET_DIR,
-# default target/static), stages it in a context directory holding only `amtgw` and
-# .dockerignore, runs `podman build --isolation chroot -t amtgw:<version> -f Dockerfile
-# <context>` and checks that `amtgw --version` runs in the image. The build context must contain
-# the static binary named `amtgw`: no Rust toolchain or base image is pulled from a registry.
+# build --release --locked --target x86_64-unknown-linux-gnu --bin amtgw --no-default-features,
+# into AMTGW_STATIC_TARGET_DIR, default target/static): without the `sim` feature, so the image
+# carries no simulated device, no `amtgw demo` and no demo password. It stages the binary in a
+# context directory holding only `amtgw` and .dockerignore, runs `podman build --isolation
+# chroot -t amtgw:<version> -f Dockerfile <context>` and checks that `amtgw --version` runs in
+# the image. The build context must contain the static binary named `amtgw`: no Rust toolchain
+# or base image is pulled from a registry.
 #
 # Run it with the configuration (and any CA file, client certificate and key it names) mounted
 # read-only; nothing secret is baked into the image:

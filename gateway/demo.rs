@@ -10,11 +10,12 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
+use amtgw_sim::{self as sim, SimConfig, SimDevice, SimError};
+
 use crate::ConfigError;
 use crate::config::Config;
 use crate::gateway::{Gateway, GatewayError};
 use crate::service::Service;
-use crate::sim::{self, SimConfig, SimDevice, SimError};
 use crate::tls::Fingerprints;
 
 /// Names of the simulated devices, in order; the first is every service's default.
@@ -23,7 +24,8 @@ pub const DEVICE_NAMES: [&str; 2] = ["amt-sim-01", "amt-sim-02"];
 /// The device that trusts on first use, and that SIGUSR1 unprovisions.
 pub const TOFU_DEVICE: usize = 1;
 
-/// Where the demo's gateway listens.
+/// Where the demo's gateway listens. A port of 0 (admin's too) picks a free one; the
+/// instructions name the ports actually bound.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     pub wsman_port: u16,
@@ -141,11 +143,13 @@ impl Demo {
     /// What to type next, for the terminal.
     pub fn instructions(&self) -> String {
         let mut out = String::new();
-        let port = |service| {
+        // The real ports: with port 0 each address gets its own.
+        let port_on = |service, ip: [u8; 4]| {
             self.gateway
-                .local_addr(service, IpAddr::V4(Ipv4Addr::LOCALHOST))
+                .local_addr(service, IpAddr::from(ip))
                 .map(|a| a.port())
         };
+        let port = |service| port_on(service, [127, 0, 0, 1]);
         let _ = writeln!(
             out,
             "amtgw demo: a gateway in front of {} simulated AMT devices.\n",
@@ -180,9 +184,10 @@ impl Demo {
         );
         let _ = writeln!(out, "Try, from the repository root in another terminal:");
         if let Some(wsman) = port(Service::Wsman) {
+            let other = port_on(Service::Wsman, [127, 0, 0, 2]).unwrap_or(wsman);
             let _ = writeln!(
                 out,
-                "  curl --digest -u '{user}:{pass}' -H 'Content-Type: application/soap+xml;charset=UTF-8' \\\n       --data-binary @scripts/wsman/get-general-settings.xml http://127.0.0.1:{wsman}/wsman\n  curl --digest -u '{user}:{pass}' -H 'Content-Type: application/soap+xml;charset=UTF-8' \\\n       --data-binary @scripts/wsman/get-general-settings.xml http://127.0.0.2:{wsman}/wsman   # the other device\n  scripts/try-wsman.sh",
+                "  curl --digest -u '{user}:{pass}' -H 'Content-Type: application/soap+xml;charset=UTF-8' \\\n       --data-binary @scripts/wsman/get-general-settings.xml http://127.0.0.1:{wsman}/wsman\n  curl --digest -u '{user}:{pass}' -H 'Content-Type: application/soap+xml;charset=UTF-8' \\\n       --data-binary @scripts/wsman/get-general-settings.xml http://127.0.0.2:{other}/wsman   # the other device\n  scripts/try-wsman.sh",
                 user = sim::DEMO_USERNAME,
                 pass = sim::DEMO_PASSWORD,
             );

@@ -16,8 +16,13 @@
 //! [`fleet`], [`relay`] moves bytes; [`metrics`], `admin` and [`shutdown`] serve operators.
 //! [`probe`] handshakes with a device only to report its certificate (for `amtgw pin`, whose
 //! command code is in the binary). [`tls`] depends on no other module here.
+//!
+//! The simulated AMT device is its own crate, `amtgw-sim` (sim/ in this workspace). With the
+//! `sim` feature (the default) `demo` runs two of them behind a gateway for `amtgw demo`;
+//! production builds leave both out (`--no-default-features`).
 
 pub mod config;
+#[cfg(feature = "sim")]
 pub mod demo;
 pub mod fleet;
 pub mod gateway;
@@ -31,7 +36,6 @@ pub mod reload;
 pub mod router;
 pub mod service;
 pub mod shutdown;
-pub mod sim;
 pub mod state;
 pub mod tls;
 pub mod upstream;
@@ -41,6 +45,8 @@ mod admin;
 mod expiry;
 mod proxy;
 mod refusals;
+#[cfg(test)]
+mod sim_tests;
 mod socket;
 mod watch;
 

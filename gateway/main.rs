@@ -5,7 +5,8 @@
 //! Subcommands with output of their own live beside this file in `cli/` (`amtgw pin`:
 //! `cli/pin.rs`); they belong to the binary, not to the library.
 
-use std::net::{IpAddr, SocketAddr};
+#[cfg(feature = "sim")]
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -16,10 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use amtgw::config::LogFormat;
+#[cfg(feature = "sim")]
 use amtgw::demo::{Demo, DemoOptions};
 use amtgw::shutdown::{Signal, Signals};
-use amtgw::sim::{self, CertStyle, SimConfig, SimDevice, SimIdentity};
-use amtgw::tls::{Fingerprints, load_certificates, load_private_key};
 use amtgw::workers::Workers;
 use amtgw::{Config, Gateway, ReloadHandle};
 
@@ -51,6 +51,9 @@ enum Command {
     },
     /// Run the demo: simulated AMT devices behind the gateway on the legacy ports of
     /// 127.0.0.1 (and 127.0.0.2 for the second device).
+    ///
+    /// A port of 0 picks a free one; the printed instructions name the ports actually bound.
+    #[cfg(feature = "sim")]
     Demo {
         #[arg(long, default_value_t = 16992)]
         wsman_port: u16,
@@ -67,39 +70,11 @@ enum Command {
     },
     /// Run one simulated AMT device (TLS only, like CSME 16.1+). SIGUSR1 "unprovisions" it:
     /// a new key and self-signed certificate, as the firmware makes.
-    Sim {
-        /// Host name the device reports in AMT_GeneralSettings.
-        #[arg(long, default_value = "amt-sim")]
-        name: String,
-        #[arg(long, default_value = "127.0.0.1")]
-        bind: IpAddr,
-        #[arg(long, default_value_t = 16993)]
-        wsman_port: u16,
-        #[arg(long, default_value_t = 16995)]
-        redirection_port: u16,
-        #[arg(long, default_value_t = 664)]
-        dash_port: u16,
-        /// Mark the generated certificate CA:TRUE, as some firmware does.
-        #[arg(long)]
-        ca_true: bool,
-        /// Generate "CN=Intel(R) AMT self-signed certificate" instead of all-"Unknown" DN fields.
-        #[arg(long)]
-        intel_named: bool,
-        /// Serve this certificate chain (PEM) instead of a generated one; needs --key.
-        #[arg(long, requires = "key")]
-        cert: Option<PathBuf>,
-        #[arg(long, requires = "cert")]
-        key: Option<PathBuf>,
-        /// Require a client certificate chaining to these CA certificates (mutual TLS).
-        #[arg(long)]
-        client_ca: Option<PathBuf>,
-        #[arg(long)]
-        tls12_only: bool,
-        #[arg(long, default_value = sim::DEMO_USERNAME)]
-        user: String,
-        #[arg(long, env = "AMT_SIM_PASSWORD", default_value = sim::DEMO_PASSWORD)]
-        password: String,
-    },
+    ///
+    /// The same as the `amtgw-sim` command. A port of 0 picks a free one; the first line
+    /// printed names the addresses actually bound.
+    #[cfg(feature = "sim")]
+    Sim(amtgw_sim::cli::SimArgs),
     /// Probe a device's TLS certificate, like ssh-keyscan: subject, issuer, validity, both pin
     /// forms, TLS version and cipher; with --config, whether it matches the device's pins.
     #[command(after_help = "\
@@ -184,6 +159,7 @@ fn main() -> ExitCode {
             init_logging(config.gateway.log_format);
             report(runtime().and_then(|rt| rt.block_on(serve(config))))
         }
+        #[cfg(feature = "sim")]
         Command::Demo {
             wsman_port,
             redirection_port,
@@ -202,56 +178,18 @@ fn main() -> ExitCode {
             };
             report(runtime().and_then(|rt| rt.block_on(demo(options))))
         }
-        Command::Sim {
-            name,
-            bind,
-            wsman_port,
-            redirection_port,
-            dash_port,
-            ca_true,
-            intel_named,
-            cert,
-            key,
-            client_ca,
-            tls12_only,
-            user,
-            password,
-        } => {
+        #[cfg(feature = "sim")]
+        Command::Sim(args) => {
             init_logging(LogFormat::Text);
-            let identity = match (cert, key) {
-                (Some(cert), Some(key)) => match (load_certificates(&cert), load_private_key(&key))
-                {
-                    (Ok(chain), Ok(key)) => SimIdentity::Provided { chain, key },
-                    (Err(e), _) => return usage_error(&e),
-                    (_, Err(e)) => return usage_error(&e),
-                },
-                _ => SimIdentity::Generated {
-                    ca_true,
-                    style: if intel_named {
-                        CertStyle::IntelNamed
-                    } else {
-                        CertStyle::Unknown
-                    },
-                },
-            };
-            let client_auth_roots = match client_ca.as_deref().map(load_certificates).transpose() {
-                Ok(roots) => roots,
+            let config = match args.into_config() {
+                Ok(config) => config,
                 Err(e) => return usage_error(&e),
             };
-            let config = SimConfig {
-                name,
-                bind,
-                wsman_port,
-                redirection_port,
-                dash_port,
-                identity,
-                client_auth_roots,
-                tls12_only,
-                username: user,
-                password,
-                heartbeat: sim::DEFAULT_HEARTBEAT,
-            };
-            report(runtime().and_then(|rt| rt.block_on(simulate(config))))
+            report(runtime().and_then(|rt| {
+                rt.block_on(amtgw_sim::cli::serve(config))
+                    .map(|()| true)
+                    .map_err(anyhow::Error::from)
+            }))
         }
         Command::Pin {
             target,
@@ -279,6 +217,7 @@ fn main() -> ExitCode {
     }
 }
 
+#[cfg(feature = "sim")]
 fn usage_error(error: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("error: {error}");
     ExitCode::from(EX_USAGE)
@@ -371,6 +310,7 @@ fn announce(gateway: &Gateway) {
     }
 }
 
+#[cfg(feature = "sim")]
 async fn demo(options: DemoOptions) -> anyhow::Result<bool> {
     let demo = Demo::start(&options).await.context("starting the demo")?;
     announce(&demo.gateway);
@@ -405,34 +345,6 @@ async fn demo(options: DemoOptions) -> anyhow::Result<bool> {
     }
     drop(state);
     Ok(report.drained())
-}
-
-async fn simulate(config: SimConfig) -> anyhow::Result<bool> {
-    let name = config.name.clone();
-    let device = SimDevice::start(config)
-        .await
-        .context("starting the simulated device")?;
-    println!(
-        "simulated AMT device {name}: WS-Man TLS {}, redirection TLS {}, DASH TLS {}",
-        device.wsman_addr(),
-        device.redirection_addr(),
-        device.dash_addr()
-    );
-    print_pins(&device);
-    println!("SIGUSR1 unprovisions it (new key and certificate); Ctrl-C stops it.");
-    until_stopped(
-        None,
-        Some(|| match device.unprovision() {
-            Ok(()) => {
-                println!("unprovisioned: new key and certificate");
-                print_pins(&device);
-            }
-            Err(e) => tracing::warn!(error = %e, "unprovision failed"),
-        }),
-    )
-    .await?;
-    device.shutdown().await;
-    Ok(true)
 }
 
 /// Until SIGTERM or SIGINT: SIGHUP reloads through `reload` (the outcome is logged and counted
@@ -472,14 +384,5 @@ async fn until_stopped(
                 }
             },
         }
-    }
-}
-
-fn print_pins(device: &SimDevice) {
-    if let Some(fingerprints) = Fingerprints::of(&device.certificate()) {
-        println!(
-            "  pins: {}  {}",
-            fingerprints.certificate, fingerprints.public_key
-        );
     }
 }

@@ -347,7 +347,7 @@ mod tests {
 
     #[tokio::test]
     async fn reports_a_simulated_devices_certificate() {
-        let device = crate::sim::SimDevice::start(crate::sim::SimConfig::demo("probe-unit"))
+        let device = amtgw_sim::SimDevice::start(amtgw_sim::SimConfig::demo("probe-unit"))
             .await
             .unwrap();
         let addr = device.wsman_addr();

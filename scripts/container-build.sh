@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the amtgw container image (see Dockerfile) and proves it: a statically linked glibc
-# binary built on the host, copied into a FROM scratch image with `podman build --isolation
-# chroot` (no container engine daemon, no base image pulled from a registry), then
-# `amtgw --version` run from the image.
+# binary built on the host without the `sim` feature (no simulator, no `amtgw demo`, no demo
+# password), copied into a FROM scratch image with `podman build --isolation chroot` (no
+# container engine daemon, no base image pulled from a registry), then `amtgw --version` run
+# from the image.
 #
 # Usage: scripts/container-build.sh            (from anywhere; paths are relative to the repo)
 # Environment:
@@ -48,10 +49,15 @@ if [[ "${SKIP_CARGO:-0}" != 1 ]]; then
         cd "$repo"
         RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
             CARGO_TARGET_DIR="$target_dir" \
-            cargo build --release --locked --target "$triple" --bin amtgw
+            cargo build --release --locked --target "$triple" --bin amtgw --no-default-features
     )
 fi
 [[ -x "$bin" ]] || die "no binary at $bin"
+
+step "checking that $bin carries no simulator"
+if "$bin" demo --help >/dev/null 2>&1; then
+    die "$bin has \`amtgw demo\`: it was built with the sim feature"
+fi
 
 step "checking that $bin is static"
 if command -v file >/dev/null; then

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The project's test command (README quick start; CI runs exactly this after fmt and clippy).
 # Installs the Debian packages the interop tests drive (curl, amtterm, stunnel4), then runs every
-# test; `--all-targets` also runs each benchmark once as a smoke test.
+# test of both packages (amtgw and the simulator, amtgw-sim); `--all-targets` also runs each
+# benchmark once as a smoke test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
 benches/install-peers.sh   # stunnel4, haproxy, nginx for the benchmark smoke
-cargo test --locked --all-targets "$@"
+cargo test --locked --workspace --all-targets "$@"

@@ -1,17 +1,24 @@
-//! The README's first command, as a user runs it: `amtgw demo` (on free ports, so it can run
-//! beside anything), real curl through both devices' alias addresses, then SIGTERM and a clean
-//! exit.
+//! The README's first command, as a user runs it: `amtgw demo` (every port 0, so it binds free
+//! ones and can run beside anything), real curl through both devices' alias addresses, then
+//! SIGTERM and a clean exit.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The port in the instructions' `http://IP:PORT/wsman`: only the demo knows which port it
+/// bound, and it prints the real one.
+fn wsman_port(printed: &str, ip: &str) -> u16 {
+    let prefix = format!("http://{ip}:");
+    printed
+        .split_whitespace()
+        .find_map(|word| {
+            word.strip_prefix(&prefix)?
+                .strip_suffix("/wsman")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no WS-Man URL for {ip} in:\n{printed}"))
 }
 
 /// Curl's stdout, or `None` when the request failed (connection closed by the gateway).
@@ -24,8 +31,8 @@ fn try_curl_get_settings(ip: &str, port: u16) -> Option<String> {
         .args(["-sS", "--fail", "--max-time", "10", "--digest", "-u"])
         .arg(format!(
             "{}:{}",
-            amtgw::sim::DEMO_USERNAME,
-            amtgw::sim::DEMO_PASSWORD
+            amtgw_sim::DEMO_USERNAME,
+            amtgw_sim::DEMO_PASSWORD
         ))
         .args([
             "-H",
@@ -73,12 +80,9 @@ fn pin_row(table: &str, device: &str) -> Vec<String> {
 /// one running demo, which then exits cleanly on SIGTERM.
 #[test]
 fn demo_serves_repins_and_exits_cleanly_on_sigterm() {
-    let (wsman, redirection, dash, admin) = (free_port(), free_port(), free_port(), free_port());
     let mut demo = Command::new(env!("CARGO_BIN_EXE_amtgw"))
-        .args(["demo", "--wsman-port", &wsman.to_string()])
-        .args(["--redirection-port", &redirection.to_string()])
-        .args(["--dash-port", &dash.to_string()])
-        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .args(["demo", "--wsman-port", "0", "--redirection-port", "0"])
+        .args(["--dash-port", "0", "--admin", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -96,15 +100,18 @@ fn demo_serves_repins_and_exits_cleanly_on_sigterm() {
             break;
         }
     }
-    assert!(
-        printed.contains(&format!("http://127.0.0.1:{wsman}/wsman")),
-        "{printed}"
+    // Port 0 on each address: the two aliases get a port each.
+    let (wsman, other_wsman) = (
+        wsman_port(&printed, "127.0.0.1"),
+        wsman_port(&printed, "127.0.0.2"),
     );
     assert!(printed.contains("amtterm 127.0.0.1"), "{printed}");
-    assert!(printed.contains(amtgw::sim::DEMO_PASSWORD), "{printed}");
+    assert!(printed.contains(amtgw_sim::DEMO_PASSWORD), "{printed}");
 
     assert!(curl_get_settings("127.0.0.1", wsman).contains("<g:HostName>amt-sim-01</g:HostName>"));
-    assert!(curl_get_settings("127.0.0.2", wsman).contains("<g:HostName>amt-sim-02</g:HostName>"));
+    assert!(
+        curl_get_settings("127.0.0.2", other_wsman).contains("<g:HostName>amt-sim-02</g:HostName>")
+    );
 
     let config = printed
         .split_whitespace()
@@ -131,7 +138,7 @@ fn demo_serves_repins_and_exits_cleanly_on_sigterm() {
             break;
         }
     }
-    assert_eq!(try_curl_get_settings("127.0.0.2", wsman), None);
+    assert_eq!(try_curl_get_settings("127.0.0.2", other_wsman), None);
     let (code, table) = amtgw(&["pin", "--config", &config, "--all"]);
     assert_eq!(code, 1);
     assert_eq!(pin_row(&table, "amt-sim-02")[4], "MISMATCH");
@@ -147,7 +154,9 @@ fn demo_serves_repins_and_exits_cleanly_on_sigterm() {
             break;
         }
     }
-    assert!(curl_get_settings("127.0.0.2", wsman).contains("<g:HostName>amt-sim-02</g:HostName>"));
+    assert!(
+        curl_get_settings("127.0.0.2", other_wsman).contains("<g:HostName>amt-sim-02</g:HostName>")
+    );
     assert!(curl_get_settings("127.0.0.1", wsman).contains("<g:HostName>amt-sim-01</g:HostName>"));
     // Keep draining the logs so the demo never blocks on a full pipe.
     std::thread::spawn(move || logs.for_each(drop));

@@ -18,7 +18,7 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 use amtgw::Service;
-use amtgw::sim::{DEMO_PASSWORD, DEMO_USERNAME, SimConfig, SimDevice};
+use amtgw_sim::{DEMO_PASSWORD, DEMO_USERNAME, SimConfig, SimDevice};
 use common::*;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -112,12 +112,21 @@ pins = ["{pin}"]
     .await
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Where stunnel listens for `service` (0, 1, 2) in the test numbered `test` (each stunnel test
+/// passes its own number).
+///
+/// stunnel binds its `accept` addresses itself and cannot report a port given to it as 0; a
+/// port found free by binding and dropping a listener can be taken before stunnel binds it (it
+/// was: "Address already in use"), and retrying would only hide that. So stunnel gets an
+/// address nothing else binds: a loopback address of its own, in 127.64.0.0/10, spelling this
+/// process's id (pids are below 2^22, and unique among live processes, so runs from other
+/// checkouts never meet), and a fixed port per test and service below Linux's ephemeral
+/// range, so no port-0 bind or outgoing connection is ever given it. Every other test uses
+/// 127.0.0.1 to 127.0.0.3 only.
+fn stunnel_addr(test: u16, service: u16) -> SocketAddr {
+    let [_, high, mid, low] = std::process::id().to_be_bytes();
+    assert!(high < 64, "pid above 2^22");
+    SocketAddr::from(([127, 64 | high, mid, low], 20_000 + 10 * test + service))
 }
 
 /// stunnel in client mode in front of the simulator: plain TCP in on the returned ports, TLS
@@ -131,14 +140,17 @@ struct Stunnel {
 }
 
 impl Stunnel {
-    async fn start(sim: &SimDevice) -> Stunnel {
+    /// `test` is the caller's own number, for [`stunnel_addr`].
+    async fn start(sim: &SimDevice, test: u16) -> Stunnel {
         let program = require_program(&["stunnel4", "stunnel"]);
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("sim-cert.pem");
         std::fs::write(&ca_file, pem_block("CERTIFICATE", &sim.certificate())).unwrap();
-        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
-        let (wsman, redirection, dash) =
-            (local(free_port()), local(free_port()), local(free_port()));
+        let (wsman, redirection, dash) = (
+            stunnel_addr(test, 0),
+            stunnel_addr(test, 1),
+            stunnel_addr(test, 2),
+        );
         // verifyPeer: the server's leaf certificate must be one of those in CAfile, i.e. a
         // pin. No checkHost: AMT certificates name no host, like amtgw's `trust = "pin"`.
         let mut conf = format!(
@@ -584,7 +596,7 @@ async fn amtterm_sol_session_through_gateway() {
 #[tokio::test]
 async fn stunnel_curl_identify_and_digest_get_against_simulator() {
     let sim = start_sim("interop-stunnel-wsman").await;
-    let stunnel = Stunnel::start(&sim).await;
+    let stunnel = Stunnel::start(&sim, 1).await;
     assert_identify_response(&curl_identify(stunnel.wsman).await, "stunnel wsman");
     assert_identify_response(&curl_identify(stunnel.dash).await, "stunnel dash");
     let body = curl_get_settings(stunnel.wsman).await;
@@ -595,7 +607,7 @@ async fn stunnel_curl_identify_and_digest_get_against_simulator() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stunnel_amtterm_sol_session_against_simulator() {
     let sim = start_sim("interop-stunnel-sol").await;
-    let stunnel = Stunnel::start(&sim).await;
+    let stunnel = Stunnel::start(&sim, 2).await;
     amtterm_session(stunnel.redirection, "interop-stunnel-sol").await;
     drop(stunnel);
 }
@@ -605,7 +617,7 @@ async fn stunnel_refuses_the_simulator_once_its_certificate_changes() {
     // The pin is real: after unprovisioning, the device serves a new self-signed certificate,
     // and OpenSSL, still trusting only the old one, refuses the handshake.
     let sim = start_sim("interop-stunnel-unprovision").await;
-    let mut stunnel = Stunnel::start(&sim).await;
+    let mut stunnel = Stunnel::start(&sim, 3).await;
     assert_identify_response(&curl_identify(stunnel.wsman).await, "stunnel before");
 
     sim.unprovision().unwrap();

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use amtgw::sim::{SimConfig, SimDevice};
 use amtgw::tls::{Fingerprints, Pin, PinStore};
+use amtgw_sim::{SimConfig, SimDevice};
 use rustls_pki_types::CertificateDer;
 
 use common::TestCa;

@@ -6,8 +6,8 @@
 mod common;
 
 use amtgw::Service;
-use amtgw::sim::{SimConfig, SimDevice};
 use amtgw::tls::{Fingerprints, PinStore};
+use amtgw_sim::{SimConfig, SimDevice};
 use common::*;
 use tokio::net::TcpStream;
 

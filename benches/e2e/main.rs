@@ -40,11 +40,11 @@ use std::time::{Duration, Instant};
 
 // Every amtgw item the bench imports is imported here, once; the modules take them from the
 // crate root (`use crate::Pin`). amtgw::tls's two functions are called by their full path.
-use amtgw::sim::{
+use amtgw::tls::{Pin, TlsSettings, Trust};
+use amtgw_sim::{
     CertStyle, DEMO_PASSWORD, DEMO_USERNAME, SimConfig, SimDevice, SimIdentity,
     generate_amt_identity,
 };
-use amtgw::tls::{Pin, TlsSettings, Trust};
 
 use crate::figures::Bench;
 use crate::helpers::{HELPER_ARG, run_helper};

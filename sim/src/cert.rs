@@ -1,5 +1,7 @@
 //! A TLS identity shaped like the one AMT firmware generates for itself.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, PKCS_RSA_SHA256, PublicKeyData as _, RsaKeySize, SerialNumber,
@@ -70,6 +72,22 @@ pub fn generate_amt_identity(
     let cert = params.self_signed(&key).map_err(CertError::Signing)?;
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     Ok((cert.der().clone(), key_der))
+}
+
+/// A certificate's two pins as amtgw's configuration takes them: `cert-sha256:<hex>` (SHA-256
+/// of the whole certificate, as `openssl x509 -fingerprint -sha256` prints it) and
+/// `spki-sha256:<base64>` (of its public key). `None` when the DER is no X.509 certificate.
+pub fn pins_of(cert: &CertificateDer<'_>) -> Option<(String, String)> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let certificate: String = Sha256::digest(cert.as_ref())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let public_key = BASE64.encode(Sha256::digest(parsed.tbs_certificate.subject_pki.raw));
+    Some((
+        format!("cert-sha256:{certificate}"),
+        format!("spki-sha256:{public_key}"),
+    ))
 }
 
 fn distinguished_name(style: CertStyle) -> DistinguishedName {

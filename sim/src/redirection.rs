@@ -580,7 +580,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
 #[allow(clippy::unwrap_used)] // tests may unwrap (project rule)
 mod tests {
     use super::*;
-    use crate::sim::digest::expected_response;
+    use crate::digest::expected_response;
     use std::sync::Arc;
     use tokio::io::DuplexStream;
 
