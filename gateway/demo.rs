@@ -32,7 +32,9 @@ pub struct DemoOptions {
     pub redirection_port: u16,
     pub dash_port: u16,
     pub admin: SocketAddr,
-    /// Where the effective config and the pin store are written; emptied when the demo ends.
+    /// Where the effective config and the pin store are written. Created if missing, else it
+    /// must be empty; when the demo ends only what it wrote there is removed (and the
+    /// directory, if the demo created it).
     pub state_dir: PathBuf,
 }
 
@@ -59,6 +61,10 @@ pub enum DemoError {
     Config(#[from] ConfigError),
     #[error("cannot write the demo state in {dir}: {source}")]
     State { dir: PathBuf, source: io::Error },
+    #[error(
+        "--state-dir {dir} is not empty: the demo writes its config and pin store there and removes them at exit, so it takes only a new or empty directory"
+    )]
+    StateDirNotEmpty { dir: PathBuf },
     #[error(transparent)]
     Gateway(#[from] GatewayError),
 }
@@ -68,7 +74,7 @@ impl DemoError {
         match self {
             DemoError::Simulator { source, .. } => source.kind(),
             DemoError::Config(e) => e.kind(),
-            DemoError::State { .. } => "demo_state",
+            DemoError::State { .. } | DemoError::StateDirNotEmpty { .. } => "demo_state",
             DemoError::Gateway(e) => e.kind(),
         }
     }
@@ -83,15 +89,73 @@ pub struct Demo {
     pub state: DemoState,
 }
 
-/// The demo's state directory; removed when dropped.
+/// The demo's state directory. Dropping it removes the files the demo writes there, and the
+/// directory only if the demo created it and nothing else was put in it meanwhile.
 pub struct DemoState {
     pub dir: PathBuf,
     pub config: PathBuf,
+    created_dir: bool,
+}
+
+/// The pin store's file name in the demo config; its lock and temporary files start with it.
+const PIN_STORE: &str = "pins.toml";
+
+impl DemoState {
+    /// Take `dir`: create it when missing, refuse it when it holds anything.
+    pub fn prepare(dir: &std::path::Path) -> Result<DemoState, DemoError> {
+        let state_error = |source| DemoError::State {
+            dir: dir.to_owned(),
+            source,
+        };
+        let created_dir = match std::fs::read_dir(dir) {
+            Ok(mut entries) => {
+                if entries.next().is_some() {
+                    return Err(DemoError::StateDirNotEmpty {
+                        dir: dir.to_owned(),
+                    });
+                }
+                false
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(state_error)?;
+                }
+                std::fs::create_dir(dir).map_err(state_error)?;
+                true
+            }
+            Err(e) => return Err(state_error(e)),
+        };
+        Ok(DemoState {
+            dir: dir.to_owned(),
+            config: dir.join("amtgw.toml"),
+            created_dir,
+        })
+    }
+
+    /// Whether `name` is a file the demo writes: its config, the pin store and the store's lock
+    /// and temporary files.
+    fn is_ours(name: &std::ffi::OsStr) -> bool {
+        let name = name.to_string_lossy();
+        name == "amtgw.toml"
+            || name == PIN_STORE
+            || name == format!(".{PIN_STORE}.lock")
+            || name.starts_with(&format!(".{PIN_STORE}.tmp."))
+    }
 }
 
 impl Drop for DemoState {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                if Self::is_ours(&entry.file_name()) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        if self.created_dir {
+            // Fails, and so keeps everything, if anything else is in it now.
+            let _ = std::fs::remove_dir(&self.dir);
+        }
     }
 }
 
@@ -123,11 +187,7 @@ impl Demo {
             dir: options.state_dir.clone(),
             source,
         };
-        std::fs::create_dir_all(&options.state_dir).map_err(state_error)?;
-        let state = DemoState {
-            dir: options.state_dir.clone(),
-            config: options.state_dir.join("amtgw.toml"),
-        };
+        let state = DemoState::prepare(&options.state_dir)?;
         let toml = demo_config(options, &devices, dash_enabled);
         std::fs::write(&state.config, toml).map_err(state_error)?;
         let config = Config::load(&state.config)?;
@@ -238,7 +298,7 @@ fn demo_config(options: &DemoOptions, devices: &[SimDevice], dash_enabled: bool)
     let mut toml = format!(
         r#"# Written by `amtgw demo`; removed when it stops.
 [gateway]
-pin_store = "pins.toml"
+pin_store = "{PIN_STORE}"
 watch_interval = "250ms"
 
 [admin]
@@ -292,4 +352,61 @@ ports = {{ wsman = {wsman}, redirection = {redirection}, dash = {dash} }}
         );
     }
     toml
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the demo leaves behind in `dir` when it ends, having written its files there.
+    fn run_demo_state_in(dir: &std::path::Path) -> Result<(), DemoError> {
+        let state = DemoState::prepare(dir)?;
+        for file in [
+            "amtgw.toml",
+            PIN_STORE,
+            ".pins.toml.lock",
+            ".pins.toml.tmp.1.2",
+        ] {
+            std::fs::write(dir.join(file), "x").unwrap();
+        }
+        drop(state);
+        Ok(())
+    }
+
+    #[test]
+    fn a_state_dir_with_files_of_its_own_is_refused_and_left_alone() {
+        let parent = tempfile::tempdir().unwrap();
+        std::fs::write(parent.path().join("Cargo.toml"), "mine").unwrap();
+        let refused = run_demo_state_in(parent.path()).unwrap_err();
+        assert_eq!(refused.kind(), "demo_state");
+        assert!(refused.to_string().contains("not empty"), "{refused}");
+        assert_eq!(
+            std::fs::read_to_string(parent.path().join("Cargo.toml")).unwrap(),
+            "mine"
+        );
+    }
+
+    #[test]
+    fn an_empty_state_dir_is_kept_and_only_the_demos_files_go() {
+        let dir = tempfile::tempdir().unwrap();
+        run_demo_state_in(dir.path()).unwrap();
+        assert!(
+            dir.path().is_dir(),
+            "the directory was there before: it stays"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_state_dir_the_demo_created_goes_unless_someone_else_wrote_in_it() {
+        let parent = tempfile::tempdir().unwrap();
+        let created = parent.path().join("state");
+        run_demo_state_in(&created).unwrap();
+        assert!(!created.exists(), "created by the demo, removed by it");
+
+        let state = DemoState::prepare(&created).unwrap();
+        std::fs::write(created.join("notes.txt"), "an operator's").unwrap();
+        drop(state);
+        assert!(created.join("notes.txt").exists(), "not the demo's: kept");
+    }
 }
