@@ -5,15 +5,18 @@
 //! 16993, 16995 and 664, trusting the device by pin or by CA.
 //!
 //! ```text
-//! console --TCP--> listener --(accept, spawn)--> proxy: limits -> router -> upstream
-//!                                                       (TCP connect -> TLS handshake)
-//!                                                       -> relay (both directions, half-close,
-//!                                                          idle timeout) -> access log + metrics
+//! console --TCP--> listener --(accept, spawn)--> proxy: limits -> router -> console's first
+//!                                                       byte -> upstream (TCP connect -> TLS
+//!                                                       handshake) -> relay (both directions,
+//!                                                       half-close, idle timeout)
+//!                                                       -> recorder: access log + metrics
 //! ```
 //!
-//! Modules follow that path: [`listener`] accepts, [`proxy`] runs one connection, [`router`]
-//! picks the device, [`upstream`] opens the device leg with a config from [`tls`] built once by
-//! [`fleet`], [`relay`] moves bytes; [`metrics`], `admin` and [`shutdown`] serve operators.
+//! Modules follow that path: [`listener`] accepts, `proxy` runs one connection (ending in one
+//! [`Reason`] when it fails), [`router`] picks the device, [`upstream`] opens the device leg
+//! with a config from [`tls`] built once by [`fleet`], [`relay`] moves bytes. [`state`] holds
+//! what a reload swaps; [`reload`], `watch` and [`gateway`] apply it. [`metrics`], `admin` and
+//! [`shutdown`] serve operators.
 //! [`probe`] handshakes with a device only to report its certificate (for `amtgw pin`, whose
 //! command code is in the binary). [`tls`] depends on no other module here.
 //!

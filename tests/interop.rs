@@ -113,20 +113,13 @@ pins = ["{pin}"]
 }
 
 /// Where stunnel listens for `service` (0, 1, 2) in the test numbered `test` (each stunnel test
-/// passes its own number).
-///
-/// stunnel binds its `accept` addresses itself and cannot report a port given to it as 0; a
-/// port found free by binding and dropping a listener can be taken before stunnel binds it (it
-/// was: "Address already in use"), and retrying would only hide that. So stunnel gets an
-/// address nothing else binds: a loopback address of its own, in 127.64.0.0/10, spelling this
-/// process's id (pids are below 2^22, and unique among live processes, so runs from other
-/// checkouts never meet), and a fixed port per test and service below Linux's ephemeral
-/// range, so no port-0 bind or outgoing connection is ever given it. Every other test uses
-/// 127.0.0.1 to 127.0.0.3 only.
+/// passes its own number): this process's private loopback address (see `common::loopback`),
+/// a fixed port per test and service. Every other test uses 127.0.0.1 to 127.0.0.3 only.
 fn stunnel_addr(test: u16, service: u16) -> SocketAddr {
-    let [_, high, mid, low] = std::process::id().to_be_bytes();
-    assert!(high < 64, "pid above 2^22");
-    SocketAddr::from(([127, 64 | high, mid, low], 20_000 + 10 * test + service))
+    SocketAddr::from((
+        common::loopback::private_loopback(),
+        20_000 + 10 * test + service,
+    ))
 }
 
 /// stunnel in client mode in front of the simulator: plain TCP in on the returned ports, TLS

@@ -23,6 +23,9 @@
 // rule (clippy.toml) is for the gateway's data path, where paused-time tests must see it.
 #![allow(clippy::disallowed_types)]
 
+#[path = "../../tests/common/loopback.rs"]
+mod loopback;
+
 mod figures;
 mod helpers;
 mod kinds;

@@ -16,11 +16,13 @@ use crate::machine::{PROXY_CPU, command_on_cpu, open_files_limits, running_as_ro
 
 pub(crate) const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+/// The next listening address for a proxy: this process's private loopback address (the
+/// proxies bind it themselves, so they cannot be handed a bound socket), a port of its own.
+fn proxy_listen_addr() -> SocketAddr {
+    static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(20_000);
+    let port = NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    assert!(port < 32_768, "out of ports below the ephemeral range");
+    SocketAddr::from((crate::loopback::private_loopback(), port))
 }
 
 /// Where a proxy listens and where it forwards.
@@ -54,11 +56,10 @@ impl Proxy {
         label: &str,
         capacity: usize,
     ) -> Proxy {
-        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
         let routes = Routes {
-            full: (local(free_port()), upstreams[0]),
-            resumed: (local(free_port()), upstreams[1]),
-            sim: (local(free_port()), upstreams[2]),
+            full: (proxy_listen_addr(), upstreams[0]),
+            resumed: (proxy_listen_addr(), upstreams[1]),
+            sim: (proxy_listen_addr(), upstreams[2]),
         };
         let all = [routes.full, routes.resumed, routes.sim];
         let stem = format!("{}-{label}", kind.name());
@@ -96,9 +97,10 @@ impl Proxy {
                 ] {
                     let _ = write!(
                         c,
-                        "[services.{service}]\nlisten_port = {}\nbind = [\"127.0.0.1\"]\n\
+                        "[services.{service}]\nlisten_port = {}\nbind = [\"{}\"]\n\
                          default_device = \"{device}\"\nidle_timeout = \"10m\"\n\n",
-                        listen.port()
+                        listen.port(),
+                        listen.ip()
                     );
                 }
                 let _ = write!(

@@ -3,6 +3,8 @@
 //! TOML string, and a `/metrics` scraper.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod loopback;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
