@@ -229,3 +229,20 @@ async fn a_changed_token_file_is_picked_up_without_restart() {
     let (new, _, _) = http_send(gateway.admin, "GET", "/devices", &bearer("a-new-token"), "").await;
     assert_eq!(new, 200);
 }
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout() {
+    let gateway = start(AdminLimits {
+        header_read_timeout: Duration::from_millis(200),
+        ..long_limits()
+    })
+    .await;
+    let mut conn = TcpStream::connect(gateway.admin).await.unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let seen = until_closed(&mut conn).await;
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.starts_with("HTTP/1.1 200"), "answered first: {seen}");
+    assert!(seen.ends_with("ok\n"), "and nothing after: {seen}");
+}
