@@ -28,7 +28,8 @@
 # addresses are unreachable from outside. The mounted config must listen on all interfaces:
 #
 #     [admin]
-#     listen = "0.0.0.0:9716"          # publish it on a trusted address only: no authentication
+#     listen = "0.0.0.0:9716"          # publish it on a trusted address only
+#     token_file = "admin.token"       # required off loopback: repin and /devices need it
 #     [services.wsman]
 #     bind = ["0.0.0.0"]
 #     [services.redirection]

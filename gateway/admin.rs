@@ -1,18 +1,25 @@
-//! The admin HTTP listener: `/metrics`, `/healthz`, `/readyz`. Loopback by default; it keeps
-//! serving through the drain so `/readyz` can say so.
+//! The admin HTTP listener: `/metrics`, `/healthz`, `/readyz`, `/devices` and
+//! `POST /devices/NAME/repin`. Loopback by default; it keeps serving through the drain so
+//! `/readyz` can say so. Bounded ([`AdminLimits`]): header and connection timeouts, a
+//! connection cap, small bodies. With `admin.token_file`, `/devices` and repin need the bearer
+//! token.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{ACCEPT, CONTENT_TYPE};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::HeaderMap;
+use hyper::body::{Body, Bytes, Incoming};
+use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::fleet::Device;
@@ -28,45 +35,121 @@ pub(crate) struct AdminState {
     pub(crate) shared: Arc<Shared>,
     /// For `/readyz`: not ready once draining.
     pub(crate) lifecycle: Lifecycle,
+    pub(crate) limits: AdminLimits,
 }
 
+/// Bounds on the admin listener, so a flood of slow or half-sent requests costs a fixed amount
+/// of memory. The defaults suit any deployment; tests shorten them.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminLimits {
+    /// A request head must arrive completely within this long of the first byte, and an idle
+    /// keep-alive connection is closed after it (hyper's `header_read_timeout`).
+    pub header_read_timeout: Duration,
+    /// A connection is closed this long after it was accepted, whatever it is doing.
+    pub connection_lifetime: Duration,
+    /// Admin connections served at once; more are closed at accept.
+    pub max_connections: usize,
+    /// Largest request body accepted (413 beyond): admin requests carry no meaningful body.
+    pub max_body: usize,
+}
+
+impl Default for AdminLimits {
+    fn default() -> AdminLimits {
+        AdminLimits {
+            header_read_timeout: Duration::from_secs(10),
+            connection_lifetime: Duration::from_secs(60),
+            max_connections: 64,
+            max_body: 1024,
+        }
+    }
+}
+
+/// Accept errors like EMFILE are retried after this long at first, doubling up to the max.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
 pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
+    let limits = state.limits;
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut backoff = ACCEPT_BACKOFF;
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    backoff = ACCEPT_BACKOFF;
+                    accepted
+                }
+                Err(e) if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+                ) => continue,
                 Err(e) => {
-                    tracing::debug!(error = %e, "admin accept failed");
+                    // Out of file descriptors or memory: wait instead of spinning.
+                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "admin accept failed; backing off");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
                     continue;
                 }
             },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, max = limits.max_connections, "admin connection closed: too many open");
+            drop(stream);
+            continue;
         };
         let state = state.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state, &request).await) }
+                async move { Ok::<_, Infallible>(respond(&state, request).await) }
             });
-            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
+            let mut connection = Box::pin(
+                http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_read_timeout)
+                    .serve_connection(TokioIo::new(stream), service),
+            );
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(e) = result {
                         tracing::debug!(error = %e, "admin connection failed");
                     }
                 }
+                () = tokio::time::sleep(limits.connection_lifetime) => {
+                    tracing::debug!(%peer, "admin connection closed: open too long");
+                }
                 () = stop.cancelled() => connection.as_mut().graceful_shutdown(),
             }
+            // The slot is free before the peer sees the close.
+            drop(permit);
+            drop(connection);
         });
     }
 }
 
-async fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if request.method() == Method::POST {
+async fn respond(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let mutating = parts.method == Method::POST;
+    let needs_token = mutating || parts.uri.path() == "/devices";
+    if needs_token && let Some(refused) = authorize(state, &parts.headers) {
+        return refused;
+    }
+    let body = match read_body(body, state.limits.max_body).await {
+        Ok(body) => body,
+        Err(response) => return *response,
+    };
+    let request = Request::from_parts(parts, ());
+    if mutating {
         return match repin_target(request.uri().path()) {
-            Some(device) => repin(state, device).await,
+            Some(device) => match repin_body(&body) {
+                None => repin(state, device).await,
+                Some(refused) => refused,
+            },
             None => text(
                 StatusCode::NOT_FOUND,
                 "POST only to /devices/<name>/repin\n",
@@ -80,7 +163,7 @@ async fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Fu
         );
     }
     match request.uri().path() {
-        "/metrics" => metrics(state, request),
+        "/metrics" => metrics(state, &request),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if state.lifecycle.is_draining() => text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -95,7 +178,62 @@ async fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Fu
     }
 }
 
-fn metrics(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// `None` when the request may proceed: no token is configured, or it presents the token.
+fn authorize(state: &AdminState, headers: &HeaderMap) -> Option<Response<Full<Bytes>>> {
+    let snapshot = state.shared.snapshot.load();
+    let token = snapshot.config.admin_token.as_ref()?;
+    let presented = headers
+        .get(AUTHORIZATION)
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
+    if presented.is_some_and(|presented| token.matches(presented.trim_ascii())) {
+        return None;
+    }
+    let mut response = text(
+        StatusCode::UNAUTHORIZED,
+        "this endpoint needs `Authorization: Bearer <token>`, the token in admin.token_file\n",
+    );
+    response.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        hyper::header::HeaderValue::from_static("Bearer"),
+    );
+    Some(response)
+}
+
+/// The request body, at most `max` bytes (413 beyond).
+async fn read_body(body: Incoming, max: usize) -> Result<Bytes, Box<Response<Full<Bytes>>>> {
+    let too_large = || {
+        Box::new(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("admin requests take a body of {max} bytes at most\n"),
+        ))
+    };
+    if body.size_hint().lower() > max as u64 {
+        return Err(too_large());
+    }
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            &format!("reading the request body failed: {e}\n"),
+        ))),
+    }
+}
+
+/// The repin contract: an empty body, or exactly the JSON object `{}` (whitespace around it
+/// allowed). Anything else is refused, so a client that meant to send options is not
+/// misunderstood. `None` when the body is acceptable, else the refusal.
+fn repin_body(body: &[u8]) -> Option<Response<Full<Bytes>>> {
+    match body.trim_ascii() {
+        b"" | b"{}" => None,
+        _ => Some(text(
+            StatusCode::BAD_REQUEST,
+            "repin takes an empty body or `{}`; nothing was changed\n",
+        )),
+    }
+}
+
+fn metrics(state: &AdminState, request: &Request<()>) -> Response<Full<Bytes>> {
     let mut body = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &state.registry) {
         return text(
@@ -159,7 +297,7 @@ fn repin_target(path: &str) -> Option<&str> {
 }
 
 /// Re-pin a `tofu` device (after it was unprovisioned and made a new key): forget its stored
-/// pin, so the next successful handshake records the new one. Loopback admin only.
+/// pin, so the next successful handshake records the new one.
 async fn repin(state: &AdminState, name: &str) -> Response<Full<Bytes>> {
     let snapshot = state.shared.snapshot.load_full();
     let Some(device) = snapshot.device(name) else {

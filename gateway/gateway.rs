@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminLimits, AdminState};
 use crate::config::Config;
 use crate::expiry;
 use crate::limits::SourceCounts;
@@ -104,6 +104,7 @@ impl Gateway {
                 registry,
                 shared: shared.clone(),
                 lifecycle: lifecycle.clone(),
+                limits: AdminLimits::default(),
             });
             (listener, state)
         });
@@ -161,6 +162,17 @@ impl Gateway {
     /// Run every connection on these data-path workers instead of the caller's runtime.
     pub fn with_workers(mut self, workers: Arc<Workers>) -> Gateway {
         self.workers = Some(workers);
+        self
+    }
+
+    /// Bound the admin listener differently from [`AdminLimits::default`] (tests use short
+    /// timeouts and a small cap).
+    pub fn with_admin_limits(mut self, limits: AdminLimits) -> Gateway {
+        if let Some((_, state)) = &mut self.admin
+            && let Some(state) = Arc::get_mut(state)
+        {
+            state.limits = limits;
+        }
         self
     }
 

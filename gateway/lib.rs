@@ -53,6 +53,7 @@ mod sim_tests;
 mod socket;
 mod watch;
 
+pub use admin::AdminLimits;
 pub use config::{Config, ConfigError};
 pub use gateway::{DrainReport, Gateway, GatewayError};
 pub use listener::BoundAddress;

@@ -203,3 +203,27 @@ async fn an_emptied_pin_store_keeps_every_pin_and_learns_no_new_key() {
         "the damaged file is left for the operator"
     );
 }
+
+#[tokio::test]
+async fn a_repin_with_a_malformed_body_is_refused_and_the_pin_kept() {
+    let s = setup().await;
+    assert!(identify(&s.gateway).await);
+    let learned = stored_certificate_pin(&s.store);
+    assert!(learned.is_some());
+    for body in ["garbage", "{\"force\": true}", "[]"] {
+        let (status, _, answer) =
+            http_send(s.gateway.admin, "POST", "/devices/amt-tofu/repin", "", body).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(stored_certificate_pin(&s.store), learned, "{body}");
+    }
+    let (status, _, answer) = http_send(
+        s.gateway.admin,
+        "POST",
+        "/devices/amt-tofu/repin",
+        "",
+        " {} ",
+    )
+    .await;
+    assert_eq!(status, 200, "`{{}}` is the one accepted body: {answer}");
+    assert_eq!(stored_certificate_pin(&s.store), None);
+}

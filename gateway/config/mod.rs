@@ -38,6 +38,9 @@ pub struct Config {
     pub gateway: GatewaySettings,
     /// The admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `/devices`), if enabled.
     pub admin: Option<SocketAddr>,
+    /// The bearer token the admin listener's mutating and device-listing endpoints require
+    /// (`admin.token_file`); required when `admin.listen` is not a loopback address.
+    pub admin_token: Option<AdminToken>,
     pub metrics: MetricsSettings,
     /// Enabled services only.
     pub services: Vec<ServiceSettings>,
@@ -151,6 +154,37 @@ impl fmt::Debug for DeviceSettings {
     }
 }
 
+/// The admin bearer token and the file it was read from. Its `Debug` never shows the secret.
+#[derive(Clone)]
+pub struct AdminToken {
+    pub file: PathBuf,
+    secret: Vec<u8>,
+}
+
+impl AdminToken {
+    pub(crate) fn new(file: PathBuf, secret: &str) -> AdminToken {
+        AdminToken {
+            file,
+            secret: secret.as_bytes().to_vec(),
+        }
+    }
+
+    /// Whether `presented` is the token, compared in constant time (for tokens of the same
+    /// length; the length itself is not secret enough to matter).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.secret.as_slice().ct_eq(presented).into()
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminToken")
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A device address: an IP, or a DNS name resolved at connect time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host {
@@ -234,10 +268,11 @@ impl Config {
             .any(|d| matches!(d.tls.trust, Trust::Tofu))
     }
 
-    /// Every file whose change should reload the gateway: the config itself, the pin store
-    /// and every CA bundle, client certificate and key it names.
+    /// Every file whose change should reload the gateway: the config itself, the admin token,
+    /// the pin store and every CA bundle, client certificate and key it names.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = self.path.iter().cloned().collect();
+        files.extend(self.admin_token.iter().map(|token| token.file.clone()));
         if self.uses_pin_store() {
             files.push(self.gateway.pin_store.clone());
         }

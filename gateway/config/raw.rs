@@ -41,6 +41,7 @@ pub(crate) struct RawGateway {
 pub(crate) struct RawAdmin {
     pub(crate) enabled: Option<bool>,
     pub(crate) listen: Option<String>,
+    pub(crate) token_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -20,8 +20,8 @@ use super::raw::{RawConfig, RawDevice, RawService, RawTrust};
 /// sessions in the firmware.
 const DEVICE_MAX_CONNECTIONS: usize = 8;
 use super::{
-    Config, ConfigError, DeviceSettings, GatewaySettings, Host, LogFormat, MetricsSettings,
-    ServiceSettings,
+    AdminToken, Config, ConfigError, DeviceSettings, GatewaySettings, Host, LogFormat,
+    MetricsSettings, ServiceSettings,
 };
 use crate::service::Service;
 use crate::tls::{ClientIdentity, Pin, TlsSettings, Trust, load_certificates, load_private_key};
@@ -145,6 +145,7 @@ impl Validator<'_> {
                 raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
             )?),
         };
+        let admin_token = self.admin_token(admin, raw.admin.token_file.as_deref())?;
 
         let metrics = MetricsSettings {
             per_device: raw.metrics.per_device.unwrap_or(false),
@@ -235,10 +236,54 @@ impl Validator<'_> {
             path: None,
             gateway,
             admin,
+            admin_token,
             metrics,
             services,
             devices,
         })
+    }
+
+    /// `admin.token_file`: read and trimmed; required when the admin listener is reachable
+    /// from beyond this host, since `POST /devices/NAME/repin` changes trust.
+    fn admin_token(
+        &self,
+        admin: Option<SocketAddr>,
+        token_file: Option<&str>,
+    ) -> Result<Option<AdminToken>, ConfigError> {
+        const KEY: &str = "admin.token_file";
+        let Some(file) = token_file else {
+            return match admin {
+                Some(addr) if !addr.ip().is_loopback() => Err(self.err(
+                    KEY,
+                    format!(
+                        "admin.listen is {addr}, not a loopback address, so anyone who reaches \
+                         it could re-pin devices; set admin.token_file to a file holding a bearer \
+                         token (for example `head -c 32 /dev/urandom | base64 > admin.token`), \
+                         or listen on 127.0.0.1"
+                    ),
+                )),
+                _ => Ok(None),
+            };
+        };
+        let path = self.base.join(file);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            self.err(
+                KEY,
+                format!("cannot read the admin token {}: {e}", path.display()),
+            )
+        })?;
+        let secret = text.trim();
+        if secret.is_empty() {
+            return Err(self.err(
+                KEY,
+                format!(
+                    "{} is empty; write a token into it (for example \
+                     `head -c 32 /dev/urandom | base64`)",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(Some(AdminToken::new(path, secret)))
     }
 
     fn gateway(&self, raw: &RawConfig) -> Result<GatewaySettings, ConfigError> {

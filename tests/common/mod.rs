@@ -365,6 +365,16 @@ impl TestGateway {
         if let Some(workers) = workers {
             gateway = gateway.with_workers(workers);
         }
+        TestGateway::start_bound(gateway)
+    }
+
+    /// Start with the admin listener bounded by `limits` (short timeouts, a small cap).
+    pub async fn start_admin_limited(config: Config, limits: amtgw::AdminLimits) -> TestGateway {
+        let gateway = Gateway::bind(config).await.unwrap();
+        TestGateway::start_bound(gateway.with_admin_limits(limits))
+    }
+
+    fn start_bound(gateway: Gateway) -> TestGateway {
         let reload = gateway.reload_handle();
         let reloads = gateway.reload_events();
         let addrs = gateway.local_addrs();
@@ -506,6 +516,32 @@ pub async fn expect_refused(mut conn: TcpStream) {
 /// A plain HTTP/1.1 GET; returns status code and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     http_request(addr, "GET", path).await
+}
+
+/// An HTTP/1.1 request with extra header lines (each ending in CRLF) and a body; returns the
+/// status code, the head and the body.
+pub async fn http_send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String, String) {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (status, head.to_owned(), body.to_owned())
 }
 
 pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
