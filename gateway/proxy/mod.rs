@@ -178,7 +178,7 @@ async fn connection(
     let _device_permit = device_permit(&device)?;
 
     // Connections still setting up when shutdown starts are cancelled, not drained; so are
-    // those whose console leaves before the device answers.
+    // those whose console resets before the device answers.
     let connecting = upstream::connect(&device, service, gateway, recorder.upstream_timings());
     let connected = tokio::select! {
         result = connecting => result,
@@ -238,8 +238,9 @@ async fn first_byte(console: &TcpStream, limit: Duration) -> Result<(), Connecti
     }
 }
 
-/// Resolves when the console closes or resets; stays pending once it has sent data (which
-/// waits in the socket for the relay), so it never consumes bytes.
+/// Resolves when the console resets. Its first bytes wait unread in the socket for the relay,
+/// so an orderly close stays unseen here: a console that sent its request and closed its side
+/// may well be waiting for the answer (half-close). Never consumes bytes.
 async fn console_gone(console: &TcpStream) {
     let mut probe = [0u8; 1];
     match console.peek(&mut probe).await {
