@@ -138,7 +138,7 @@ impl DemoState {
         let name = name.to_string_lossy();
         name == "amtgw.toml"
             || name == PIN_STORE
-            || name == format!(".{PIN_STORE}.lock")
+            || name == format!("{PIN_STORE}.lock")
             || name.starts_with(&format!(".{PIN_STORE}.tmp."))
     }
 }
@@ -364,7 +364,7 @@ mod tests {
         for file in [
             "amtgw.toml",
             PIN_STORE,
-            ".pins.toml.lock",
+            "pins.toml.lock",
             ".pins.toml.tmp.1.2",
         ] {
             std::fs::write(dir.join(file), "x").unwrap();

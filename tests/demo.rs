@@ -169,5 +169,11 @@ fn demo_serves_repins_and_exits_cleanly_on_sigterm() {
     let status = demo.wait().unwrap();
     assert_eq!(status.code(), Some(0), "every session drained, so exit 0");
     let state_dir = std::path::Path::new(&config).parent().unwrap();
-    assert!(!state_dir.exists(), "the demo removes its state directory");
+    let left: Vec<_> = std::fs::read_dir(state_dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        !state_dir.exists(),
+        "the demo removes its state directory; left in it: {left:?}"
+    );
 }
