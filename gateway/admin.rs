@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::fleet::Device;
+use crate::listener::Acceptor;
 use crate::shutdown::Lifecycle;
 use crate::state::Shared;
 use crate::tls::Trust;
@@ -64,37 +65,17 @@ impl Default for AdminLimits {
     }
 }
 
-/// Accept errors like EMFILE are retried after this long at first, doubling up to the max.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
-
 pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
     let limits = state.limits;
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let mut backoff = ACCEPT_BACKOFF;
+    let mut acceptor = Acceptor::new(listener, "admin");
     loop {
-        let (stream, peer) = tokio::select! {
+        let accepted = tokio::select! {
             () = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => {
-                    backoff = ACCEPT_BACKOFF;
-                    accepted
-                }
-                Err(e) if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
-                ) => continue,
-                Err(e) => {
-                    // Out of file descriptors or memory: wait instead of spinning.
-                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "admin accept failed; backing off");
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
-                    continue;
-                }
-            },
+            accepted = acceptor.accept() => accepted,
+        };
+        let Some((stream, peer)) = accepted else {
+            continue;
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::debug!(%peer, max = limits.max_connections, "admin connection closed: too many open");

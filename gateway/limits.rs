@@ -60,12 +60,14 @@ impl SourceCounts {
     }
 
     /// Connections open from `source` now.
-    pub fn open(&self, source: Source) -> usize {
+    #[cfg(test)]
+    fn open(&self, source: Source) -> usize {
         self.open.get(&source).map_or(0, |n| *n)
     }
 
     /// Sources with a connection open now.
-    pub fn sources(&self) -> usize {
+    #[cfg(test)]
+    fn sources(&self) -> usize {
         self.open.len()
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -25,7 +25,48 @@ use crate::shutdown::Lifecycle;
 use crate::state::Shared;
 use crate::workers::Workers;
 
+/// After an accept error that is not one connection's (EMFILE, ENOMEM), the listener waits this
+/// long before trying again, doubling up to `MAX_ACCEPT_BACKOFF`.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Accepts with backoff on errors of the listener itself, for the plain-TCP and the admin
+/// listeners alike.
+pub(crate) struct Acceptor {
+    listener: TcpListener,
+    /// Names the listener in the log: a service, or `admin`.
+    what: &'static str,
+    backoff: Duration,
+}
+
+impl Acceptor {
+    pub(crate) fn new(listener: TcpListener, what: &'static str) -> Acceptor {
+        Acceptor {
+            listener,
+            what,
+            backoff: ACCEPT_BACKOFF,
+        }
+    }
+
+    /// The next connection, or `None` after an error: at once when the error was one
+    /// connection's (the console gave up between SYN and accept), after the backoff when it was
+    /// the listener's (out of descriptors or memory: waiting beats spinning). Cancel-safe.
+    pub(crate) async fn accept(&mut self) -> Option<(TcpStream, SocketAddr)> {
+        match self.listener.accept().await {
+            Ok(accepted) => {
+                self.backoff = ACCEPT_BACKOFF;
+                Some(accepted)
+            }
+            Err(e) if is_per_connection(&e) => None,
+            Err(e) => {
+                tracing::warn!(listener = self.what, error = %e, backoff_ms = self.backoff.as_millis() as u64, "accept failed; backing off");
+                tokio::time::sleep(self.backoff).await;
+                self.backoff = (self.backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                None
+            }
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -150,42 +191,28 @@ pub(crate) async fn accept_loop(
     ids: Arc<AtomicU64>,
     workers: Option<Arc<Workers>>,
 ) {
-    let mut backoff = Duration::from_millis(5);
+    let mut acceptor = Acceptor::new(listener, ctx.service.as_str());
     loop {
         let accepted = tokio::select! {
             biased;
             () = ctx.lifecycle.stopping() => break,
             () = stop.cancelled() => break,
-            accepted = listener.accept() => accepted,
+            accepted = acceptor.accept() => accepted,
         };
-        match accepted {
-            Ok((socket, peer)) => {
-                backoff = Duration::from_millis(5);
-                let id = ids.fetch_add(1, Ordering::Relaxed);
-                let connection = ctx.connection();
-                let Some(workers) = &workers else {
-                    connections.spawn(proxy::serve(socket, peer, id, connection));
-                    continue;
-                };
-                let handed = workers.spawn_connection(&connections, socket, move |socket| {
-                    proxy::serve(socket, peer, id, connection)
-                });
-                if let Err(error) = handed {
-                    tracing::warn!(service = ctx.service.as_str(), %peer, reason = "worker_handoff", %error, "connection closed: it could not be handed to a worker");
-                }
-            }
-            // The console gave up between SYN and accept: nothing to do.
-            Err(e) if is_per_connection(&e) => {}
-            // Out of file descriptors or memory: wait instead of spinning, then try again.
-            Err(e) => {
-                tracing::warn!(service = ctx.service.as_str(), error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
-                tokio::select! {
-                    () = ctx.lifecycle.stopping() => break,
-                    () = stop.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
-            }
+        let Some((socket, peer)) = accepted else {
+            continue;
+        };
+        let id = ids.fetch_add(1, Ordering::Relaxed);
+        let connection = ctx.connection();
+        let Some(workers) = &workers else {
+            connections.spawn(proxy::serve(socket, peer, id, connection));
+            continue;
+        };
+        let handed = workers.spawn_connection(&connections, socket, move |socket| {
+            proxy::serve(socket, peer, id, connection)
+        });
+        if let Err(error) = handed {
+            tracing::warn!(service = ctx.service.as_str(), %peer, reason = "worker_handoff", %error, "connection closed: it could not be handed to a worker");
         }
     }
 }

@@ -27,7 +27,7 @@ use amtgw::probe::{
     probe_device,
 };
 use amtgw::service::Service;
-use amtgw::tls::{Trust, rfc3339, unix_now};
+use amtgw::tls::{PinStore, Trust, rfc3339, unix_now};
 
 /// `--concurrency` when none is given: enough to sweep a fleet of thousands in minutes without
 /// opening thousands of sockets at once.
@@ -151,16 +151,9 @@ async fn pin_device(
             config.source
         ));
     }
-    let store = if is_tofu {
-        match open_store(config).await {
-            Ok(store) => Some(store),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return EXIT_FAILED;
-            }
-        }
-    } else {
-        None
+    let store = match store_if(is_tofu, config).await {
+        Ok(store) => store,
+        Err(code) => return code,
     };
     let report = match probe_device(device, timeouts).await {
         Ok(report) => report,
@@ -238,18 +231,23 @@ fn detail(verdict: &Verdict, device: &str) -> Option<String> {
     }
 }
 
+/// The pin store when `needed`; when it cannot be opened, the error is printed and the exit
+/// code returned.
+async fn store_if(needed: bool, config: &Config) -> Result<Option<Arc<PinStore>>, u8> {
+    if !needed {
+        return Ok(None);
+    }
+    open_store(config).await.map(Some).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_FAILED
+    })
+}
+
 /// `amtgw pin --config FILE --all`: every device, at most `concurrency` at a time.
 async fn pin_all(config: Config, timeouts: Timeouts, concurrency: usize, write: bool) -> u8 {
-    let store = if config.uses_pin_store() {
-        match open_store(&config).await {
-            Ok(store) => Some(store),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return EXIT_FAILED;
-            }
-        }
-    } else {
-        None
+    let store = match store_if(config.uses_pin_store(), &config).await {
+        Ok(store) => store,
+        Err(code) => return code,
     };
     let config = Arc::new(config);
     let semaphore = Arc::new(Semaphore::new(concurrency));

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, info_span};
@@ -67,7 +68,7 @@ pub(crate) enum ConnectionError {
     DeviceLimit { device: String, max: usize },
     #[error("gateway is shutting down")]
     ShuttingDown,
-    #[error("console closed the connection before the device handshake finished")]
+    #[error("console reset the connection before the device handshake finished")]
     ConsoleLeft,
     #[error("console closed the connection without sending anything")]
     ConsoleSilent,
@@ -183,7 +184,7 @@ async fn connection(
     let connected = tokio::select! {
         result = connecting => result,
         () = ctx.lifecycle.stopping() => return Err(ConnectionError::ShuttingDown),
-        () = console_gone(console) => return Err(ConnectionError::ConsoleLeft),
+        () = console_reset(console) => return Err(ConnectionError::ConsoleLeft),
     };
     recorder.device_leg(&device, connected.as_ref());
     let mut tls = connected?;
@@ -239,14 +240,12 @@ async fn first_byte(console: &TcpStream, limit: Duration) -> Result<(), Connecti
 }
 
 /// Resolves when the console resets. Its first bytes wait unread in the socket for the relay,
-/// so an orderly close stays unseen here: a console that sent its request and closed its side
-/// may well be waiting for the answer (half-close). Never consumes bytes.
-async fn console_gone(console: &TcpStream) {
-    let mut probe = [0u8; 1];
-    match console.peek(&mut probe).await {
-        Ok(0) | Err(_) => {}
-        Ok(_) => std::future::pending().await,
-    }
+/// so reading (or peeking) would only ever see them: the socket's error state is watched
+/// instead. An orderly close is not an error and stays unseen, rightly: a console that sent its
+/// request and closed its side may well be waiting for the answer (half-close).
+async fn console_reset(console: &TcpStream) {
+    // Resolves only with error readiness (the interest is ERROR alone), or when polling fails.
+    let _ = console.ready(Interest::ERROR).await;
 }
 
 /// The pipeline alone, over loopback: no `Gateway`, no admin, no reload; a snapshot, metrics,

@@ -545,22 +545,7 @@ pub async fn http_send(
 }
 
 pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut conn = TcpStream::connect(addr).await.unwrap();
-    conn.write_all(
-        format!(
-            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut response = String::new();
-    conn.read_to_string(&mut response).await.unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let (status, _, body) = http_send(addr, method, path, "", "").await;
     (status, body)
 }
 
