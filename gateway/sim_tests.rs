@@ -36,7 +36,7 @@ async fn connect_as(
     expected: CertificateDer<'static>,
     client: Option<ClientIdentity>,
 ) -> io::Result<TlsStream<TcpStream>> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = crate::tls::provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()

@@ -6,6 +6,7 @@
 //! This module depends on no other module of amtgw, only on std and external crates: `config`
 //! validates raw TOML into its types, `fleet` builds with it, `probe` inspects with it.
 
+mod algorithms;
 mod inspect;
 mod pem;
 mod pin;
@@ -30,9 +31,13 @@ pub use verifier::{Fingerprints, PinMismatch};
 use verifier::FirstUse;
 pub(crate) use verifier::{LeafCheck, LeafVerifier, Pins};
 
-/// The one crypto provider amtgw uses: aws-lc-rs, rustls' default.
+/// The one crypto provider amtgw uses: aws-lc-rs, rustls' default, with RSA signatures
+/// verified by ring so that AMT's 2047-bit keys are accepted (see `algorithms`).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    Arc::new(CryptoProvider {
+        signature_verification_algorithms: algorithms::SIGNATURE_ALGORITHMS,
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
