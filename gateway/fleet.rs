@@ -11,11 +11,11 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::{Config, DeviceSettings};
 use crate::limits::SourceCounts;
-use crate::tls::{self, CertificateSummary, PinStore, TlsError, Trust};
+use crate::tls::{self, Backend, CertificateSummary, Connector, PinStore, TlsError, Trust};
 
 pub struct Device {
     pub settings: DeviceSettings,
-    pub(crate) connector: TlsConnector,
+    pub(crate) connector: Connector,
     /// The device's `max_connections`.
     pub(crate) limit: Arc<Semaphore>,
     pub(crate) status: Arc<DeviceStatus>,
@@ -56,6 +56,8 @@ pub struct HandshakeRecord {
     /// `ok` or the failure reason.
     pub result: &'static str,
     pub error: Option<String>,
+    /// `rustls` or `legacy` (OpenSSL).
+    pub tls_backend: &'static str,
     pub tls_version: Option<&'static str>,
     pub cipher: Option<&'static str>,
     pub resumed: bool,
@@ -144,13 +146,11 @@ pub fn build(
         .devices
         .iter()
         .map(|settings| {
-            let client_config =
-                tls::client_config(&settings.tls, &provider, &settings.name, pin_store).map_err(
-                    |source| FleetError {
-                        device: settings.name.clone(),
-                        source: Box::new(source),
-                    },
-                )?;
+            let connector =
+                connector(settings, &provider, pin_store).map_err(|source| FleetError {
+                    device: settings.name.clone(),
+                    source: Box::new(source),
+                })?;
             let old = previous.iter().find(|d| d.settings.name == settings.name);
             // Sessions open under an unchanged limit keep counting against it.
             let limit = match old {
@@ -161,7 +161,7 @@ pub fn build(
             };
             Ok(Arc::new(Device {
                 settings: settings.clone(),
-                connector: TlsConnector::from(client_config),
+                connector,
                 limit,
                 status: old.map(|d| d.status.clone()).unwrap_or_default(),
                 pin_store: match settings.tls.trust {
@@ -171,4 +171,27 @@ pub fn build(
             }))
         })
         .collect()
+}
+
+/// The device's TLS client on its backend, with the verifier both backends share.
+fn connector(
+    settings: &DeviceSettings,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+    pin_store: Option<&Arc<PinStore>>,
+) -> Result<Connector, TlsError> {
+    let verifier = tls::verifier(&settings.tls.trust, provider, &settings.name, pin_store)?;
+    match settings.tls.backend {
+        Backend::Rustls => {
+            let config = tls::client_config(&settings.tls, provider, verifier)?;
+            Ok(Connector::Rustls(TlsConnector::from(config)))
+        }
+        #[cfg(feature = "legacy-tls")]
+        Backend::Legacy => Ok(Connector::Legacy(Arc::new(tls::LegacyConnector::new(
+            tls::LegacyOptions::of(&settings.tls),
+            verifier,
+        )?))),
+        // `config` refuses `tls_backend = "legacy"` in a build without it.
+        #[cfg(not(feature = "legacy-tls"))]
+        Backend::Legacy => Err(TlsError::NoLegacyBackend),
+    }
 }

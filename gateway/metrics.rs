@@ -61,6 +61,17 @@ pub struct HandshakeLabels {
     pub service: Service,
     /// `full` or `resumed`.
     pub handshake: &'static str,
+    /// `rustls` or `legacy` (OpenSSL).
+    pub tls_backend: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeOutcomeLabels {
+    pub service: Service,
+    /// `ok`, or the reason the handshake failed.
+    pub outcome: &'static str,
+    /// `rustls` or `legacy` (OpenSSL).
+    pub tls_backend: &'static str,
 }
 
 pub struct Metrics {
@@ -72,7 +83,7 @@ pub struct Metrics {
     pub(crate) bytes: Family<DirectionLabels, Counter>,
     pub(crate) handshakes: Family<HandshakeLabels, Counter>,
     pub(crate) connect_seconds: Family<OutcomeLabels, Histogram>,
-    pub(crate) handshake_seconds: Family<OutcomeLabels, Histogram>,
+    pub(crate) handshake_seconds: Family<HandshakeOutcomeLabels, Histogram>,
     pub(crate) first_byte_seconds: Family<OutcomeLabels, Histogram>,
     pub(crate) duration_seconds: Family<OutcomeLabels, Histogram>,
     pub(crate) exchange_seconds: Family<ServiceLabels, Histogram>,

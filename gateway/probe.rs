@@ -27,8 +27,10 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{Config, DeviceSettings, Host};
+use crate::reason::Reason;
 use crate::service::Service;
-use crate::tls::{self, CertificateSummary, ClientIdentity, Fingerprints, Learned, Pin};
+use crate::tls::{self, Backend, CertificateSummary, ClientIdentity, Fingerprints, Learned, Pin};
+use crate::tls::{Connector, DeviceStream};
 use crate::tls::{LeafCheck, LeafVerifier, PinStore, PinStoreError, StoredPin, TlsError, Trust};
 use crate::upstream::{Dial, UpstreamError, UpstreamTimings};
 
@@ -49,6 +51,21 @@ pub struct ProbeReport {
     /// `TLSv1_3` or `TLSv1_2`, as in the gateway's access log.
     pub tls_version: &'static str,
     pub cipher: &'static str,
+    /// The backend that reached the device: `Legacy` for a device rustls could not reach
+    /// (or one probed as configured with `tls_backend = "legacy"`).
+    pub tls_backend: Backend,
+    /// For a device reached by the legacy backend: what it speaks.
+    pub legacy: Option<LegacySurvey>,
+}
+
+/// The protocol versions and cipher suites a legacy device accepts, each found by a
+/// handshake of its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LegacySurvey {
+    /// `TLSv1_0` to `TLSv1_2`.
+    pub versions: Vec<&'static str>,
+    /// IANA names, at the highest of `versions`.
+    pub suites: Vec<&'static str>,
 }
 
 /// Why a probe, or the pin store work after it, failed. Connection and handshake failures are
@@ -57,7 +74,8 @@ pub struct ProbeReport {
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error(transparent)]
-    Upstream(#[from] UpstreamError),
+    // Boxed: a pin mismatch carries both fingerprints, and this travels in every Result here.
+    Upstream(Box<UpstreamError>),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
@@ -66,6 +84,12 @@ pub enum ProbeError {
     NoCertificate { addr: SocketAddr },
     #[error("{addr} presented a certificate that does not parse as X.509")]
     BadCertificate { addr: SocketAddr },
+}
+
+impl From<UpstreamError> for ProbeError {
+    fn from(error: UpstreamError) -> ProbeError {
+        ProbeError::Upstream(Box::new(error))
+    }
 }
 
 impl ProbeError {
@@ -97,30 +121,58 @@ impl Timeouts {
     }
 }
 
-/// Connect to `host:port`, complete a TLS 1.3 or 1.2 handshake (presenting `client_identity`
-/// if given: mutual-TLS devices refuse handshakes without one), report what the device
-/// presented, and close with close_notify. No application data is sent.
+/// Where and how a probe connects.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub host: &'a Host,
+    pub port: u16,
+    pub server_name: &'a ServerName<'static>,
+    pub timeouts: Timeouts,
+    /// Presented if given: mutual-TLS devices refuse handshakes without one.
+    pub client_identity: Option<&'a ClientIdentity>,
+}
+
+/// Connect to the target, complete a handshake, report what the device presented, and close
+/// with close_notify. No application data is sent.
+///
+/// With `Backend::Rustls` (TLS 1.3 and 1.2) a device that has nothing in common with rustls
+/// (`tls_incompatible`: TLS 1.0/1.1 only, or RSA key exchange only) is probed again over the
+/// legacy backend, and the report says so and what the device speaks, which is what an
+/// operator needs to set `tls_backend = "legacy"`. With `Backend::Legacy` it is probed as the
+/// gateway would reach it.
 ///
 /// A TLS 1.3 device that refuses the client certificate says so only after the client's side
 /// of the handshake is done; a probe reads nothing, so it reports the certificate and does not
 /// notice that refusal (under TLS 1.2 it is a `client_cert_rejected` error).
-pub async fn probe(
-    host: &Host,
-    port: u16,
-    server_name: ServerName<'static>,
-    timeouts: Timeouts,
-    client_identity: Option<&ClientIdentity>,
-) -> Result<ProbeReport, ProbeError> {
-    let connector = TlsConnector::from(client_config(client_identity)?);
+pub async fn probe(target: Target<'_>, backend: Backend) -> Result<ProbeReport, ProbeError> {
+    if backend == Backend::Legacy {
+        return legacy::probe(target).await;
+    }
+    let connector = Connector::Rustls(TlsConnector::from(client_config(target.client_identity)?));
+    match handshake(target, &connector).await {
+        Err(ProbeError::Upstream(error))
+            if cfg!(feature = "legacy-tls") && error.reason() == Reason::TlsIncompatible =>
+        {
+            // The rustls failure is the answer unless the legacy backend does better.
+            legacy::probe(target)
+                .await
+                .map_err(|_| ProbeError::Upstream(error))
+        }
+        result => result,
+    }
+}
+
+/// One probing handshake: report, then close.
+async fn handshake(target: Target<'_>, connector: &Connector) -> Result<ProbeReport, ProbeError> {
     let mut timings = UpstreamTimings::default();
     let mut stream = crate::upstream::dial(
         Dial {
-            host,
-            port,
-            server_name,
-            connector: &connector,
-            connect_timeout: timeouts.connect,
-            handshake_timeout: timeouts.handshake,
+            host: target.host,
+            port: target.port,
+            server_name: target.server_name.clone(),
+            connector,
+            connect_timeout: target.timeouts.connect,
+            handshake_timeout: target.timeouts.handshake,
             keepalive: PROBE_KEEPALIVE,
         },
         &mut timings,
@@ -128,33 +180,32 @@ pub async fn probe(
     .await?;
     let addr = timings
         .addr
-        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], port)));
-    let (_, session) = stream.get_ref();
-    let chain = session.peer_certificates().unwrap_or_default();
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], target.port)));
+    let report = report(addr, &stream);
+    // AMT firmware serves few TLS sessions at once: say goodbye properly instead of leaving it
+    // to time the connection out. Failing to is harmless; the report is complete.
+    let _ = timeout(target.timeouts.handshake, stream.shutdown()).await;
+    report
+}
+
+fn report(addr: SocketAddr, stream: &DeviceStream) -> Result<ProbeReport, ProbeError> {
+    let chain = stream.peer_certificates().unwrap_or_default();
     let leaf = chain.first().ok_or(ProbeError::NoCertificate { addr })?;
     let (Some(certificate), Some(fingerprints)) =
         (CertificateSummary::of(leaf), Fingerprints::of(leaf))
     else {
         return Err(ProbeError::BadCertificate { addr });
     };
-    let report = ProbeReport {
+    Ok(ProbeReport {
         addr,
         certificate,
         fingerprints,
         chain_len: chain.len(),
-        tls_version: session
-            .protocol_version()
-            .and_then(|v| v.as_str())
-            .unwrap_or("unknown"),
-        cipher: session
-            .negotiated_cipher_suite()
-            .and_then(|s| s.suite().as_str())
-            .unwrap_or("unknown"),
-    };
-    // AMT firmware serves few TLS sessions at once: say goodbye properly instead of leaving it
-    // to time the connection out. Failing to is harmless; the report is complete.
-    let _ = timeout(timeouts.handshake, stream.shutdown()).await;
-    Ok(report)
+        tls_version: stream.protocol_version().unwrap_or("unknown"),
+        cipher: stream.cipher().unwrap_or("unknown"),
+        tls_backend: stream.backend(),
+        legacy: None,
+    })
 }
 
 /// A client config for one probe: TLS 1.3 and 1.2, the report-only verifier, the device's
@@ -166,13 +217,99 @@ fn client_config(client_identity: Option<&ClientIdentity>) -> Result<Arc<ClientC
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(TlsError::Versions)?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(LeafVerifier::new(
-            ReportOnly,
-            provider.signature_verification_algorithms,
-        )));
+        .with_custom_certificate_verifier(report_only());
     let mut config = tls::with_identity(builder, client_identity)?;
     config.resumption = Resumption::disabled();
     Ok(Arc::new(config))
+}
+
+fn report_only() -> Arc<LeafVerifier<ReportOnly>> {
+    Arc::new(LeafVerifier::new(
+        ReportOnly,
+        tls::provider().signature_verification_algorithms,
+    ))
+}
+
+#[cfg(feature = "legacy-tls")]
+mod legacy {
+    use std::sync::Arc;
+
+    use super::{ProbeError, ProbeReport, Target, handshake, report_only};
+    use crate::tls::{Connector, LegacyConnector, LegacyOptions, TlsVersion};
+    /// Suites old AMT firmware is known or likely to offer (amt-protocol.md §2), strongest
+    /// first, in OpenSSL's names. Each is tried alone at the device's highest version.
+    const CANDIDATE_SUITES: [&str; 12] = [
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES256-SHA",
+        "ECDHE-RSA-AES128-SHA",
+        "DHE-RSA-AES256-GCM-SHA384",
+        "AES256-GCM-SHA384",
+        "AES128-GCM-SHA256",
+        "AES256-SHA256",
+        "AES128-SHA256",
+        "AES256-SHA",
+        "AES128-SHA",
+        "DES-CBC3-SHA",
+    ];
+
+    const LEGACY_VERSIONS: [TlsVersion; 3] =
+        [TlsVersion::Tls1_0, TlsVersion::Tls1_1, TlsVersion::Tls1_2];
+
+    /// Probe over the legacy backend, then survey what the device speaks.
+    pub(super) async fn probe(target: Target<'_>) -> Result<ProbeReport, ProbeError> {
+        let mut report = handshake(target, &connector(target, &LEGACY_VERSIONS, None)?).await?;
+        let mut survey = super::LegacySurvey::default();
+        for version in LEGACY_VERSIONS {
+            if let Ok(one) = handshake(target, &connector(target, &[version], None)?).await {
+                survey.versions.push(one.tls_version);
+            }
+        }
+        let highest = LEGACY_VERSIONS
+            .into_iter()
+            .rev()
+            .find(|v| survey.versions.contains(&v.log_name()));
+        if let Some(version) = highest {
+            for suite in CANDIDATE_SUITES {
+                let Ok(one) = handshake(target, &connector(target, &[version], Some(suite))?).await
+                else {
+                    continue;
+                };
+                if !survey.suites.contains(&one.cipher) {
+                    survey.suites.push(one.cipher);
+                }
+            }
+        }
+        report.legacy = Some(survey);
+        Ok(report)
+    }
+
+    fn connector(
+        target: Target<'_>,
+        versions: &[TlsVersion],
+        ciphers: Option<&str>,
+    ) -> Result<Connector, ProbeError> {
+        let options = LegacyOptions {
+            versions,
+            ciphers,
+            client_identity: target.client_identity,
+            resumption: false,
+        };
+        Ok(Connector::Legacy(Arc::new(LegacyConnector::new(
+            options,
+            report_only(),
+        )?)))
+    }
+}
+
+#[cfg(not(feature = "legacy-tls"))]
+mod legacy {
+    use super::{ProbeError, ProbeReport, Target};
+    use crate::tls::TlsError;
+
+    pub(super) async fn probe(_target: Target<'_>) -> Result<ProbeReport, ProbeError> {
+        Err(ProbeError::Tls(TlsError::NoLegacyBackend))
+    }
 }
 
 /// Accepts whatever certificate the device presents; `LeafVerifier` still verifies the
@@ -197,14 +334,14 @@ pub async fn probe_device(
     device: &DeviceSettings,
     timeouts: Timeouts,
 ) -> Result<ProbeReport, ProbeError> {
-    probe(
-        &device.host,
-        device.port(Service::Wsman),
-        device.server_name.clone(),
+    let target = Target {
+        host: &device.host,
+        port: device.port(Service::Wsman),
+        server_name: &device.server_name,
         timeouts,
-        device.tls.client_identity.as_deref(),
-    )
-    .await
+        client_identity: device.tls.client_identity.as_deref(),
+    };
+    probe(target, device.tls.backend).await
 }
 
 /// How a presented certificate compares with what the device is trusted by.
@@ -333,15 +470,15 @@ mod tests {
             handshake: Duration::from_secs(5),
         };
         let host = Host::Ip(addr.ip());
-        let err = probe(
-            &host,
-            addr.port(),
-            ServerName::IpAddress(addr.ip().into()),
+        let server_name = ServerName::IpAddress(addr.ip().into());
+        let to = Target {
+            host: &host,
+            port: addr.port(),
+            server_name: &server_name,
             timeouts,
-            None,
-        )
-        .await
-        .unwrap_err();
+            client_identity: None,
+        };
+        let err = probe(to, Backend::Rustls).await.unwrap_err();
         assert_eq!(err.kind(), "connect_refused", "{err}");
     }
 
@@ -356,15 +493,15 @@ mod tests {
             connect: Duration::from_secs(5),
             handshake: Duration::from_secs(5),
         };
-        let report = probe(
-            &host,
-            addr.port(),
-            ServerName::IpAddress(addr.ip().into()),
+        let server_name = ServerName::IpAddress(addr.ip().into());
+        let to = Target {
+            host: &host,
+            port: addr.port(),
+            server_name: &server_name,
             timeouts,
-            None,
-        )
-        .await
-        .unwrap();
+            client_identity: None,
+        };
+        let report = probe(to, Backend::Rustls).await.unwrap();
         let cert = device.certificate();
         assert_eq!(Some(report.certificate), CertificateSummary::of(&cert));
         assert_eq!(Some(report.fingerprints), Fingerprints::of(&cert));

@@ -1,4 +1,5 @@
-//! The device leg: TCP connect, then the TLS handshake, each under its own timeout.
+//! The device leg: TCP connect, then the TLS handshake (rustls, or OpenSSL for devices with
+//! `tls_backend = "legacy"`), each under its own timeout.
 
 use std::io;
 use std::net::SocketAddr;
@@ -7,15 +8,18 @@ use std::time::Duration;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 
 use crate::config::{GatewaySettings, Host};
 use crate::fleet::Device;
 use crate::reason::Reason;
 use crate::service::Service;
 use crate::socket;
-use crate::tls::{self, Fingerprints, HandshakeFailure, Learned, PinMismatch, PinStoreError};
+#[cfg(feature = "legacy-tls")]
+use crate::tls::LegacyError;
+use crate::tls::{
+    self, Backend, Connector, DeviceStream, Fingerprints, HandshakeError, HandshakeFailure,
+    Learned, PinMismatch, PinStoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -27,8 +31,19 @@ pub enum UpstreamError {
     ConnectTimeout { addr: SocketAddr, after: Duration },
     #[error("TLS handshake with {addr} timed out after {after:?}")]
     HandshakeTimeout { addr: SocketAddr, after: Duration },
-    #[error("TLS handshake with {addr} failed: {}", tls::describe(source))]
+    #[error(
+        "TLS handshake with {addr} failed: {}{}",
+        tls::describe(source),
+        legacy_hint(source)
+    )]
     Handshake { addr: SocketAddr, source: io::Error },
+    #[cfg(feature = "legacy-tls")]
+    #[error("TLS handshake (tls_backend = \"legacy\") with {addr} failed: {source}")]
+    LegacyHandshake {
+        addr: SocketAddr,
+        // Boxed: OpenSSL's error stack is large, and this travels in every connection's Result.
+        source: Box<LegacyError>,
+    },
     /// Two first connections to a `tofu` device presented different certificates; the other
     /// one was learnt first.
     #[error("device at {addr}: {mismatch}")]
@@ -53,7 +68,17 @@ impl UpstreamError {
                 | UpstreamError::Handshake { .. }
                 | UpstreamError::LearnedOtherPin { .. }
                 | UpstreamError::PinStore { .. }
-        )
+        ) || self.is_legacy_handshake()
+    }
+
+    #[cfg(feature = "legacy-tls")]
+    fn is_legacy_handshake(&self) -> bool {
+        matches!(self, UpstreamError::LegacyHandshake { .. })
+    }
+
+    #[cfg(not(feature = "legacy-tls"))]
+    fn is_legacy_handshake(&self) -> bool {
+        false
     }
 
     pub fn reason(&self) -> Reason {
@@ -72,15 +97,37 @@ impl UpstreamError {
             UpstreamError::PinStore { .. } => Reason::PinStoreFailed,
             UpstreamError::Handshake { source, .. } => match tls::rustls_error(source) {
                 Some(error) => HandshakeFailure::of(error).into(),
-                None => match source.kind() {
-                    io::ErrorKind::UnexpectedEof
-                    | io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::BrokenPipe => Reason::DeviceReset,
-                    _ => Reason::HandshakeFailed,
-                },
+                None if is_reset(source.kind()) => Reason::DeviceReset,
+                None => Reason::HandshakeFailed,
+            },
+            #[cfg(feature = "legacy-tls")]
+            UpstreamError::LegacyHandshake { source, .. } => match source.io_error_kind() {
+                Some(kind) if is_reset(kind) => Reason::DeviceReset,
+                Some(_) => Reason::HandshakeFailed,
+                None => source.failure().into(),
             },
         }
+    }
+}
+
+/// The device went away mid-handshake.
+fn is_reset(kind: io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// Said after a rustls handshake failure that looks like a device too old for rustls.
+fn legacy_hint(error: &io::Error) -> &'static str {
+    match tls::rustls_error(error).map(HandshakeFailure::of) {
+        Some(HandshakeFailure::Incompatible) => {
+            " (AMT 12 and older need tls_backend = \"legacy\"; `amtgw pin` shows what the device speaks)"
+        }
+        _ => "",
     }
 }
 
@@ -93,6 +140,8 @@ pub(crate) struct UpstreamTimings {
     pub(crate) resumed: bool,
     pub(crate) version: Option<&'static str>,
     pub(crate) cipher: Option<&'static str>,
+    /// The TLS stack the device is spoken to with; set once dialling starts.
+    pub(crate) backend: Option<Backend>,
 }
 
 /// Connect to `device` for `service`: TCP, TLS with the device's config, and (for `tofu`)
@@ -102,7 +151,7 @@ pub(crate) async fn connect(
     service: Service,
     settings: &GatewaySettings,
     timings: &mut UpstreamTimings,
-) -> Result<TlsStream<TcpStream>, UpstreamError> {
+) -> Result<DeviceStream, UpstreamError> {
     let stream = dial(
         Dial {
             host: &device.settings.host,
@@ -119,7 +168,7 @@ pub(crate) async fn connect(
     let addr = timings
         .addr
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-    learn_pin(device, addr, stream.get_ref().1.peer_certificates()).await?;
+    learn_pin(device, addr, stream.peer_certificates()).await?;
     Ok(stream)
 }
 
@@ -128,7 +177,7 @@ pub(crate) struct Dial<'a> {
     pub(crate) host: &'a Host,
     pub(crate) port: u16,
     pub(crate) server_name: ServerName<'static>,
-    pub(crate) connector: &'a TlsConnector,
+    pub(crate) connector: &'a Connector,
     /// Bounds DNS resolution and the TCP connect together.
     pub(crate) connect_timeout: Duration,
     pub(crate) handshake_timeout: Duration,
@@ -140,8 +189,9 @@ pub(crate) struct Dial<'a> {
 pub(crate) async fn dial(
     dial: Dial<'_>,
     timings: &mut UpstreamTimings,
-) -> Result<TlsStream<TcpStream>, UpstreamError> {
+) -> Result<DeviceStream, UpstreamError> {
     let started = Instant::now();
+    timings.backend = Some(dial.connector.backend());
     let addr = resolve(dial.host, dial.port, dial.connect_timeout).await?;
     timings.addr = Some(addr);
     let remaining = dial.connect_timeout.saturating_sub(started.elapsed());
@@ -163,7 +213,7 @@ pub(crate) async fn dial(
     let handshake_started = Instant::now();
     let handshaken = timeout(
         dial.handshake_timeout,
-        dial.connector.connect(dial.server_name, tcp),
+        dial.connector.handshake(dial.server_name, tcp),
     )
     .await;
     timings.handshake = Some(handshake_started.elapsed());
@@ -174,15 +224,18 @@ pub(crate) async fn dial(
                 after: dial.handshake_timeout,
             });
         }
-        Ok(Err(source)) => return Err(UpstreamError::Handshake { addr, source }),
+        Ok(Err(HandshakeError::Rustls(source))) => {
+            return Err(UpstreamError::Handshake { addr, source });
+        }
+        #[cfg(feature = "legacy-tls")]
+        Ok(Err(HandshakeError::Legacy(source))) => {
+            return Err(UpstreamError::LegacyHandshake { addr, source });
+        }
         Ok(Ok(stream)) => stream,
     };
-    let (_, session) = stream.get_ref();
-    timings.resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-    timings.version = session.protocol_version().and_then(|v| v.as_str());
-    timings.cipher = session
-        .negotiated_cipher_suite()
-        .and_then(|s| s.suite().as_str());
+    timings.resumed = stream.resumed();
+    timings.version = stream.protocol_version();
+    timings.cipher = stream.cipher();
     Ok(stream)
 }
 

@@ -221,7 +221,7 @@ fn reference_config_values_reach_the_typed_config() {
     assert_eq!(nat.port(Service::Wsman), 26993);
     assert_eq!(nat.port(Service::Redirection), 26995);
     assert_eq!(nat.max_connections, 16);
-    assert_eq!(nat.tls.versions, [&rustls::version::TLS12]);
+    assert_eq!(nat.tls.versions, [amtgw::tls::TlsVersion::Tls1_2]);
     let identity = nat.tls.client_identity.as_ref().unwrap();
     assert!(identity.key_path.ends_with("certs/example-client.key"));
 }

@@ -13,6 +13,7 @@ use rustls::{ClientConnection, Connection, ServerConfig, ServerConnection, Suppo
 use rustls_pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::TlsVersion;
 use crate::machine::{PROXY_CPU, command_on_cpu};
 use crate::measurements::pinned_client_config;
 use crate::{CertStyle, generate_amt_identity};
@@ -139,7 +140,12 @@ fn rustls_in_memory_rates(suite: &str, mib: u64) -> (f64, f64) {
         .with_no_client_auth()
         .with_single_cert(vec![cert.clone()], key)
         .expect("certificate and key");
-    let client_config = pinned_client_config(&cert, &provider, versions);
+    let version = if suite.version() == &rustls::version::TLS13 {
+        TlsVersion::Tls1_3
+    } else {
+        TlsVersion::Tls1_2
+    };
+    let client_config = pinned_client_config(&cert, &provider, vec![version]);
     let server_name = ServerName::from(std::net::IpAddr::from([127, 0, 0, 1]));
     let mut client = Connection::from(
         ClientConnection::new(client_config, server_name).expect("client connection"),

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 // Every amtgw item the bench imports is imported here, once; the modules take them from the
 // crate root (`use crate::Pin`). amtgw::tls's two functions are called by their full path.
-use amtgw::tls::{Pin, TlsSettings, Trust};
+use amtgw::tls::{Backend, Pin, TlsSettings, TlsVersion, Trust};
 use amtgw_sim::{
     CertStyle, DEMO_PASSWORD, DEMO_USERNAME, SimConfig, SimDevice, SimIdentity,
     generate_amt_identity,

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::ClientConfig;
 use rustls::crypto::CryptoProvider;
-use rustls::{ClientConfig, SupportedProtocolVersion};
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsConnector;
 
 use crate::upstream::{BLOCK, EXCHANGE, read_u64};
-use crate::{Pin, STEP_TIMEOUT, TlsSettings, Trust};
+use crate::{Backend, Pin, STEP_TIMEOUT, TlsSettings, TlsVersion, Trust};
 
 const LATENCY_WARMUP: usize = 200;
 
@@ -56,16 +56,19 @@ impl Target {
 pub(crate) fn pinned_client_config(
     cert: &CertificateDer<'static>,
     provider: &Arc<CryptoProvider>,
-    versions: Vec<&'static SupportedProtocolVersion>,
+    versions: Vec<TlsVersion>,
 ) -> Arc<ClientConfig> {
     let settings = TlsSettings {
         trust: Trust::Pin(vec![Pin::of_certificate(cert)]),
         client_identity: None,
+        backend: Backend::Rustls,
         versions,
         // rustls' own default cache size, as the client had before.
         session_cache: 256,
     };
-    amtgw::tls::client_config(&settings, provider, "direct", None).expect("pinned client config")
+    let verifier =
+        amtgw::tls::verifier(&settings.trust, provider, "direct", None).expect("pinned verifier");
+    amtgw::tls::client_config(&settings, provider, verifier).expect("pinned client config")
 }
 
 /// The direct client: the baseline verifies and negotiates as the gateway does.
@@ -73,7 +76,7 @@ pub(crate) fn direct_connector(cert: &CertificateDer<'static>) -> TlsConnector {
     TlsConnector::from(pinned_client_config(
         cert,
         &amtgw::tls::provider(),
-        vec![&rustls::version::TLS13, &rustls::version::TLS12],
+        vec![TlsVersion::Tls1_3, TlsVersion::Tls1_2],
     ))
 }
 

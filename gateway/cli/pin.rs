@@ -23,11 +23,11 @@ use tokio::task::JoinSet;
 
 use amtgw::config::{Config, DeviceSettings, Host};
 use amtgw::probe::{
-    self, Expected, ProbeError, ProbeReport, Timeouts, Verdict, judge, open_store, probe,
+    self, Expected, ProbeError, ProbeReport, Target, Timeouts, Verdict, judge, open_store, probe,
     probe_device,
 };
 use amtgw::service::Service;
-use amtgw::tls::{PinStore, Trust, rfc3339, unix_now};
+use amtgw::tls::{Backend, PinStore, Trust, rfc3339, unix_now};
 
 /// `--concurrency` when none is given: enough to sweep a fleet of thousands in minutes without
 /// opening thousands of sockets at once.
@@ -109,7 +109,14 @@ async fn pin_address(target: &str, limit: Option<Duration>) -> u8 {
         connect: limit,
         handshake: limit,
     };
-    match probe(&host, port, server_name, timeouts, None).await {
+    let to = Target {
+        host: &host,
+        port,
+        server_name: &server_name,
+        timeouts,
+        client_identity: None,
+    };
+    match probe(to, Backend::Rustls).await {
         Ok(report) => {
             print!("{}", describe(&address_of(&host, port), &report));
             EXIT_OK
@@ -185,12 +192,27 @@ async fn pin_device(
     if let Some(detail) = detail(&verdict, &device.name) {
         let _ = writeln!(out, "{:<13} {detail}", "");
     }
+    let unreachable = unreachable_as_configured(device, &report);
+    if let Some(advice) = &unreachable {
+        let _ = writeln!(out, "{:<13} {advice}", "reach:");
+    }
     print!("{out}");
-    if verdict.is_ok() {
+    if verdict.is_ok() && unreachable.is_none() {
         EXIT_OK
     } else {
         EXIT_FAILED
     }
+}
+
+/// For a device the gateway cannot reach as configured, because only the legacy backend
+/// could: the setting that reaches it.
+fn unreachable_as_configured(device: &DeviceSettings, report: &ProbeReport) -> Option<String> {
+    (report.tls_backend == Backend::Legacy && device.tls.backend != Backend::Legacy).then(|| {
+        format!(
+            "rustls cannot reach device {:?}: set tls_backend = \"legacy\" for it",
+            device.name
+        )
+    })
 }
 
 /// The PIN column, and the `pin:` line.
@@ -311,6 +333,11 @@ async fn pin_all(config: Config, timeouts: Timeouts, concurrency: usize, write: 
                 continue;
             }
         };
+        if let Some(advice) = unreachable_as_configured(device, &report) {
+            all_ok = false;
+            row[2] = "legacy-only".to_owned();
+            details.push(format!("{}: {advice}", device.name));
+        }
         let pin = match judge(device, &report, store.as_ref(), write).await {
             Ok(verdict) => {
                 all_ok &= verdict.is_ok();
@@ -404,6 +431,17 @@ fn describe(address: &str, report: &ProbeReport) -> String {
     line("chain", &report.chain_len);
     line("tls-version", &report.tls_version);
     line("cipher", &report.cipher);
+    line("tls-backend", &report.tls_backend.as_str());
+    if let Some(survey) = &report.legacy {
+        // What an operator needs when rustls could not reach the device: what it speaks, and
+        // the setting that reaches it.
+        line("speaks", &survey.versions.join(" "));
+        line("suites", &survey.suites.join(" "));
+        line(
+            "needs",
+            &"tls_backend = \"legacy\" (OpenSSL: TLS 1.0 to 1.2, RSA key exchange)",
+        );
+    }
     let _ = writeln!(out, "{}", cert.certificate_pin);
     let _ = writeln!(out, "{}", cert.public_key_pin);
     out

@@ -81,6 +81,7 @@ pub(crate) struct RawTrust {
     pub(crate) client_cert: Option<String>,
     pub(crate) client_key: Option<String>,
     pub(crate) tls_versions: Option<Vec<String>>,
+    pub(crate) tls_backend: Option<String>,
     pub(crate) max_connections: Option<usize>,
     pub(crate) max_connections_per_source: Option<usize>,
 }
@@ -101,6 +102,7 @@ pub(crate) struct RawDevice {
     pub(crate) client_cert: Option<String>,
     pub(crate) client_key: Option<String>,
     pub(crate) tls_versions: Option<Vec<String>>,
+    pub(crate) tls_backend: Option<String>,
     pub(crate) max_connections: Option<usize>,
     pub(crate) max_connections_per_source: Option<usize>,
 }
@@ -133,6 +135,10 @@ impl RawDevice {
                 .tls_versions
                 .clone()
                 .or_else(|| defaults.tls_versions.clone()),
+            tls_backend: self
+                .tls_backend
+                .clone()
+                .or_else(|| defaults.tls_backend.clone()),
             max_connections: self.max_connections.or(defaults.max_connections),
             max_connections_per_source: self
                 .max_connections_per_source

@@ -24,7 +24,10 @@ use super::{
     MetricsSettings, ServiceSettings,
 };
 use crate::service::Service;
-use crate::tls::{ClientIdentity, Pin, TlsSettings, Trust, load_certificates, load_private_key};
+use crate::tls::{
+    Backend, ClientIdentity, Pin, TlsSettings, TlsVersion, Trust, load_certificates,
+    load_private_key,
+};
 
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9716";
 
@@ -655,21 +658,61 @@ impl Validator<'_> {
             }
         };
 
-        let versions = match raw.tls_versions.as_deref() {
-            None => vec![&rustls::version::TLS13, &rustls::version::TLS12],
+        let backend = match raw.tls_backend.as_deref() {
+            None | Some("rustls") => Backend::Rustls,
+            Some("legacy") if cfg!(feature = "legacy-tls") => Backend::Legacy,
+            Some("legacy") => {
+                return Err(self.err(
+                    key("tls_backend"),
+                    "this amtgw was built without the legacy TLS backend (cargo feature \
+                     legacy-tls); use a build with it, or remove the key",
+                ));
+            }
+            Some(other) => {
+                return Err(self.err(
+                    key("tls_backend"),
+                    format!(
+                        "`{other}` is not a TLS backend; use \"rustls\" (the default) or \
+                         \"legacy\" (OpenSSL, for AMT 12 and older)"
+                    ),
+                ));
+            }
+        };
+        let spoken: Vec<&str> = TlsVersion::ALL
+            .into_iter()
+            .filter(|v| v.spoken_by(backend))
+            .map(TlsVersion::as_str)
+            .collect();
+        let versions: Vec<TlsVersion> = match raw.tls_versions.as_deref() {
+            None => TlsVersion::ALL
+                .into_iter()
+                .filter(|v| v.spoken_by(backend))
+                .collect(),
             Some([]) => {
-                return Err(self.err(key("tls_versions"), "list at least one of \"1.2\", \"1.3\""));
+                return Err(self.err(
+                    key("tls_versions"),
+                    format!("list at least one of {}", quoted(&spoken)),
+                ));
             }
             Some(list) => list
                 .iter()
-                .map(|v| match v.as_str() {
-                    "1.2" => Ok(&rustls::version::TLS12),
-                    "1.3" => Ok(&rustls::version::TLS13),
-                    other => Err(self.err(
+                .map(|text| match TlsVersion::parse(text) {
+                    Some(v) if v.spoken_by(backend) => Ok(v),
+                    Some(v) if backend == Backend::Rustls => Err(self.err(
                         key("tls_versions"),
                         format!(
-                            "`{other}` is not supported; use \"1.2\" and/or \"1.3\" (AMT 11 and \
-                             older speak only TLS 1.0/1.1, which rustls does not)"
+                            "TLS {} needs tls_backend = \"legacy\" (AMT 11 and older speak only \
+                             TLS 1.0/1.1, which rustls does not); or use {}",
+                            v.as_str(),
+                            quoted(&spoken)
+                        ),
+                    )),
+                    _ => Err(self.err(
+                        key("tls_versions"),
+                        format!(
+                            "`{text}` is not supported with tls_backend = \"{}\"; use {}",
+                            backend.as_str(),
+                            quoted(&spoken)
                         ),
                     )),
                 })
@@ -679,6 +722,7 @@ impl Validator<'_> {
         Ok(TlsSettings {
             trust,
             client_identity,
+            backend,
             versions,
             session_cache: gateway.session_cache_per_device,
         })
@@ -751,5 +795,15 @@ impl Validator<'_> {
             return Err(self.err(key, "must be at least 1"));
         }
         Ok(value)
+    }
+}
+
+/// `"1.0", "1.1" or "1.2"`.
+fn quoted(values: &[&str]) -> String {
+    let quoted: Vec<String> = values.iter().map(|v| format!("\"{v}\"")).collect();
+    match quoted.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
     }
 }

@@ -209,7 +209,7 @@ async fn connection(
         // request.
         match error.reset_by() {
             Some(Peer::Device) => socket::reset_on_close(console),
-            Some(Peer::Console) => socket::reset_on_close(tls.get_ref().0),
+            Some(Peer::Console) => socket::reset_on_close(tls.tcp()),
             None => {}
         }
     }
@@ -423,8 +423,7 @@ pins = ["{pin}"]
         assert_eq!(pipeline.exchange(b"secret").await, b"");
         let failed = r#"amtgw_connections_failed_total{service="wsman",reason="pin_mismatch"}"#;
         assert_eq!(pipeline.sample(failed), Some(1.0));
-        let handshake =
-            r#"amtgw_tls_handshake_duration_seconds_count{service="wsman",outcome="pin_mismatch"}"#;
+        let handshake = r#"amtgw_tls_handshake_duration_seconds_count{service="wsman",outcome="pin_mismatch",tls_backend="rustls"}"#;
         assert_eq!(pipeline.sample(handshake), Some(1.0));
     }
 

@@ -5,19 +5,19 @@ use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
 use rustls_pki_types::CertificateDer;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::client::TlsStream;
 use tracing::Level;
 
 use crate::expiry::expires_within;
 use crate::fleet::{Device, HandshakeRecord};
 use crate::metrics::{
-    ConnectionObserver, DeviceSeries, HandshakeLabels, OutcomeLabels, ReasonLabels, ServiceLabels,
+    ConnectionObserver, DeviceSeries, HandshakeLabels, HandshakeOutcomeLabels, OutcomeLabels,
+    ReasonLabels, ServiceLabels,
 };
 use crate::reason::Reason;
 use crate::relay::{Relay, RelayObserver};
-use crate::tls::{self, Trust};
+use crate::tls::DeviceStream;
+use crate::tls::{self, Backend, Trust};
 use crate::upstream::{UpstreamError, UpstreamTimings};
 
 use super::{ConnectionError, Context};
@@ -72,13 +72,13 @@ impl<'a> Recorder<'a> {
     pub(super) fn device_leg(
         &mut self,
         device: &Device,
-        connected: Result<&TlsStream<TcpStream>, &UpstreamError>,
+        connected: Result<&DeviceStream, &UpstreamError>,
     ) {
         let error = connected.err();
         self.observe_setup(error);
         let leaf = connected
             .ok()
-            .and_then(|tls| tls.get_ref().1.peer_certificates())
+            .and_then(DeviceStream::peer_certificates)
             .and_then(|chain| chain.first());
         self.observe_device(device, error, leaf);
     }
@@ -133,11 +133,13 @@ impl<'a> Recorder<'a> {
                 .observe(connect.as_secs_f64());
         }
         if let Some(handshake) = timings.handshake {
+            let tls_backend = timings.backend.map_or("rustls", Backend::as_str);
             metrics
                 .handshake_seconds
-                .get_or_create(&OutcomeLabels {
+                .get_or_create(&HandshakeOutcomeLabels {
                     service,
                     outcome: in_phase(true),
+                    tls_backend,
                 })
                 .observe(handshake.as_secs_f64());
             if error.is_none() {
@@ -146,6 +148,7 @@ impl<'a> Recorder<'a> {
                     .get_or_create(&HandshakeLabels {
                         service,
                         handshake: if timings.resumed { "resumed" } else { "full" },
+                        tls_backend,
                     })
                     .inc();
             }
@@ -170,6 +173,7 @@ impl<'a> Recorder<'a> {
                     at: tls::unix_now(),
                     result: Reason::outcome(error.map(UpstreamError::reason)),
                     error: error.map(ToString::to_string),
+                    tls_backend: timings.backend.map_or("rustls", Backend::as_str),
                     tls_version: timings.version,
                     cipher: timings.cipher,
                     resumed: timings.resumed,
@@ -270,6 +274,7 @@ impl<'a> Recorder<'a> {
                     duration_ms = ms(duration),
                     bytes_to_device = self.to_device,
                     bytes_to_console = self.to_console,
+                    tls_backend = t.backend.map(Backend::as_str),
                     tls_version = t.version,
                     cipher = t.cipher,
                     resumed = t.handshake.map(|_| t.resumed),

@@ -1,13 +1,17 @@
 //! Upstream TLS: the trust settings of a device ([`TlsSettings`], [`Trust`],
-//! [`ClientIdentity`]) and one rustls `ClientConfig` per device built from them once when the
-//! config is loaded; the trust verifiers; the pin store; PEM loading; certificate summaries
-//! and the clock they are dated by; and the mapping of rustls errors to stable reasons.
+//! [`ClientIdentity`]) and one TLS client per device built from them once when the config is
+//! loaded (a rustls `ClientConfig`, or for `tls_backend = "legacy"` an OpenSSL context); the
+//! trust verifiers, shared by both backends; the pin store; PEM loading; certificate summaries
+//! and the clock they are dated by; and the mapping of TLS errors to stable reasons.
 //!
 //! This module depends on no other module of amtgw, only on std and external crates: `config`
 //! validates raw TOML into its types, `fleet` builds with it, `probe` inspects with it.
 
 mod algorithms;
+mod connector;
 mod inspect;
+#[cfg(feature = "legacy-tls")]
+mod legacy;
 mod pem;
 mod pin;
 mod settings;
@@ -17,14 +21,18 @@ mod verifier;
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier;
 use rustls::client::{ClientSessionMemoryCache, Resumption};
 use rustls::crypto::CryptoProvider;
 use rustls::{AlertDescription, CertificateError, ClientConfig};
 
+pub use connector::{Connector, DeviceStream, HandshakeError};
 pub use inspect::{CertificateSummary, not_after, rfc3339, unix_now};
+#[cfg(feature = "legacy-tls")]
+pub use legacy::{LegacyConnector, LegacyError, LegacyOptions, LegacyStream};
 pub use pem::{PemError, load_certificates, load_private_key};
 pub use pin::{Pin, PinKind, PinParseError};
-pub use settings::{ClientIdentity, TlsSettings, Trust};
+pub use settings::{Backend, ClientIdentity, TlsSettings, TlsVersion, Trust};
 pub use store::{Learned, PinStore, PinStoreError, StoredPin};
 pub use verifier::{Fingerprints, PinMismatch};
 
@@ -54,6 +62,21 @@ pub enum TlsError {
         key: String,
         source: rustls::Error,
     },
+    #[cfg(not(feature = "legacy-tls"))]
+    #[error("tls_backend = \"legacy\" needs amtgw built with the legacy-tls feature")]
+    NoLegacyBackend,
+    #[cfg(feature = "legacy-tls")]
+    #[error("OpenSSL (tls_backend = \"legacy\"): {0}")]
+    Legacy(#[from] openssl::error::ErrorStack),
+    #[cfg(feature = "legacy-tls")]
+    #[error(
+        "client certificate {cert} and key {key} cannot be used by OpenSSL (tls_backend = \"legacy\"): {source}"
+    )]
+    LegacyClientIdentity {
+        cert: String,
+        key: String,
+        source: openssl::error::ErrorStack,
+    },
 }
 
 impl TlsError {
@@ -63,54 +86,66 @@ impl TlsError {
             TlsError::CaBundle(_) => "ca_bundle",
             TlsError::ClientIdentity { .. } => "client_identity",
             TlsError::NoPinStore => "pin_store_missing",
+            #[cfg(not(feature = "legacy-tls"))]
+            TlsError::NoLegacyBackend => "legacy_tls",
+            #[cfg(feature = "legacy-tls")]
+            TlsError::Legacy(_) => "legacy_tls",
+            #[cfg(feature = "legacy-tls")]
+            TlsError::LegacyClientIdentity { .. } => "client_identity",
         }
     }
 }
 
-/// Build a device's client config. Called at load, never per connection. `pin_store` is the
-/// store for `trust = "tofu"`, where `device` names the entry.
+/// Build a device's rustls client config. Called at load, never per connection.
 pub fn client_config(
     settings: &TlsSettings,
     provider: &Arc<CryptoProvider>,
-    device: &str,
-    pin_store: Option<&Arc<PinStore>>,
+    verifier: Arc<dyn ServerCertVerifier>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
+    let versions: Vec<_> = settings
+        .versions
+        .iter()
+        .filter_map(|v| v.rustls())
+        .collect();
     let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&settings.versions)
-        .map_err(TlsError::Versions)?;
-    let builder = match &settings.trust {
-        Trust::Pin(pins) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(LeafVerifier::new(
-                Pins(pins.clone()),
-                provider.signature_verification_algorithms,
-            ))),
-        Trust::Ca { roots, .. } => {
-            let verifier =
-                WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
-                    .build()
-                    .map_err(TlsError::CaBundle)?;
-            builder.with_webpki_verifier(verifier)
-        }
-        Trust::Tofu => {
-            let store = pin_store.ok_or(TlsError::NoPinStore)?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(LeafVerifier::new(
-                    FirstUse {
-                        device: device.to_owned(),
-                        store: store.clone(),
-                    },
-                    provider.signature_verification_algorithms,
-                )))
-        }
-    };
+        .with_protocol_versions(&versions)
+        .map_err(TlsError::Versions)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
     let mut config = with_identity(builder, settings.client_identity.as_deref())?;
     config.resumption = match settings.session_cache {
         0 => Resumption::disabled(),
         sessions => Resumption::store(Arc::new(ClientSessionMemoryCache::new(sessions))),
     };
     Ok(Arc::new(config))
+}
+
+/// How a device's certificate is checked, whichever backend speaks to it: configured pins,
+/// a CA and name, or the pin store for `trust = "tofu"` (where `device` names the entry).
+/// Built once per device at load.
+pub fn verifier(
+    trust: &Trust,
+    provider: &Arc<CryptoProvider>,
+    device: &str,
+    pin_store: Option<&Arc<PinStore>>,
+) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+    let algorithms = provider.signature_verification_algorithms;
+    Ok(match trust {
+        Trust::Pin(pins) => Arc::new(LeafVerifier::new(Pins(pins.clone()), algorithms)),
+        Trust::Ca { roots, .. } => {
+            WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .build()
+                .map_err(TlsError::CaBundle)?
+        }
+        Trust::Tofu => {
+            let store = pin_store.ok_or(TlsError::NoPinStore)?;
+            let first_use = FirstUse {
+                device: device.to_owned(),
+                store: store.clone(),
+            };
+            Arc::new(LeafVerifier::new(first_use, algorithms))
+        }
+    })
 }
 
 /// Finish a client config with the client certificate for mutual TLS, if there is one.
@@ -170,6 +205,13 @@ impl HandshakeFailure {
             rustls::Error::AlertReceived(alert) if rejects_client_certificate(*alert) => {
                 HandshakeFailure::ClientCertRejected
             }
+            // What a device answers a client hello it has nothing in common with: an old
+            // device offered only TLS 1.2+ with ECDHE, say.
+            rustls::Error::AlertReceived(
+                AlertDescription::HandshakeFailure
+                | AlertDescription::ProtocolVersion
+                | AlertDescription::InsufficientSecurity,
+            ) => HandshakeFailure::Incompatible,
             rustls::Error::AlertReceived(_) => HandshakeFailure::Alert,
             rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
                 HandshakeFailure::NotTls
@@ -200,7 +242,14 @@ pub(crate) fn rejects_client_certificate(alert: AlertDescription) -> bool {
 /// (a pin mismatch, with both fingerprints) only in its `Debug` form.
 pub(crate) fn describe(error: &std::io::Error) -> String {
     match rustls_error(error) {
-        Some(rustls::Error::InvalidCertificate(CertificateError::Other(other))) => {
+        Some(rustls) => describe_rustls(rustls),
+        None => error.to_string(),
+    }
+}
+
+pub(crate) fn describe_rustls(error: &rustls::Error) -> String {
+    match error {
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
             format!("invalid peer certificate: {}", other.0)
         }
         _ => error.to_string(),

@@ -1,7 +1,7 @@
-//! What a device's rustls `ClientConfig` is built from: how its certificate is trusted
-//! ([`Trust`]), the client certificate it may demand ([`ClientIdentity`]), protocol versions and
-//! the session cache. `config` validates raw TOML into these types; [`super::client_config`]
-//! turns them into a config.
+//! What a device's TLS client is built from: how its certificate is trusted ([`Trust`]), the
+//! client certificate it may demand ([`ClientIdentity`]), the TLS stack ([`Backend`]), protocol
+//! versions and the session cache. `config` validates raw TOML into these types;
+//! [`super::client_config`] (rustls) and `LegacyConnector` (OpenSSL) are built from them.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -12,13 +12,95 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::Pin;
 
-/// Everything needed to build a device's rustls `ClientConfig`.
+/// Everything needed to build a device's TLS client.
 #[derive(Clone)]
 pub struct TlsSettings {
     pub trust: Trust,
     pub client_identity: Option<Arc<ClientIdentity>>,
-    pub versions: Vec<&'static rustls::SupportedProtocolVersion>,
+    pub backend: Backend,
+    /// Never empty; only versions the backend speaks (`config` checks).
+    pub versions: Vec<TlsVersion>,
     pub session_cache: usize,
+}
+
+/// The TLS stack that speaks to a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// rustls: TLS 1.2 (ECDHE, AEAD) and 1.3. Every device unless configured otherwise.
+    Rustls,
+    /// OpenSSL at security level 0: TLS 1.0 to 1.2 with RSA key exchange and CBC suites, and
+    /// servers without RFC 5746, for AMT 11 and older (and AMT 12's RSA-only suites). Only
+    /// for devices configured with `tls_backend = "legacy"`: nothing ever falls back to it.
+    Legacy,
+}
+
+impl Backend {
+    /// The `tls_backend` label and config value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Rustls => "rustls",
+            Backend::Legacy => "legacy",
+        }
+    }
+}
+
+/// A TLS protocol version, as `tls_versions` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls1_0,
+    Tls1_1,
+    Tls1_2,
+    Tls1_3,
+}
+
+impl TlsVersion {
+    pub const ALL: [TlsVersion; 4] = [
+        TlsVersion::Tls1_0,
+        TlsVersion::Tls1_1,
+        TlsVersion::Tls1_2,
+        TlsVersion::Tls1_3,
+    ];
+
+    /// As written in the config: `"1.0"` to `"1.3"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsVersion::Tls1_0 => "1.0",
+            TlsVersion::Tls1_1 => "1.1",
+            TlsVersion::Tls1_2 => "1.2",
+            TlsVersion::Tls1_3 => "1.3",
+        }
+    }
+
+    /// As rustls and the access log name it: `TLSv1_0` to `TLSv1_3`.
+    pub fn log_name(self) -> &'static str {
+        match self {
+            TlsVersion::Tls1_0 => "TLSv1_0",
+            TlsVersion::Tls1_1 => "TLSv1_1",
+            TlsVersion::Tls1_2 => "TLSv1_2",
+            TlsVersion::Tls1_3 => "TLSv1_3",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TlsVersion> {
+        TlsVersion::ALL.into_iter().find(|v| v.as_str() == text)
+    }
+
+    /// The versions each backend speaks: rustls has no TLS 1.0/1.1; the legacy backend is for
+    /// devices that have no TLS 1.3.
+    pub fn spoken_by(self, backend: Backend) -> bool {
+        match backend {
+            Backend::Rustls => self >= TlsVersion::Tls1_2,
+            Backend::Legacy => self <= TlsVersion::Tls1_2,
+        }
+    }
+
+    pub(crate) fn rustls(self) -> Option<&'static rustls::SupportedProtocolVersion> {
+        match self {
+            TlsVersion::Tls1_2 => Some(&rustls::version::TLS12),
+            TlsVersion::Tls1_3 => Some(&rustls::version::TLS13),
+            TlsVersion::Tls1_0 | TlsVersion::Tls1_1 => None,
+        }
+    }
 }
 
 /// How a device's certificate is trusted. There is deliberately no mode that skips verification.

@@ -1,0 +1,387 @@
+//! The legacy backend: OpenSSL, for devices rustls cannot reach. AMT 11 and older speak only
+//! TLS 1.0/1.1; up to AMT 12 many offer only RSA key exchange with CBC suites; and AMT's TLS
+//! server does not implement RFC 5746 secure renegotiation, which OpenSSL 3 clients insist on
+//! by default. rustls will never speak any of that, by design.
+//!
+//! It is used only for a device configured with `tls_backend = "legacy"` (nothing falls back
+//! to it), and everything that decides trust is shared with the rustls backend: the same
+//! verifier (pins, CA and name, the pin store) checks the chain OpenSSL received, before a
+//! single byte is relayed. OpenSSL's own certificate verification is off; its security level
+//! is lowered in this device's context only.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use openssl::error::ErrorStack;
+use openssl::pkey::PKey;
+use openssl::ssl::{
+    ErrorCode, Ssl, SslContext, SslMethod, SslOptions, SslSession, SslSessionRef, SslVerifyMode,
+    SslVersion,
+};
+use openssl::x509::X509;
+use rustls::AlertDescription;
+use rustls::client::danger::ServerCertVerifier;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::{
+    ClientIdentity, HandshakeFailure, TlsError, TlsSettings, TlsVersion, rejects_client_certificate,
+};
+
+/// Every suite OpenSSL has, RSA key exchange and CBC included; at security level 0, which
+/// is what allows TLS 1.0/1.1 (SHA-1 and MD5-SHA1 handshake signatures) in OpenSSL 3.
+const CIPHERS: &str = "DEFAULT:@SECLEVEL=0";
+
+/// The smallest RSA device key accepted, as on the rustls backend (ring counts the modulus
+/// in whole bytes: AMT's 2047-bit "2048-bit" keys pass, 2040 bits and less do not). It
+/// matters more here: with RSA key exchange the key protects the session keys themselves.
+const MIN_RSA_BITS: u32 = 2041;
+
+// OpenSSL reason codes (include/openssl/sslerr.h, OpenSSL 3.0), not exported by openssl-sys.
+const SSL_R_NO_CIPHERS_AVAILABLE: i32 = 181;
+const SSL_R_NO_PROTOCOLS_AVAILABLE: i32 = 191;
+const SSL_R_PACKET_LENGTH_TOO_LONG: i32 = 198;
+const SSL_R_UNSUPPORTED_PROTOCOL: i32 = 258;
+const SSL_R_WRONG_VERSION_NUMBER: i32 = 267;
+const SSL_R_UNEXPECTED_EOF_WHILE_READING: i32 = 294;
+
+/// What a [`LegacyConnector`] is built from.
+#[derive(Debug, Clone, Copy)]
+pub struct LegacyOptions<'a> {
+    /// Spoken from the lowest to the highest listed (OpenSSL takes a range).
+    pub versions: &'a [TlsVersion],
+    /// An OpenSSL cipher list; `None` for every suite (`amtgw pin` narrows it to survey).
+    pub ciphers: Option<&'a str>,
+    pub client_identity: Option<&'a ClientIdentity>,
+    pub resumption: bool,
+}
+
+impl<'a> LegacyOptions<'a> {
+    /// A device's options, from its settings.
+    pub fn of(settings: &'a TlsSettings) -> LegacyOptions<'a> {
+        LegacyOptions {
+            versions: &settings.versions,
+            ciphers: None,
+            client_identity: settings.client_identity.as_deref(),
+            resumption: settings.session_cache > 0,
+        }
+    }
+}
+
+/// One device's OpenSSL client, built once at load like a rustls `ClientConfig`.
+pub struct LegacyConnector {
+    context: SslContext,
+    verifier: Arc<dyn ServerCertVerifier>,
+    /// The session of the last verified full handshake, offered for resumption; `None` when
+    /// `gateway.session_cache_per_device` is 0. TLS up to 1.2 resumes by session ID, which
+    /// can be offered again and again, so one per device is enough.
+    session: Option<Mutex<Option<SslSession>>>,
+}
+
+impl std::fmt::Debug for LegacyConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LegacyConnector").finish_non_exhaustive()
+    }
+}
+
+impl LegacyConnector {
+    pub fn new(
+        options: LegacyOptions<'_>,
+        verifier: Arc<dyn ServerCertVerifier>,
+    ) -> Result<LegacyConnector, TlsError> {
+        let mut builder = SslContext::builder(SslMethod::tls_client())?;
+        let version = |v: Option<&TlsVersion>| match v {
+            Some(TlsVersion::Tls1_0) => Some(SslVersion::TLS1),
+            Some(TlsVersion::Tls1_1) => Some(SslVersion::TLS1_1),
+            Some(TlsVersion::Tls1_3) => Some(SslVersion::TLS1_3),
+            Some(TlsVersion::Tls1_2) | None => Some(SslVersion::TLS1_2),
+        };
+        // OpenSSL takes a range: from the lowest listed version to the highest.
+        builder.set_min_proto_version(version(options.versions.iter().min()))?;
+        builder.set_max_proto_version(version(options.versions.iter().max()))?;
+        builder.set_security_level(0);
+        match options.ciphers {
+            None => builder.set_cipher_list(CIPHERS)?,
+            Some(list) => builder.set_cipher_list(&format!("{list}:@SECLEVEL=0"))?,
+        }
+        builder.set_options(
+            SslOptions::NO_COMPRESSION
+                | SslOptions::ALLOW_UNSAFE_LEGACY_RENEGOTIATION
+                | SslOptions::from_bits_retain(openssl_sys::SSL_OP_LEGACY_SERVER_CONNECT),
+        );
+        // The shared verifier checks the chain once the handshake is done; see `connect`.
+        builder.set_verify(SslVerifyMode::NONE);
+        if let Some(identity) = options.client_identity {
+            let failed = |source: ErrorStack| TlsError::LegacyClientIdentity {
+                cert: identity.cert_path.display().to_string(),
+                key: identity.key_path.display().to_string(),
+                source,
+            };
+            let mut chain = identity.chain.iter().map(|c| X509::from_der(c.as_ref()));
+            if let Some(leaf) = chain.next() {
+                let leaf = leaf.map_err(failed)?;
+                builder.set_certificate(&leaf).map_err(failed)?;
+            }
+            for extra in chain {
+                builder
+                    .add_extra_chain_cert(extra.map_err(failed)?)
+                    .map_err(failed)?;
+            }
+            let key = PKey::private_key_from_der(identity.key.secret_der()).map_err(failed)?;
+            builder.set_private_key(&key).map_err(failed)?;
+            builder.check_private_key().map_err(failed)?;
+        }
+        Ok(LegacyConnector {
+            context: builder.build(),
+            verifier,
+            session: options.resumption.then(|| Mutex::new(None)),
+        })
+    }
+
+    /// The TLS handshake over a connected socket, then the shared trust check of the chain
+    /// the device presented. The caller bounds it with the handshake timeout.
+    pub async fn connect(
+        &self,
+        server_name: &ServerName<'_>,
+        tcp: TcpStream,
+    ) -> Result<LegacyStream, LegacyError> {
+        let mut ssl = Ssl::new(&self.context).map_err(LegacyError::Setup)?;
+        // Sent only for names, as rustls does: AMT has one certificate per interface, so SNI
+        // selects nothing, but it is harmless and some front ends want it.
+        if let ServerName::DnsName(name) = server_name {
+            ssl.set_hostname(name.as_ref())
+                .map_err(LegacyError::Setup)?;
+        }
+        if let Some(previous) = self.last_session() {
+            offer_session(&mut ssl, &previous)?;
+        }
+        let mut stream = tokio_openssl::SslStream::new(ssl, tcp).map_err(LegacyError::Setup)?;
+        Pin::new(&mut stream)
+            .connect()
+            .await
+            .map_err(LegacyError::Handshake)?;
+
+        let chain: Vec<CertificateDer<'static>> = match stream.ssl().peer_cert_chain() {
+            Some(certs) => certs
+                .iter()
+                .map(|cert| cert.to_der().map(CertificateDer::from))
+                .collect::<Result<_, _>>()
+                .map_err(LegacyError::Setup)?,
+            None => Vec::new(),
+        };
+        let (leaf, intermediates) = chain.split_first().ok_or(LegacyError::NoCertificate)?;
+        if let Some(bits) = stream
+            .ssl()
+            .peer_certificate()
+            .and_then(|cert| cert.public_key().ok())
+            .and_then(|key| key.rsa().ok().map(|rsa| rsa.n().num_bits()))
+            .and_then(|bits| u32::try_from(bits).ok())
+            .filter(|bits| *bits < MIN_RSA_BITS)
+        {
+            return Err(LegacyError::WeakKey { bits });
+        }
+        self.verifier
+            .verify_server_cert(leaf, intermediates, server_name, &[], UnixTime::now())
+            .map_err(LegacyError::Certificate)?;
+
+        // Only a verified session is kept for resumption.
+        let resumed = stream.ssl().session_reused();
+        if let (Some(slot), false) = (&self.session, resumed)
+            && let Some(session) = stream.ssl().session()
+            && let Ok(mut slot) = slot.lock()
+        {
+            *slot = Some(session.to_owned());
+        }
+        Ok(LegacyStream {
+            inner: stream,
+            chain,
+            resumed,
+        })
+    }
+
+    fn last_session(&self) -> Option<SslSession> {
+        self.session.as_ref()?.lock().ok()?.clone()
+    }
+}
+
+/// Offer a session from an earlier handshake with this device for resumption.
+///
+/// The one use of `unsafe` in amtgw. `SSL_set_session` is unsafe in the openssl crate only
+/// because a session must come from the same `SslContext` as the connection. It does: the
+/// session slot belongs to the `LegacyConnector` that owns the context, and is only ever
+/// filled from that context's connections. Without it, every connection to a legacy device
+/// pays a full RSA handshake (measured in the e2e bench's legacy column).
+#[allow(unsafe_code)]
+fn offer_session(ssl: &mut Ssl, session: &SslSessionRef) -> Result<(), LegacyError> {
+    // SAFETY: `session` was taken from a connection of the same `SslContext` as `ssl`
+    // (see above); OpenSSL takes its own reference to it.
+    unsafe { ssl.set_session(session) }.map_err(LegacyError::Setup)
+}
+
+/// The legacy TLS handshake failed, or its result is not trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum LegacyError {
+    #[error("OpenSSL: {0}")]
+    Setup(ErrorStack),
+    #[error("{0}")]
+    Handshake(openssl::ssl::Error),
+    #[error("the device presented no certificate")]
+    NoCertificate,
+    #[error("the device's RSA key has {bits} bits; at least 2048 are required")]
+    WeakKey { bits: u32 },
+    #[error("{}", super::describe_rustls(.0))]
+    Certificate(rustls::Error),
+}
+
+impl LegacyError {
+    /// The socket-level failure under a handshake failure (a reset, or an EOF mid-handshake),
+    /// which is the device's doing rather than TLS's.
+    pub fn io_error_kind(&self) -> Option<io::ErrorKind> {
+        let LegacyError::Handshake(error) = self else {
+            return None;
+        };
+        if let Some(io) = error.io_error() {
+            return Some(io.kind());
+        }
+        let eof = error.code() == ErrorCode::SYSCALL
+            || has_reason(error.ssl_error(), SSL_R_UNEXPECTED_EOF_WHILE_READING);
+        eof.then_some(io::ErrorKind::UnexpectedEof)
+    }
+
+    pub fn failure(&self) -> HandshakeFailure {
+        match self {
+            LegacyError::Setup(_) => HandshakeFailure::Other,
+            LegacyError::NoCertificate | LegacyError::WeakKey { .. } => {
+                HandshakeFailure::CertInvalid
+            }
+            LegacyError::Certificate(error) => HandshakeFailure::of(error),
+            LegacyError::Handshake(error) => classify(error.ssl_error()),
+        }
+    }
+}
+
+fn has_reason(stack: Option<&ErrorStack>, reason: i32) -> bool {
+    stack.is_some_and(|s| s.errors().iter().any(|e| e.reason_code() == reason))
+}
+
+/// OpenSSL's handshake errors in amtgw's terms. An alert from the device arrives as reason
+/// 1000 + its alert number.
+fn classify(stack: Option<&ErrorStack>) -> HandshakeFailure {
+    let Some(stack) = stack else {
+        return HandshakeFailure::Other;
+    };
+    for error in stack.errors() {
+        let reason = error.reason_code();
+        if let Some(alert) = reason
+            .checked_sub(openssl_sys::SSL_AD_REASON_OFFSET)
+            .and_then(|n| u8::try_from(n).ok())
+        {
+            let alert = AlertDescription::from(alert);
+            return match alert {
+                AlertDescription::HandshakeFailure
+                | AlertDescription::ProtocolVersion
+                | AlertDescription::InsufficientSecurity => HandshakeFailure::Incompatible,
+                alert if rejects_client_certificate(alert) => HandshakeFailure::ClientCertRejected,
+                _ => HandshakeFailure::Alert,
+            };
+        }
+        match reason {
+            SSL_R_WRONG_VERSION_NUMBER | SSL_R_PACKET_LENGTH_TOO_LONG => {
+                return HandshakeFailure::NotTls;
+            }
+            SSL_R_UNSUPPORTED_PROTOCOL
+            | SSL_R_NO_PROTOCOLS_AVAILABLE
+            | SSL_R_NO_CIPHERS_AVAILABLE => return HandshakeFailure::Incompatible,
+            _ => {}
+        }
+    }
+    HandshakeFailure::Other
+}
+
+/// A device connection over the legacy backend: relayed like a rustls one.
+pub struct LegacyStream {
+    inner: tokio_openssl::SslStream<TcpStream>,
+    chain: Vec<CertificateDer<'static>>,
+    resumed: bool,
+}
+
+impl LegacyStream {
+    pub fn tcp(&self) -> &TcpStream {
+        self.inner.get_ref()
+    }
+
+    /// The certificates the device presented (on a resumed session: in its full handshake).
+    pub fn peer_certificates(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
+    pub fn resumed(&self) -> bool {
+        self.resumed
+    }
+
+    /// As rustls names them: `TLSv1_0` to `TLSv1_2`.
+    pub fn protocol_version(&self) -> Option<&'static str> {
+        let version = self.inner.ssl().version2()?;
+        [
+            (SslVersion::TLS1, TlsVersion::Tls1_0),
+            (SslVersion::TLS1_1, TlsVersion::Tls1_1),
+            (SslVersion::TLS1_2, TlsVersion::Tls1_2),
+            (SslVersion::TLS1_3, TlsVersion::Tls1_3),
+        ]
+        .into_iter()
+        .find_map(|(v, ours)| (v == version).then_some(ours.log_name()))
+    }
+
+    /// The IANA name, as rustls gives it (`TLS_RSA_WITH_AES_128_CBC_SHA`).
+    pub fn cipher(&self) -> Option<&'static str> {
+        self.inner.ssl().current_cipher()?.standard_name()
+    }
+}
+
+impl AsyncRead for LegacyStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner)
+            .poll_read(cx, buf)
+            .map_err(unexpected_eof)
+    }
+}
+
+/// OpenSSL 3 reports a TCP close without close_notify as an SSL error; the relay (like
+/// rustls) expects `UnexpectedEof`, which it passes on as the end of the stream and notes as
+/// unclean. AMT often closes so.
+fn unexpected_eof(error: io::Error) -> io::Error {
+    let eof = error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<openssl::ssl::Error>())
+        .is_some_and(|e| has_reason(e.ssl_error(), SSL_R_UNEXPECTED_EOF_WHILE_READING));
+    if eof {
+        io::Error::new(io::ErrorKind::UnexpectedEof, error)
+    } else {
+        error
+    }
+}
+
+impl AsyncWrite for LegacyStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
