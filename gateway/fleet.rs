@@ -142,6 +142,7 @@ pub fn build(
     previous: &[Arc<Device>],
 ) -> Result<Vec<Arc<Device>>, FleetError> {
     let provider = tls::provider();
+    warn_of_legacy_devices(config);
     config
         .devices
         .iter()
@@ -171,6 +172,26 @@ pub fn build(
             }))
         })
         .collect()
+}
+
+/// One warning per load: the legacy backend is weaker (no forward secrecy with RSA key
+/// exchange, CBC suites, TLS 1.0), so its use must be visible, device by device.
+fn warn_of_legacy_devices(config: &Config) {
+    let legacy: Vec<&str> = config
+        .devices
+        .iter()
+        .filter(|d| d.tls.backend == Backend::Legacy)
+        .map(|d| d.name.as_str())
+        .collect();
+    if !legacy.is_empty() {
+        tracing::warn!(
+            devices = %legacy.join(","),
+            count = legacy.len(),
+            "tls_backend = \"legacy\": these devices are reached with OpenSSL at security level \
+             0 (TLS 1.0-1.2, RSA key exchange, CBC suites); replace or update their firmware \
+             when you can"
+        );
+    }
 }
 
 /// The device's TLS client on its backend, with the verifier both backends share.

@@ -96,35 +96,15 @@ pub(super) static SIGNATURE_ALGORITHMS: WebPkiSupportedAlgorithms = WebPkiSuppor
 mod tests {
     use openssl::hash::MessageDigest;
     use openssl::pkey::{PKey, Private};
-    use openssl::rsa::{Padding, Rsa};
+    use openssl::rsa::Padding;
     use openssl::sign::{RsaPssSaltlen, Signer};
-    use openssl::x509::{X509, X509NameBuilder};
     use rustls::DigitallySignedStruct;
     use rustls::crypto::{verify_tls12_signature, verify_tls13_signature};
     use rustls::internal::msgs::codec::{Codec, Reader};
     use rustls_pki_types::CertificateDer;
 
     use super::*;
-
-    /// A self-signed certificate over an RSA key of `bits` bits, as firmware makes them.
-    fn rsa_device(bits: u32) -> (PKey<Private>, CertificateDer<'static>) {
-        let key = PKey::from_rsa(Rsa::generate(bits).unwrap()).unwrap();
-        let mut name = X509NameBuilder::new().unwrap();
-        name.append_entry_by_text("CN", "Unknown").unwrap();
-        let name = name.build();
-        let mut cert = X509::builder().unwrap();
-        cert.set_version(2).unwrap();
-        cert.set_subject_name(&name).unwrap();
-        cert.set_issuer_name(&name).unwrap();
-        cert.set_pubkey(&key).unwrap();
-        let now = openssl::asn1::Asn1Time::days_from_now(0).unwrap();
-        let later = openssl::asn1::Asn1Time::days_from_now(365).unwrap();
-        cert.set_not_before(&now).unwrap();
-        cert.set_not_after(&later).unwrap();
-        cert.sign(&key, MessageDigest::sha256()).unwrap();
-        let der = cert.build().to_der().unwrap();
-        (key, CertificateDer::from(der))
-    }
+    use crate::tls::test_keys::rsa_device;
 
     fn signed(
         key: &PKey<Private>,
@@ -149,6 +129,7 @@ mod tests {
 
     fn verifies(algorithms: &WebPkiSupportedAlgorithms, bits: u32) -> [bool; 3] {
         let (key, cert) = rsa_device(bits);
+        let cert = CertificateDer::from(cert.to_der().unwrap());
         let message = b"handshake transcript";
         let pkcs1 = signed(&key, SignatureScheme::RSA_PKCS1_SHA256, message);
         let pss = signed(&key, SignatureScheme::RSA_PSS_SHA256, message);

@@ -302,6 +302,7 @@ fn classify(stack: Option<&ErrorStack>) -> HandshakeFailure {
 }
 
 /// A device connection over the legacy backend: relayed like a rustls one.
+#[derive(Debug)]
 pub struct LegacyStream {
     inner: tokio_openssl::SslStream<TcpStream>,
     chain: Vec<CertificateDer<'static>>,
@@ -342,29 +343,30 @@ impl LegacyStream {
 }
 
 impl AsyncRead for LegacyStream {
+    /// A TCP close without close_notify ends the stream with `UnexpectedEof`, as rustls does:
+    /// the relay passes it on as the end of the stream and notes it as unclean (AMT often
+    /// closes so). The openssl crate reads both kinds of end as `Ok(0)`; a peek after it still
+    /// tells them apart (OpenSSL's ZERO_RETURN for close_notify, SYSCALL for a bare close).
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner)
-            .poll_read(cx, buf)
-            .map_err(unexpected_eof)
-    }
-}
-
-/// OpenSSL 3 reports a TCP close without close_notify as an SSL error; the relay (like
-/// rustls) expects `UnexpectedEof`, which it passes on as the end of the stream and notes as
-/// unclean. AMT often closes so.
-fn unexpected_eof(error: io::Error) -> io::Error {
-    let eof = error
-        .get_ref()
-        .and_then(|e| e.downcast_ref::<openssl::ssl::Error>())
-        .is_some_and(|e| has_reason(e.ssl_error(), SSL_R_UNEXPECTED_EOF_WHILE_READING));
-    if eof {
-        io::Error::new(io::ErrorKind::UnexpectedEof, error)
-    } else {
-        error
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let ended = matches!(polled, Poll::Ready(Ok(())))
+            && buf.filled().len() == before
+            && buf.remaining() > 0;
+        if ended
+            && let Poll::Ready(Err(end)) = Pin::new(&mut self.inner).poll_peek(cx, &mut [0u8; 1])
+            && end.code() != ErrorCode::ZERO_RETURN
+        {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the device closed the connection without TLS close_notify",
+            )));
+        }
+        polled
     }
 }
 
@@ -383,5 +385,185 @@ impl AsyncWrite for LegacyStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openssl::pkey::{PKey, Private};
+    use openssl::ssl::SslAcceptor;
+    use openssl::x509::X509;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::tls::test_keys::rsa_device;
+    use crate::tls::{LeafVerifier, Pin, Pins, provider};
+
+    /// An AMT 7-like device: TLS 1.0 only, RSA key exchange with AES-CBC only, echoing
+    /// whatever it is sent. `close_notify`: whether it ends its side with TLS close_notify.
+    struct OldDevice {
+        addr: std::net::SocketAddr,
+        cert: X509,
+    }
+
+    async fn old_device(bits: u32, close_notify: bool) -> OldDevice {
+        let (key, cert) = rsa_device(bits);
+        let acceptor = tls10_acceptor(&key, &cert);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let ssl = Ssl::new(acceptor.context()).unwrap();
+                tokio::spawn(async move {
+                    let mut tls = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+                    if std::pin::Pin::new(&mut tls).accept().await.is_err() {
+                        return;
+                    }
+                    let mut buf = [0u8; 64];
+                    let Ok(n) = tls.read(&mut buf).await else {
+                        return;
+                    };
+                    let _ = tls.write_all(&buf[..n]).await;
+                    if close_notify {
+                        let _ = tls.shutdown().await;
+                    }
+                });
+            }
+        });
+        OldDevice { addr, cert }
+    }
+
+    fn tls10_acceptor(key: &PKey<Private>, cert: &X509) -> SslAcceptor {
+        let mut builder = SslAcceptor::mozilla_intermediate(SslMethod::tls_server()).unwrap();
+        builder
+            .set_min_proto_version(Some(SslVersion::TLS1))
+            .unwrap();
+        builder
+            .set_max_proto_version(Some(SslVersion::TLS1))
+            .unwrap();
+        builder.set_security_level(0);
+        builder
+            .set_cipher_list("AES256-SHA:AES128-SHA:@SECLEVEL=0")
+            .unwrap();
+        builder.set_private_key(key).unwrap();
+        builder.set_certificate(cert).unwrap();
+        builder.build()
+    }
+
+    fn pinned_to(cert: &X509, session_cache: usize) -> LegacyConnector {
+        let pins = vec![Pin::of_certificate(&cert.to_der().unwrap())];
+        let verifier = Arc::new(LeafVerifier::new(
+            Pins(pins),
+            provider().signature_verification_algorithms,
+        ));
+        let versions = [TlsVersion::Tls1_0, TlsVersion::Tls1_1, TlsVersion::Tls1_2];
+        let options = LegacyOptions {
+            versions: &versions,
+            ciphers: None,
+            client_identity: None,
+            resumption: session_cache > 0,
+        };
+        LegacyConnector::new(options, verifier).unwrap()
+    }
+
+    async fn connect(
+        connector: &LegacyConnector,
+        addr: std::net::SocketAddr,
+    ) -> Result<LegacyStream, LegacyError> {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::IpAddress(addr.ip().into());
+        connector.connect(&name, tcp).await
+    }
+
+    #[tokio::test]
+    async fn a_tls10_rsa_key_exchange_device_is_reached_and_relays() {
+        let device = old_device(2047, true).await;
+        let connector = pinned_to(&device.cert, 8);
+        let mut tls = connect(&connector, device.addr).await.unwrap();
+        assert_eq!(tls.protocol_version(), Some("TLSv1_0"));
+        assert_eq!(tls.cipher(), Some("TLS_RSA_WITH_AES_256_CBC_SHA"));
+        tls.write_all(b"ping").await.unwrap();
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"ping");
+    }
+
+    #[tokio::test]
+    async fn a_legacy_device_with_another_certificate_is_refused_as_pin_mismatch() {
+        let (device, other) = (old_device(2048, true).await, rsa_device(2048).1);
+        let connector = pinned_to(&other, 8);
+        let refused = connect(&connector, device.addr).await.unwrap_err();
+        assert_eq!(
+            refused.failure(),
+            HandshakeFailure::PinMismatch,
+            "{refused}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_second_connection_to_a_legacy_device_resumes_its_session() {
+        let device = old_device(2048, true).await;
+        let connector = pinned_to(&device.cert, 8);
+        let first = connect(&connector, device.addr).await.unwrap();
+        let second = connect(&connector, device.addr).await.unwrap();
+        assert_eq!((first.resumed(), second.resumed()), (false, true));
+        // A resumed session still shows (and had verified) the device's certificate.
+        assert_eq!(second.peer_certificates().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn without_a_session_cache_nothing_is_resumed() {
+        let device = old_device(2048, true).await;
+        let connector = pinned_to(&device.cert, 0);
+        let _first = connect(&connector, device.addr).await.unwrap();
+        assert!(!connect(&connector, device.addr).await.unwrap().resumed());
+    }
+
+    #[tokio::test]
+    async fn a_1024_bit_device_key_is_refused() {
+        let device = old_device(1024, true).await;
+        let connector = pinned_to(&device.cert, 8);
+        let refused = connect(&connector, device.addr).await.unwrap_err();
+        assert!(
+            matches!(refused, LegacyError::WeakKey { bits: 1024 }),
+            "{refused}"
+        );
+        assert_eq!(refused.failure(), HandshakeFailure::CertInvalid);
+    }
+
+    #[tokio::test]
+    async fn a_tcp_close_without_close_notify_reads_as_unexpected_eof() {
+        let device = old_device(2048, false).await;
+        let connector = pinned_to(&device.cert, 8);
+        let mut tls = connect(&connector, device.addr).await.unwrap();
+        tls.write_all(b"ping").await.unwrap();
+        let mut answer = [0u8; 4];
+        tls.read_exact(&mut answer).await.unwrap();
+        let error = tls.read(&mut [0u8; 1]).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_device_speaking_only_newer_tls_than_allowed_is_incompatible() {
+        let device = old_device(2048, true).await;
+        let pins = vec![Pin::of_certificate(&device.cert.to_der().unwrap())];
+        let verifier = Arc::new(LeafVerifier::new(
+            Pins(pins),
+            provider().signature_verification_algorithms,
+        ));
+        let options = LegacyOptions {
+            versions: &[TlsVersion::Tls1_2],
+            ciphers: None,
+            client_identity: None,
+            resumption: false,
+        };
+        let connector = LegacyConnector::new(options, verifier).unwrap();
+        let refused = connect(&connector, device.addr).await.unwrap_err();
+        assert_eq!(
+            refused.failure(),
+            HandshakeFailure::Incompatible,
+            "{refused}"
+        );
     }
 }

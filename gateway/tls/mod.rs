@@ -260,3 +260,32 @@ pub(crate) fn describe_rustls(error: &rustls::Error) -> String {
 pub(crate) fn rustls_error(error: &std::io::Error) -> Option<&rustls::Error> {
     error.get_ref()?.downcast_ref::<rustls::Error>()
 }
+
+/// Keys and certificates OpenSSL makes and rcgen cannot: RSA keys of any size, as firmware
+/// generates them (2047 bits, say).
+#[cfg(test)]
+pub(crate) mod test_keys {
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::{PKey, Private};
+    use openssl::rsa::Rsa;
+    use openssl::x509::{X509, X509NameBuilder};
+
+    /// A self-signed certificate with "Unknown" DN fields over a fresh RSA key of `bits` bits.
+    pub(crate) fn rsa_device(bits: u32) -> (PKey<Private>, X509) {
+        let key = PKey::from_rsa(Rsa::generate(bits).unwrap()).unwrap();
+        let mut name = X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", "Unknown").unwrap();
+        let name = name.build();
+        let mut cert = X509::builder().unwrap();
+        cert.set_version(2).unwrap();
+        cert.set_subject_name(&name).unwrap();
+        cert.set_issuer_name(&name).unwrap();
+        cert.set_pubkey(&key).unwrap();
+        let now = openssl::asn1::Asn1Time::days_from_now(0).unwrap();
+        let later = openssl::asn1::Asn1Time::days_from_now(365).unwrap();
+        cert.set_not_before(&now).unwrap();
+        cert.set_not_after(&later).unwrap();
+        cert.sign(&key, MessageDigest::sha256()).unwrap();
+        (key, cert.build())
+    }
+}
