@@ -183,7 +183,7 @@ fn reference_config_values_reach_the_typed_config() {
     assert_eq!(redirection.idle_timeout, Duration::from_secs(30 * 60));
     assert_eq!(redirection.default_device, None);
 
-    assert_eq!(config.devices.len(), 3);
+    assert_eq!(config.devices.len(), 4);
 
     let bench = config.device("lab-bench").unwrap();
     assert_eq!(bench.listen, Some("10.20.0.11".parse().unwrap()));
@@ -224,6 +224,11 @@ fn reference_config_values_reach_the_typed_config() {
     assert_eq!(nat.tls.versions, [amtgw::tls::TlsVersion::Tls1_2]);
     let identity = nat.tls.client_identity.as_ref().unwrap();
     assert!(identity.key_path.ends_with("certs/example-client.key"));
+
+    let museum = config.device("museum-amt7").unwrap();
+    assert_eq!(museum.tls.backend, amtgw::tls::Backend::Legacy);
+    assert_eq!(museum.tls.versions.len(), 3);
+    assert_eq!(bench.tls.backend, amtgw::tls::Backend::Rustls);
 }
 
 #[test]
@@ -239,7 +244,7 @@ fn check_accepts_the_reference_config() {
     );
     assert!(
         stdout.contains(&format!(
-            "{}: valid (3 device(s), services: wsman, redirection)",
+            "{}: valid (4 device(s), services: wsman, redirection)",
             path.display()
         )),
         "{stdout}"
