@@ -4,10 +4,12 @@
 #
 #     scripts/container-build.sh
 #
-# It builds the static binary on the host (RUSTFLAGS="-C target-feature=+crt-static" cargo
-# build --release --locked --target x86_64-unknown-linux-gnu --bin amtgw --no-default-features,
-# into AMTGW_STATIC_TARGET_DIR, default target/static): without the `sim` feature, so the image
-# carries no simulated device, no `amtgw demo` and no demo password. It stages the binary in a
+# It builds the static binary on the host (RUSTFLAGS="-C target-feature=+crt-static"
+# OPENSSL_STATIC=1 cargo build --release --locked --target x86_64-unknown-linux-gnu --bin amtgw
+# --no-default-features --features legacy-tls, into AMTGW_STATIC_TARGET_DIR, default
+# target/static): without the `sim` feature, so the image carries no simulated device, no
+# `amtgw demo` and no demo password; with the legacy TLS backend, Debian's OpenSSL linked in
+# statically, for devices configured with tls_backend = "legacy". It stages the binary in a
 # context directory holding only `amtgw` and .dockerignore, runs `podman build --isolation
 # chroot -t amtgw:<version> -f Dockerfile <context>` and checks that `amtgw --version` runs in
 # the image. The build context must contain the static binary named `amtgw`: no Rust toolchain

@@ -38,7 +38,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # 0. The tools, from Debian, when missing: podman builds the image; runc runs it where crun
 # cannot (see above); file and binutils check that the binary is static.
-"$repo/scripts/apt-install.sh" podman runc file binutils
+"$repo/scripts/apt-install.sh" podman runc file binutils libssl-dev pkg-config
 
 # 1. The static binary. --target is required: with it RUSTFLAGS apply only to the target
 # artifacts, not to build scripts and proc macros, which cannot be linked statically.
@@ -47,9 +47,12 @@ if [[ "${SKIP_CARGO:-0}" != 1 ]]; then
     step "cargo build (static glibc) into $target_dir"
     (
         cd "$repo"
+        # The legacy TLS backend links Debian's OpenSSL statically (libssl.a, libcrypto.a from
+        # libssl-dev): a static binary cannot load libssl.so.
         RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
-            CARGO_TARGET_DIR="$target_dir" \
-            cargo build --release --locked --target "$triple" --bin amtgw --no-default-features
+            CARGO_TARGET_DIR="$target_dir" OPENSSL_STATIC=1 \
+            cargo build --release --locked --target "$triple" --bin amtgw \
+            --no-default-features --features legacy-tls
     )
 fi
 [[ -x "$bin" ]] || die "no binary at $bin"

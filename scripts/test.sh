@@ -5,6 +5,7 @@
 # benchmark once as a smoke test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/install-build-deps.sh
 scripts/install-test-deps.sh
 benches/install-peers.sh   # stunnel4, haproxy, nginx for the benchmark smoke
 cargo test --locked --workspace --all-targets "$@"
