@@ -3,6 +3,7 @@
 //! TOML string, and a `/metrics` scraper.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod clients;
 pub mod loopback;
 
 use std::future::Future;
