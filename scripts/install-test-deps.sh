@@ -2,7 +2,10 @@
 # Installs the Debian packages the interop tests (tests/interop.rs) drive as
 # real, unmodified clients: curl (WS-Man/HTTP digest), amtterm (SOL over the
 # redirection protocol), script from bsdutils (gives amtterm the terminal it
-# insists on) and stunnel4 (an independent TLS client for the simulator).
+# insists on) and stunnel4 (an independent TLS client for the simulator); and
+# what the simulator builds and is tested with: the system OpenSSL 3 it serves
+# the legacy firmware profiles with (libssl-dev, found through pkg-config) and
+# the openssl command (s_client) its profile tests run.
 #
 # Idempotent and non-interactive (scripts/apt-install.sh). Run as root (CI) or
 # with sudo available.
@@ -10,11 +13,11 @@
 # Usage: scripts/install-test-deps.sh
 set -euo pipefail
 
-"$(dirname "$0")/apt-install.sh" curl amtterm stunnel4 bsdutils
+"$(dirname "$0")/apt-install.sh" curl amtterm stunnel4 bsdutils libssl-dev pkg-config openssl
 
 # Fail loudly if a package is installed but the program the tests spawn is still not on PATH
 # (Debian names the stunnel binary stunnel4; others stunnel).
-for program in curl amtterm script; do
+for program in curl amtterm script openssl; do
   if ! command -v "$program" >/dev/null 2>&1; then
     echo "install-test-deps: $program not found on PATH" >&2
     exit 1
