@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use amtgw_sim::{
-    CertStyle, DEMO_PASSWORD, DEMO_USERNAME, SimConfig, SimDevice, SimIdentity,
+    CertStyle, DEMO_PASSWORD, DEMO_USERNAME, KeyType, SimConfig, SimDevice, SimIdentity,
     generate_amt_identity, pins_of,
 };
 use rustls::ClientConfig;
@@ -180,7 +180,8 @@ async fn mutual_tls_and_tls12_only() {
 
 #[tokio::test]
 async fn provided_identity_is_served() {
-    let (cert, key) = generate_amt_identity(false, CertStyle::IntelNamed).unwrap();
+    let (cert, key) =
+        generate_amt_identity(KeyType::Rsa2048, false, CertStyle::IntelNamed).unwrap();
     let mut config = SimConfig::demo("provided");
     config.identity = SimIdentity::Provided {
         chain: vec![cert.clone()],
@@ -195,7 +196,8 @@ async fn provided_identity_is_served() {
 #[test]
 fn printed_pins_are_amtgws() {
     for ca_true in [false, true] {
-        let (cert, _) = generate_amt_identity(ca_true, CertStyle::Unknown).unwrap();
+        let (cert, _) =
+            generate_amt_identity(KeyType::Rsa2048, ca_true, CertStyle::Unknown).unwrap();
         let amtgw = Fingerprints::of(&cert).unwrap();
         let (certificate, public_key) = pins_of(&cert).unwrap();
         assert_eq!(certificate, amtgw.certificate.to_string());

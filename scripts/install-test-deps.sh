@@ -2,7 +2,9 @@
 # Installs the Debian packages the interop tests (tests/interop.rs) drive as
 # real, unmodified clients: curl (WS-Man/HTTP digest), amtterm (SOL over the
 # redirection protocol), script from bsdutils (gives amtterm the terminal it
-# insists on) and stunnel4 (an independent TLS client for the simulator).
+# insists on), stunnel4 (an independent TLS client for the simulator) and the
+# openssl command (s_client), which the simulator's profile tests run. What the
+# build itself needs (OpenSSL's development files) is scripts/install-build-deps.sh.
 #
 # Idempotent and non-interactive (scripts/apt-install.sh). Run as root (CI) or
 # with sudo available.
@@ -10,11 +12,11 @@
 # Usage: scripts/install-test-deps.sh
 set -euo pipefail
 
-"$(dirname "$0")/apt-install.sh" curl amtterm stunnel4 bsdutils
+"$(dirname "$0")/apt-install.sh" curl amtterm stunnel4 bsdutils openssl
 
 # Fail loudly if a package is installed but the program the tests spawn is still not on PATH
 # (Debian names the stunnel binary stunnel4; others stunnel).
-for program in curl amtterm script; do
+for program in curl amtterm script openssl; do
   if ! command -v "$program" >/dev/null 2>&1; then
     echo "install-test-deps: $program not found on PATH" >&2
     exit 1

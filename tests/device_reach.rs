@@ -42,16 +42,12 @@ async fn last_handshake(gateway: &TestGateway) -> serde_json::Value {
 
 /// A WS-Man Get with digest authentication and a whole SOL session, through the gateway;
 /// returns the device's last handshake as `/devices` reports it.
-async fn reached_by_curl_and_amtterm(sim: &SimDevice, gateway: &TestGateway) -> serde_json::Value {
-    let host_name = sim_host_name(sim);
+/// `host_name` is the device's name, which the simulator reports as its host name.
+async fn reached_by_curl_and_amtterm(host_name: &str, gateway: &TestGateway) -> serde_json::Value {
     let body = curl_get_settings(gateway.addr(Service::Wsman)).await;
-    assert_general_settings(&body, &host_name, "through amtgw");
-    amtterm_session(gateway.addr(Service::Redirection), &host_name).await;
+    assert_general_settings(&body, host_name, "through amtgw");
+    amtterm_session(gateway.addr(Service::Redirection), host_name).await;
     last_handshake(gateway).await
-}
-
-fn sim_host_name(sim: &SimDevice) -> String {
-    sim.name().to_owned()
 }
 
 fn handshakes(m: &Metrics, backend: &str, kind: &str) -> f64 {
@@ -69,7 +65,7 @@ fn handshakes(m: &Metrics, backend: &str, kind: &str) -> f64 {
 async fn amt7_tls10_rsa_key_exchange_and_a_2047_bit_key_is_reached_when_marked_legacy() {
     let sim = device("reach-amt7", Profile::Amt7, None).await;
     let gateway = gateway_with(&sim, &pinned(&sim, "legacy"), "").await;
-    let last = reached_by_curl_and_amtterm(&sim, &gateway).await;
+    let last = reached_by_curl_and_amtterm("reach-amt7", &gateway).await;
     assert_eq!(last["tls_backend"], "legacy", "{last}");
     assert_eq!(last["tls_version"], "TLSv1_1", "{last}");
     assert_eq!(last["cipher"], "TLS_RSA_WITH_AES_256_CBC_SHA", "{last}");
@@ -82,7 +78,7 @@ async fn amt7_tls10_rsa_key_exchange_and_a_2047_bit_key_is_reached_when_marked_l
 async fn amt11_is_reached_when_marked_legacy() {
     let sim = device("reach-amt11", Profile::Amt11, None).await;
     let gateway = gateway_with(&sim, &pinned(&sim, "legacy"), "").await;
-    let last = reached_by_curl_and_amtterm(&sim, &gateway).await;
+    let last = reached_by_curl_and_amtterm("reach-amt11", &gateway).await;
     assert_eq!(last["tls_version"], "TLSv1_1", "{last}");
     assert_eq!(last["cipher"], "TLS_RSA_WITH_AES_128_CBC_SHA", "{last}");
 }
@@ -91,7 +87,7 @@ async fn amt11_is_reached_when_marked_legacy() {
 async fn amt12_rsa_key_exchange_is_reached_when_marked_legacy() {
     let sim = device("reach-amt12", Profile::Amt12, None).await;
     let gateway = gateway_with(&sim, &pinned(&sim, "legacy"), "").await;
-    let last = reached_by_curl_and_amtterm(&sim, &gateway).await;
+    let last = reached_by_curl_and_amtterm("reach-amt12", &gateway).await;
     assert_eq!(last["tls_version"], "TLSv1_2", "{last}");
     assert_eq!(last["cipher"], "TLS_RSA_WITH_AES_128_GCM_SHA256", "{last}");
 }
@@ -100,7 +96,7 @@ async fn amt12_rsa_key_exchange_is_reached_when_marked_legacy() {
 async fn an_old_device_not_marked_legacy_is_refused_as_tls_incompatible_with_the_fix_named() {
     let sim = device("reach-amt7-rustls", Profile::Amt7, None).await;
     let gateway = gateway_with(&sim, &pinned(&sim, "rustls"), "").await;
-    expect_closed(gateway.connect(Service::Wsman).await).await;
+    expect_refused(gateway.connect(Service::Wsman).await).await;
     let m = gateway
         .metrics_settled(|m| m.failed("tls_incompatible") >= 1.0)
         .await;
@@ -146,7 +142,7 @@ async fn a_legacy_tofu_device_is_learned_then_refused_after_unprovisioning() {
     assert!(stored.contains(&pin), "{stored}");
 
     sim.unprovision().unwrap();
-    expect_closed(gateway.connect(Service::Wsman).await).await;
+    expect_refused(gateway.connect(Service::Wsman).await).await;
     let m = gateway
         .metrics_settled(|m| m.failed("pin_mismatch") >= 1.0)
         .await;
@@ -156,7 +152,7 @@ async fn a_legacy_tofu_device_is_learned_then_refused_after_unprovisioning() {
 #[tokio::test]
 async fn a_legacy_device_trusted_by_ca_and_name_is_reached() {
     let ca = TestCa::new("reach-ca");
-    let issued = ca.server(&["127.0.0.1"]);
+    let issued = ca.server_rsa(&["127.0.0.1"]);
     let sim = SimDevice::start(SimConfig {
         profile: Profile::Amt11,
         identity: SimIdentity::Provided {
@@ -189,7 +185,7 @@ async fn a_legacy_device_trusted_by_ca_and_name_is_reached() {
         "",
     )
     .await;
-    expect_closed(misnamed.connect(Service::Wsman).await).await;
+    expect_refused(misnamed.connect(Service::Wsman).await).await;
     let m = misnamed
         .metrics_settled(|m| m.failed("name_mismatch") >= 1.0)
         .await;
@@ -202,7 +198,7 @@ async fn a_mutual_tls_legacy_device_gets_the_client_certificate_and_refuses_its_
     let client = ca.client("amtgw");
     let sim = SimDevice::start(SimConfig {
         profile: Profile::Amt12,
-        client_auth_roots: Some(vec![ca.root_der()]),
+        client_auth_roots: Some(vec![ca.cert.clone()]),
         ..SimConfig::demo("reach-amt12-mtls")
     })
     .await
@@ -220,7 +216,7 @@ async fn a_mutual_tls_legacy_device_gets_the_client_certificate_and_refuses_its_
     );
 
     let anonymous = gateway_with(&sim, &pinned(&sim, "legacy"), "").await;
-    expect_closed(anonymous.connect(Service::Wsman).await).await;
+    expect_refused(anonymous.connect(Service::Wsman).await).await;
     let m = anonymous
         .metrics_settled(|m| m.failed("client_cert_rejected") >= 1.0)
         .await;
@@ -248,7 +244,7 @@ async fn amt16_2047(name: &str, tls12: Option<Tls12Signature>) -> SimDevice {
 async fn a_2047_bit_key_is_reached_under_tls13() {
     let sim = amt16_2047("reach-2047-tls13", None).await;
     let gateway = gateway_with(&sim, &pinned(&sim, "rustls"), "").await;
-    let last = reached_by_curl_and_amtterm(&sim, &gateway).await;
+    let last = reached_by_curl_and_amtterm("reach-2047-tls13", &gateway).await;
     assert_eq!(last["tls_version"], "TLSv1_3", "{last}");
 }
 
@@ -256,9 +252,9 @@ async fn a_2047_bit_key_is_reached_under_tls13() {
 async fn a_2047_bit_key_is_reached_under_tls12_with_pkcs1_signatures() {
     let sim = amt16_2047("reach-2047-pkcs1", Some(Tls12Signature::Pkcs1)).await;
     let gateway = gateway_with(&sim, &pinned(&sim, "rustls"), "").await;
-    let host_name = sim_host_name(&sim);
+    let host_name = "reach-2047-pkcs1";
     let body = curl_get_settings(gateway.addr(Service::Wsman)).await;
-    assert_general_settings(&body, &host_name, "2047-bit PKCS#1");
+    assert_general_settings(&body, host_name, "2047-bit PKCS#1");
     assert_eq!(last_handshake(&gateway).await["tls_version"], "TLSv1_2");
 }
 
@@ -266,9 +262,9 @@ async fn a_2047_bit_key_is_reached_under_tls12_with_pkcs1_signatures() {
 async fn a_2047_bit_key_is_reached_under_tls12_with_pss_signatures() {
     let sim = amt16_2047("reach-2047-pss", Some(Tls12Signature::Pss)).await;
     let gateway = gateway_with(&sim, &pinned(&sim, "rustls"), "").await;
-    let host_name = sim_host_name(&sim);
+    let host_name = "reach-2047-pss";
     let body = curl_get_settings(gateway.addr(Service::Wsman)).await;
-    assert_general_settings(&body, &host_name, "2047-bit PSS");
+    assert_general_settings(&body, host_name, "2047-bit PSS");
     assert_eq!(last_handshake(&gateway).await["tls_version"], "TLSv1_2");
 }
 
@@ -296,7 +292,7 @@ async fn a_2047_bit_tofu_device_is_learned() {
 async fn amt22_rsa3072_is_reached_with_an_aes256_suite() {
     let sim = device("reach-amt22-rsa", Profile::Amt22, None).await;
     let gateway = gateway_with(&sim, &pinned(&sim, "rustls"), "").await;
-    let last = reached_by_curl_and_amtterm(&sim, &gateway).await;
+    let last = reached_by_curl_and_amtterm("reach-amt22-rsa", &gateway).await;
     assert_eq!(last["cipher"], "TLS13_AES_256_GCM_SHA384", "{last}");
 }
 
@@ -311,7 +307,7 @@ async fn amt22_p384_is_reached_under_tls12_with_an_aes256_suite() {
     .await
     .unwrap();
     let gateway = gateway_with(&sim, &pinned(&sim, "rustls"), "").await;
-    let last = reached_by_curl_and_amtterm(&sim, &gateway).await;
+    let last = reached_by_curl_and_amtterm("reach-amt22-p384", &gateway).await;
     assert_eq!(
         last["cipher"], "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
         "{last}"
@@ -346,7 +342,11 @@ async fn pin_reports_what_a_tls10_only_device_speaks_and_the_setting_that_reache
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(line(&text, "tls-backend"), "legacy", "{text}");
     assert_eq!(line(&text, "speaks"), "TLSv1_0 TLSv1_1", "{text}");
     assert_eq!(
@@ -354,7 +354,10 @@ async fn pin_reports_what_a_tls10_only_device_speaks_and_the_setting_that_reache
         "TLS_RSA_WITH_AES_256_CBC_SHA TLS_RSA_WITH_AES_128_CBC_SHA",
         "{text}"
     );
-    assert!(line(&text, "needs").contains("tls_backend = \"legacy\""), "{text}");
+    assert!(
+        line(&text, "needs").contains("tls_backend = \"legacy\""),
+        "{text}"
+    );
     let pin = amtgw::tls::Pin::of_certificate(&sim.certificate()).to_string();
     assert!(text.lines().any(|l| l == pin), "{text}");
 }
@@ -367,7 +370,11 @@ async fn pin_reports_a_2047_bit_device_over_rustls() {
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(line(&text, "tls-backend"), "rustls", "{text}");
     assert_eq!(line(&text, "tls-version"), "TLSv1_3", "{text}");
 }

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::TlsVersion;
 use crate::machine::{PROXY_CPU, command_on_cpu};
 use crate::measurements::pinned_client_config;
-use crate::{CertStyle, generate_amt_identity};
+use crate::{CertStyle, KeyType, generate_amt_identity};
 
 /// Plaintext per write in the rustls in-memory measurement: one full TLS record.
 const TLS_RECORD_PLAINTEXT: usize = 16 * 1024;
@@ -133,7 +133,8 @@ fn rustls_in_memory_rates(suite: &str, mib: u64) -> (f64, f64) {
         ..(*amtgw_provider).clone()
     });
     let versions = vec![suite.version()];
-    let (cert, key) = generate_amt_identity(false, CertStyle::Unknown).expect("certificate");
+    let (cert, key) =
+        generate_amt_identity(KeyType::Rsa2048, false, CertStyle::Unknown).expect("certificate");
     let server_config = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
         .expect("protocol version")

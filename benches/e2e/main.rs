@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 // crate root (`use crate::Pin`). amtgw::tls's two functions are called by their full path.
 use amtgw::tls::{Backend, Pin, TlsSettings, TlsVersion, Trust};
 use amtgw_sim::{
-    CertStyle, DEMO_PASSWORD, DEMO_USERNAME, SimConfig, SimDevice, SimIdentity,
+    CertStyle, DEMO_PASSWORD, DEMO_USERNAME, KeyType, SimConfig, SimDevice, SimIdentity,
     generate_amt_identity,
 };
 

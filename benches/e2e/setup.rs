@@ -15,7 +15,7 @@ use crate::measurements::{Target, direct_connector, one_connection, timed};
 use crate::proxies::Proxy;
 use crate::upstream::{Handshakes, Negotiated, start_plain_upstream, start_upstream};
 use crate::{
-    CertStyle, Pin, STEP_TIMEOUT, SimConfig, SimDevice, SimIdentity, generate_amt_identity,
+    CertStyle, KeyType, Pin, STEP_TIMEOUT, SimConfig, SimDevice, SimIdentity, generate_amt_identity,
 };
 
 /// Each requested proxy (column) with its program, or a note that it is not installed.
@@ -70,9 +70,10 @@ impl Stage {
     pub(crate) async fn set_up() -> Stage {
         // The certificate: AMT's shape (RSA-2048, self-signed, every DN field "Unknown", no SAN),
         // served by every upstream and pinned by every proxy.
-        let (cert, key) = generate_amt_identity(false, CertStyle::Unknown).expect("certificate");
-        let (other_cert, _) =
-            generate_amt_identity(false, CertStyle::Unknown).expect("certificate");
+        let (cert, key) = generate_amt_identity(KeyType::Rsa2048, false, CertStyle::Unknown)
+            .expect("certificate");
+        let (other_cert, _) = generate_amt_identity(KeyType::Rsa2048, false, CertStyle::Unknown)
+            .expect("certificate");
         let pin = Pin::of_certificate(&cert).to_string();
         let other_pin = Pin::of_certificate(&other_cert).to_string();
         let (full_addr, full_counts) = start_upstream(&cert, &key, false).await;

@@ -159,10 +159,11 @@ impl LegacyConnector {
             offer_session(&mut ssl, &previous)?;
         }
         let mut stream = tokio_openssl::SslStream::new(ssl, tcp).map_err(LegacyError::Setup)?;
-        Pin::new(&mut stream)
-            .connect()
-            .await
-            .map_err(LegacyError::Handshake)?;
+        if let Err(source) = Pin::new(&mut stream).connect().await {
+            // Once the device's hello named a suite, version and suite were agreed on.
+            let agreed = stream.ssl().current_cipher().is_some();
+            return Err(LegacyError::Handshake { source, agreed });
+        }
 
         let chain: Vec<CertificateDer<'static>> = match stream.ssl().peer_cert_chain() {
             Some(certs) => certs
@@ -226,8 +227,12 @@ fn offer_session(ssl: &mut Ssl, session: &SslSessionRef) -> Result<(), LegacyErr
 pub enum LegacyError {
     #[error("OpenSSL: {0}")]
     Setup(ErrorStack),
-    #[error("{0}")]
-    Handshake(openssl::ssl::Error),
+    #[error("{source}")]
+    Handshake {
+        source: openssl::ssl::Error,
+        /// Whether the device had already agreed on a version and suite.
+        agreed: bool,
+    },
     #[error("the device presented no certificate")]
     NoCertificate,
     #[error("the device's RSA key has {bits} bits; at least 2048 are required")]
@@ -240,7 +245,7 @@ impl LegacyError {
     /// The socket-level failure under a handshake failure (a reset, or an EOF mid-handshake),
     /// which is the device's doing rather than TLS's.
     pub fn io_error_kind(&self) -> Option<io::ErrorKind> {
-        let LegacyError::Handshake(error) = self else {
+        let LegacyError::Handshake { source: error, .. } = self else {
             return None;
         };
         if let Some(io) = error.io_error() {
@@ -258,7 +263,7 @@ impl LegacyError {
                 HandshakeFailure::CertInvalid
             }
             LegacyError::Certificate(error) => HandshakeFailure::of(error),
-            LegacyError::Handshake(error) => classify(error.ssl_error()),
+            LegacyError::Handshake { source, agreed } => classify(source.ssl_error(), *agreed),
         }
     }
 }
@@ -268,8 +273,8 @@ fn has_reason(stack: Option<&ErrorStack>, reason: i32) -> bool {
 }
 
 /// OpenSSL's handshake errors in amtgw's terms. An alert from the device arrives as reason
-/// 1000 + its alert number.
-fn classify(stack: Option<&ErrorStack>) -> HandshakeFailure {
+/// 1000 + its alert number. `agreed`: the device's hello had named a suite.
+fn classify(stack: Option<&ErrorStack>, agreed: bool) -> HandshakeFailure {
     let Some(stack) = stack else {
         return HandshakeFailure::Other;
     };
@@ -281,6 +286,12 @@ fn classify(stack: Option<&ErrorStack>) -> HandshakeFailure {
         {
             let alert = AlertDescription::from(alert);
             return match alert {
+                // A TLS 1.2 server (OpenSSL's, and so likely firmware's) answers a missing or
+                // refused client certificate with handshake_failure; before its hello, the same
+                // alert means nothing in common.
+                AlertDescription::HandshakeFailure if agreed => {
+                    HandshakeFailure::ClientCertRejected
+                }
                 AlertDescription::HandshakeFailure
                 | AlertDescription::ProtocolVersion
                 | AlertDescription::InsufficientSecurity => HandshakeFailure::Incompatible,

@@ -10,12 +10,13 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::{info, warn};
 
 use crate::{
-    CertStyle, DEFAULT_HEARTBEAT, DEMO_PASSWORD, DEMO_USERNAME, SimConfig, SimDevice, SimError,
-    SimIdentity, pins_of,
+    CertStyle, DEFAULT_HEARTBEAT, DEMO_PASSWORD, DEMO_USERNAME, KeyType, Profile, SimConfig,
+    SimDevice, SimError, SimIdentity, Tls12Signature, pins_of,
 };
 
-/// Run one simulated AMT device (TLS only, like CSME 16.1+). SIGUSR1 "unprovisions" it:
-/// a new key and self-signed certificate, as the firmware makes.
+/// Run one simulated AMT device (TLS only; --profile picks the firmware generation, CSME 16.1+
+/// by default). SIGUSR1 "unprovisions" it: a new key and self-signed certificate, as the
+/// firmware makes.
 #[derive(Debug, clap::Args)]
 pub struct SimArgs {
     /// Host name the device reports in AMT_GeneralSettings.
@@ -29,6 +30,14 @@ pub struct SimArgs {
     redirection_port: u16,
     #[arg(long, default_value_t = 664)]
     dash_port: u16,
+    /// The firmware generation imitated: TLS versions, cipher suites, key (see the README's
+    /// profile table). amt7, amt11 and amt12 are served by OpenSSL.
+    #[arg(long, value_enum, default_value_t = Profile::Amt16)]
+    profile: Profile,
+    /// The key generated, now and on SIGUSR1, instead of the profile's (amt7: rsa2047, amt22:
+    /// rsa3072, the others rsa2048).
+    #[arg(long, value_enum)]
+    key_type: Option<KeyType>,
     /// Mark the generated certificate CA:TRUE, as some firmware does.
     #[arg(long)]
     ca_true: bool,
@@ -43,8 +52,12 @@ pub struct SimArgs {
     /// Require a client certificate chaining to these CA certificates (mutual TLS).
     #[arg(long)]
     client_ca: Option<PathBuf>,
+    /// No TLS 1.3, like AMT 19.0.5.
     #[arg(long)]
     tls12_only: bool,
+    /// Sign TLS 1.2 handshakes with RSA PKCS#1 v1.5 only or RSA-PSS only (RSA keys).
+    #[arg(long, value_enum)]
+    tls12_signature: Option<Tls12Signature>,
     #[arg(long, default_value = DEMO_USERNAME)]
     user: String,
     #[arg(long, env = "AMT_SIM_PASSWORD", default_value = DEMO_PASSWORD)]
@@ -93,7 +106,10 @@ impl SimArgs {
             dash_port: self.dash_port,
             identity,
             client_auth_roots,
+            profile: self.profile,
+            key_type: self.key_type,
             tls12_only: self.tls12_only,
+            tls12_signature: self.tls12_signature,
             username: self.user,
             password: self.password,
             heartbeat: DEFAULT_HEARTBEAT,
@@ -132,6 +148,7 @@ pub enum ServeError {
 pub async fn serve(config: SimConfig) -> Result<(), ServeError> {
     use tokio::signal::unix::{SignalKind, signal};
     let name = config.name.clone();
+    let profile = config.profile;
     let device = SimDevice::start(config).await.map_err(ServeError::Start)?;
     // Every handler is in place before the first line is printed: whoever reads that line may
     // signal at once.
@@ -140,7 +157,8 @@ pub async fn serve(config: SimConfig) -> Result<(), ServeError> {
     let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
     println!(
-        "simulated AMT device {name}: WS-Man TLS {}, redirection TLS {}, DASH TLS {}",
+        "simulated AMT device {name} (profile {profile}): WS-Man TLS {}, redirection TLS {}, \
+         DASH TLS {}",
         device.wsman_addr(),
         device.redirection_addr(),
         device.dash_addr()

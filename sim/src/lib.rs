@@ -5,18 +5,22 @@
 //!
 //! ```text
 //! TcpListener --accept--> task: TLS handshake (timeout) --> serve_wsman / serve_redirection
-//!                               ^ ServerConfig loaded from ArcSwap (swapped by unprovision)
+//!                               ^ rustls or OpenSSL acceptor loaded from ArcSwap
+//!                                 (swapped by unprovision)
 //! ```
 //!
 //! [`SimDevice`] is the device; [`cli`] is the `amtgw-sim` command (and `amtgw sim`); `cert`
-//! makes the firmware-like identity, `digest` the HTTP digest authentication, `wsman` and
-//! `redirection` speak the two protocols.
+//! makes the firmware-like identity, `profile` describes each firmware generation's TLS and
+//! `tls` serves it (rustls, or OpenSSL for what rustls does not implement), `digest` the HTTP
+//! digest authentication, `wsman` and `redirection` speak the two protocols.
 
 pub mod cli;
 
 mod cert;
 mod digest;
+mod profile;
 mod redirection;
+mod tls;
 mod wsman;
 
 use std::io;
@@ -26,16 +30,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig, SupportedProtocolVersion};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use cert::{CertError, CertStyle, generate_amt_identity, pins_of};
+pub use cert::{CertError, CertStyle, KeyType, generate_amt_identity, pins_of};
+pub use profile::{Profile, Tls12Signature};
+pub use tls::TlsError;
+
+use tls::{Acceptor, ServedIdentity, TlsSettings};
 
 pub const DEMO_USERNAME: &str = "admin";
 /// AMT insists on complex passwords (upper, lower, digit, symbol).
@@ -69,8 +75,15 @@ pub struct SimConfig {
     pub identity: SimIdentity,
     /// `Some` requires a client certificate chaining to one of these roots.
     pub client_auth_roots: Option<Vec<CertificateDer<'static>>>,
-    /// Like AMT 19.0.5, which negotiated TLS 1.2 even when offered 1.3.
+    /// The firmware generation imitated: TLS versions, suites, key type, TLS library.
+    pub profile: Profile,
+    /// The key generated now and on unprovisioning; `None` is the profile's.
+    pub key_type: Option<KeyType>,
+    /// Like AMT 19.0.5, which negotiated TLS 1.2 even when offered 1.3 (the legacy profiles
+    /// never speak 1.3 anyway).
     pub tls12_only: bool,
+    /// Restricts the RSA signature schemes of TLS 1.2 handshakes; `None` offers both.
+    pub tls12_signature: Option<Tls12Signature>,
     pub username: String,
     pub password: String,
     /// Interval of the SOL heartbeats (0x2B) the device sends; must be > 0.
@@ -78,8 +91,8 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// Loopback, ephemeral ports, a generated "Unknown" certificate and the
-    /// demo credentials.
+    /// Loopback, ephemeral ports, the amt16 profile, a generated "Unknown" certificate and
+    /// the demo credentials.
     pub fn demo(name: &str) -> Self {
         Self {
             name: name.to_owned(),
@@ -92,7 +105,10 @@ impl SimConfig {
                 style: CertStyle::Unknown,
             },
             client_auth_roots: None,
+            profile: Profile::Amt16,
+            key_type: None,
             tls12_only: false,
+            tls12_signature: None,
             username: DEMO_USERNAME.to_owned(),
             password: DEMO_PASSWORD.to_owned(),
             heartbeat: DEFAULT_HEARTBEAT,
@@ -110,12 +126,8 @@ pub enum SimError {
     },
     #[error(transparent)]
     Cert(#[from] CertError),
-    #[error("TLS configuration: {0}")]
-    Tls(#[from] rustls::Error),
-    #[error("client certificate verifier: {0}")]
-    ClientVerifier(#[from] rustls::server::VerifierBuilderError),
-    #[error("provided identity has an empty certificate chain")]
-    EmptyChain,
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("SOL heartbeat interval must be greater than zero")]
     ZeroHeartbeat,
 }
@@ -125,9 +137,7 @@ impl SimError {
         match self {
             Self::Bind { .. } => "bind",
             Self::Cert(e) => e.kind(),
-            Self::Tls(_) => "tls_config",
-            Self::ClientVerifier(_) => "client_verifier",
-            Self::EmptyChain => "empty_chain",
+            Self::Tls(e) => e.kind(),
             Self::ZeroHeartbeat => "zero_heartbeat",
         }
     }
@@ -180,58 +190,6 @@ impl DeviceState {
     }
 }
 
-/// TLS settings that outlive one certificate.
-struct TlsSettings {
-    client_auth_roots: Option<Vec<CertificateDer<'static>>>,
-    tls12_only: bool,
-    /// What `unprovision` generates: the firmware always falls back to a
-    /// self-signed certificate, even if a console had installed its own.
-    regenerate: (bool, CertStyle),
-}
-
-impl TlsSettings {
-    fn build(
-        &self,
-        chain: Vec<CertificateDer<'static>>,
-        key: PrivateKeyDer<'static>,
-    ) -> Result<ServedIdentity, SimError> {
-        let leaf = chain.first().cloned().ok_or(SimError::EmptyChain)?;
-        // An explicit provider, so the simulator does not depend on (or
-        // fight over) the process-wide default the gateway installs.
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let versions: &[&SupportedProtocolVersion] = if self.tls12_only {
-            &[&rustls::version::TLS12]
-        } else {
-            &[&rustls::version::TLS12, &rustls::version::TLS13]
-        };
-        let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(versions)?;
-        let builder = match &self.client_auth_roots {
-            Some(roots) => {
-                let mut store = RootCertStore::empty();
-                for root in roots {
-                    store.add(root.clone())?;
-                }
-                let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider)
-                        .build()?;
-                builder.with_client_cert_verifier(verifier)
-            }
-            None => builder.with_no_client_auth(),
-        };
-        let config = builder.with_single_cert(chain, key)?;
-        Ok(ServedIdentity {
-            leaf,
-            acceptor: TlsAcceptor::from(Arc::new(config)),
-        })
-    }
-}
-
-struct ServedIdentity {
-    leaf: CertificateDer<'static>,
-    acceptor: TlsAcceptor,
-}
-
 #[derive(Debug, Clone, Copy)]
 enum Service {
     Wsman,
@@ -261,19 +219,24 @@ impl SimDevice {
         if config.heartbeat.is_zero() {
             return Err(SimError::ZeroHeartbeat);
         }
+        let key_type = config.key_type.unwrap_or(config.profile.default_key_type());
         let (chain, key, regenerate) = match config.identity {
             SimIdentity::Generated { ca_true, style } => {
-                let (cert, key) = generate_amt_identity(ca_true, style)?;
+                let (cert, key) = generate_amt_identity(key_type, ca_true, style)?;
                 (vec![cert], key, (ca_true, style))
             }
             SimIdentity::Provided { chain, key } => (chain, key, (false, CertStyle::Unknown)),
         };
         let tls = TlsSettings {
+            profile: config.profile,
+            key_type,
             client_auth_roots: config.client_auth_roots,
             tls12_only: config.tls12_only,
+            tls12_signature: config.tls12_signature,
             regenerate,
         };
         let served = tls.build(chain, key)?;
+        log_tls(&tls, &served);
 
         let wsman = bind(config.bind, config.wsman_port).await?;
         let redirection = bind(config.bind, config.redirection_port).await?;
@@ -330,9 +293,11 @@ impl SimDevice {
     /// Like unprovisioning real firmware: a new key pair and self-signed
     /// certificate for new connections; live sessions keep theirs.
     pub fn unprovision(&self) -> Result<(), SimError> {
-        let (ca_true, style) = self.shared.tls.regenerate;
-        let (cert, key) = generate_amt_identity(ca_true, style)?;
-        let served = self.shared.tls.build(vec![cert], key)?;
+        let tls = &self.shared.tls;
+        let (ca_true, style) = tls.regenerate;
+        let (cert, key) = generate_amt_identity(tls.key_type, ca_true, style)?;
+        let served = tls.build(vec![cert], key)?;
+        log_tls(tls, &served);
         self.shared.identity.store(Arc::new(served));
         Ok(())
     }
@@ -396,22 +361,18 @@ async fn serve_connection(
     if let Err(e) = tcp.set_nodelay(true) {
         warn!(port, %peer, error = %e, "sim set_nodelay failed");
     }
-    let acceptor = shared.identity.load().acceptor.clone();
+    // The identity, not a guard: the handshake awaits, and unprovision may swap it meanwhile.
+    let served = shared.identity.load_full();
+    let state = &shared.state;
     let session = async {
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-            Err(_) => return Err(("handshake_timeout", String::new())),
-            Ok(Err(e)) => return Err(("tls_handshake", e.to_string())),
-            Ok(Ok(tls)) => tls,
-        };
-        match service {
-            Service::Wsman => wsman::serve_wsman(tls, &shared.state)
-                .await
-                .map(|close| close.as_str())
-                .map_err(|e| (e.kind(), e.to_string())),
-            Service::Redirection => redirection::serve_redirection(tls, &shared.state)
-                .await
-                .map(|close| close.as_str())
-                .map_err(|e| (e.kind(), e.to_string())),
+        match &served.acceptor {
+            Acceptor::Rustls(acceptor) => {
+                serve_service(handshake(acceptor.accept(tcp)).await?, service, state).await
+            }
+            Acceptor::OpenSsl(context) => {
+                let tls = handshake(tls::openssl_accept(context, tcp)).await?;
+                serve_service(tls, service, state).await
+            }
         }
     };
     let result = tokio::select! {
@@ -422,6 +383,73 @@ async fn serve_connection(
         Ok(outcome) => info!(port, %peer, outcome, "sim connection closed"),
         Err((reason, error)) => warn!(port, %peer, reason, error, "sim connection closed"),
     }
+}
+
+/// The TLS handshake, bounded by [`HANDSHAKE_TIMEOUT`]; errors as (reason, detail).
+async fn handshake<S>(
+    accept: impl Future<Output = io::Result<S>>,
+) -> Result<S, (&'static str, String)> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+        Err(_) => Err(("handshake_timeout", String::new())),
+        Ok(Err(e)) => Err(("tls_handshake", e.to_string())),
+        Ok(Ok(tls)) => Ok(tls),
+    }
+}
+
+/// The protocol after the handshake, over either TLS library's stream.
+async fn serve_service<S>(
+    tls: S,
+    service: Service,
+    state: &DeviceState,
+) -> Result<&'static str, (&'static str, String)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match service {
+        Service::Wsman => wsman::serve_wsman(tls, state)
+            .await
+            .map(|close| close.as_str())
+            .map_err(|e| (e.kind(), e.to_string())),
+        Service::Redirection => redirection::serve_redirection(tls, state)
+            .await
+            .map(|close| close.as_str())
+            .map_err(|e| (e.kind(), e.to_string())),
+    }
+}
+
+/// Answers a client's close (TLS close_notify, then TCP FIN) with the device's own. OpenSSL
+/// forgets the session of a connection that ended without one, and the legacy profiles resume
+/// by session ID. The client may be gone already: failing to answer it is no failure of the
+/// session, so errors are not reported.
+pub(crate) async fn answer_close<S: AsyncWrite + Unpin>(stream: &mut S) {
+    use tokio::io::AsyncWriteExt as _;
+    let _ = stream.shutdown().await;
+}
+
+/// The line that says what the device serves, at start and after every unprovisioning.
+fn log_tls(tls: &TlsSettings, served: &ServedIdentity) {
+    let versions: Vec<&str> = tls.versions().iter().map(|v| v.as_str()).collect();
+    let suites = tls
+        .profile
+        .suites()
+        .map_or_else(|| "rustls defaults".to_owned(), |suites| suites.join(","));
+    let tls12_signature = match tls.tls12_signature {
+        None => "pss,pkcs1",
+        Some(Tls12Signature::Pss) => "pss",
+        Some(Tls12Signature::Pkcs1) => "pkcs1",
+    };
+    let (cert_pin, spki_pin) = pins_of(&served.leaf).unwrap_or_default();
+    info!(
+        profile = %tls.profile,
+        backend = ?tls.profile.backend(),
+        versions = versions.join(","),
+        suites,
+        key = served.key,
+        tls12_signature,
+        cert_pin,
+        spki_pin,
+        "sim TLS"
+    );
 }
 
 #[cfg(test)]

@@ -15,8 +15,9 @@ const EX_USAGE: u8 = 64;
 #[command(
     name = "amtgw-sim",
     version,
-    about = "A simulated Intel AMT device (TLS only, like CSME 16.1+). SIGUSR1 \"unprovisions\" \
-             it: a new key and self-signed certificate, as the firmware makes."
+    about = "A simulated Intel AMT device (TLS only; --profile picks the firmware generation, \
+             CSME 16.1+ by default). SIGUSR1 \"unprovisions\" it: a new key and self-signed \
+             certificate, as the firmware makes."
 )]
 struct Cli {
     #[command(flatten)]

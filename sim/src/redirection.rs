@@ -344,7 +344,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                     msg.extend_from_slice(&self.next_seq().to_le_bytes());
                     self.send(&msg).await?;
                 }
-                Event::Read(0) if self.buf.is_empty() => return Ok(RedirectionClose::ClientClosed),
+                Event::Read(0) if self.buf.is_empty() => {
+                    crate::answer_close(&mut self.stream).await;
+                    return Ok(RedirectionClose::ClientClosed);
+                }
                 Event::Read(0) => return Err(RedirectionError::Truncated),
                 Event::Read(n) => self.buf.extend_from_slice(&chunk[..n]),
             }
@@ -564,6 +567,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         self.buf.clear();
         let mut chunk = [0u8; 4096];
         while self.stream.read(&mut chunk).await? > 0 {}
+        crate::answer_close(&mut self.stream).await;
         Ok(RedirectionClose::ClientClosed)
     }
 

@@ -266,6 +266,7 @@ where
     };
     loop {
         let Some(request) = conn.read_request().await? else {
+            crate::answer_close(&mut conn.stream).await;
             return Ok(WsmanClose::ClientClosed);
         };
         if request.method != "POST" || request.target != WSMAN_PATH {

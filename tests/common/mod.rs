@@ -135,6 +135,11 @@ impl TestCa {
         )
     }
 
+    /// A server certificate over an RSA key: legacy firmware has RSA suites only.
+    pub fn server_rsa(&self, names: &[&str]) -> Identity {
+        self.issue_with(rsa_key(), names, ExtendedKeyUsagePurpose::ServerAuth, None)
+    }
+
     /// A client certificate with common name `name`.
     pub fn client(&self, name: &str) -> Identity {
         self.issue(&[name], ExtendedKeyUsagePurpose::ClientAuth, None)
@@ -155,7 +160,16 @@ impl TestCa {
         usage: ExtendedKeyUsagePurpose,
         validity: Option<(Ymd, Ymd)>,
     ) -> Identity {
-        let key = KeyPair::generate().unwrap();
+        self.issue_with(KeyPair::generate().unwrap(), names, usage, validity)
+    }
+
+    fn issue_with(
+        &self,
+        key: KeyPair,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+        validity: Option<(Ymd, Ymd)>,
+    ) -> Identity {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
@@ -185,11 +199,16 @@ impl TestCa {
     }
 }
 
+/// A fresh RSA-2048 key.
+fn rsa_key() -> KeyPair {
+    KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).unwrap()
+}
+
 /// A self-signed certificate shaped like AMT firmware's: every DN field "Unknown", optionally
 /// CA:TRUE (seen on AMT 19), RSA-2048 when `rsa` (slower to generate) else ECDSA P-256.
 pub fn amt_self_signed(ca_true: bool, rsa: bool) -> Identity {
     let key = if rsa {
-        KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).unwrap()
+        rsa_key()
     } else {
         KeyPair::generate().unwrap()
     };
