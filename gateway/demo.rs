@@ -1,7 +1,9 @@
-//! `amtgw demo`: the embedded default for a first run. Two simulated AMT devices and a gateway
-//! in one process, listening on the legacy ports of 127.0.0.1 (device `amt-sim-01`, the
-//! default, pinned to its certificate) and of the alias 127.0.0.2 (device `amt-sim-02`, trusted
-//! on first use): a fleet in miniature, reached the way legacy consoles reach one. The
+//! `amtgw demo`: the embedded default for a first run. Simulated AMT devices and a gateway in
+//! one process, listening on the legacy ports of 127.0.0.1 (device `amt-sim-01`, the default,
+//! pinned to its certificate), of the alias 127.0.0.2 (device `amt-sim-02`, trusted on first
+//! use) and, with the legacy TLS backend built in, of 127.0.0.3 (device `amt-sim-07`, AMT 7
+//! firmware: TLS 1.0/1.1 with RSA key exchange, reached with `tls_backend = "legacy"`): a
+//! fleet in miniature, reached the way legacy consoles reach one. The
 //! effective configuration and the pin store live in a state directory, so `amtgw pin` and
 //! the reload machinery work on the demo exactly as on a real installation.
 
@@ -10,7 +12,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
-use amtgw_sim::{self as sim, SimConfig, SimDevice, SimError};
+use amtgw_sim::{self as sim, Profile, SimConfig, SimDevice, SimError};
 
 use crate::ConfigError;
 use crate::config::Config;
@@ -18,8 +20,29 @@ use crate::gateway::{Gateway, GatewayError};
 use crate::service::Service;
 use crate::tls::Fingerprints;
 
-/// Names of the simulated devices, in order; the first is every service's default.
-pub const DEVICE_NAMES: [&str; 2] = ["amt-sim-01", "amt-sim-02"];
+/// Names of the simulated devices, in order; the first is every service's default. Device `i`
+/// is reached on 127.0.0.`i+1`.
+pub const DEVICE_NAMES: [&str; 3] = ["amt-sim-01", "amt-sim-02", "amt-sim-07"];
+
+/// The AMT 7 device, reached over the legacy TLS backend (when it is built in).
+const LEGACY_DEVICE: usize = 2;
+
+/// The devices this build can reach: the legacy one only with the `legacy-tls` feature.
+fn device_count() -> usize {
+    if cfg!(feature = "legacy-tls") {
+        DEVICE_NAMES.len()
+    } else {
+        LEGACY_DEVICE
+    }
+}
+
+fn profile(device: usize) -> Profile {
+    if device == LEGACY_DEVICE {
+        Profile::Amt7
+    } else {
+        Profile::Amt16
+    }
+}
 
 /// The device that trusts on first use, and that SIGUSR1 unprovisions.
 pub const TOFU_DEVICE: usize = 1;
@@ -162,8 +185,12 @@ impl Drop for DemoState {
 impl Demo {
     pub async fn start(options: &DemoOptions) -> Result<Demo, DemoError> {
         let mut devices = Vec::new();
-        for name in DEVICE_NAMES {
-            let device = SimDevice::start(SimConfig::demo(name))
+        for (i, name) in DEVICE_NAMES.into_iter().take(device_count()).enumerate() {
+            let config = SimConfig {
+                profile: profile(i),
+                ..SimConfig::demo(name)
+            };
+            let device = SimDevice::start(config)
                 .await
                 .map_err(|source| DemoError::Simulator { name, source })?;
             devices.push(device);
@@ -216,7 +243,7 @@ impl Demo {
             self.devices.len()
         );
         for (i, device) in self.devices.iter().enumerate() {
-            let ip = if i == 0 { "127.0.0.1" } else { "127.0.0.2" };
+            let ip = format!("127.0.0.{}", i + 1);
             let trust = if i == TOFU_DEVICE {
                 "trusted on first use".to_owned()
             } else {
@@ -226,6 +253,13 @@ impl Demo {
                         .map(|f| f.certificate.to_string())
                         .unwrap_or_default()
                 )
+            };
+            let trust = if i == LEGACY_DEVICE {
+                format!(
+                    "{trust}\n              AMT 7 firmware (TLS 1.0/1.1, RSA key exchange): tls_backend = \"legacy\""
+                )
+            } else {
+                trust
             };
             let _ = writeln!(
                 out,
@@ -247,10 +281,20 @@ impl Demo {
             let other = port_on(Service::Wsman, [127, 0, 0, 2]).unwrap_or(wsman);
             let _ = writeln!(
                 out,
-                "  curl --digest -u '{user}:{pass}' -H 'Content-Type: application/soap+xml;charset=UTF-8' \\\n       --data-binary @scripts/wsman/get-general-settings.xml http://127.0.0.1:{wsman}/wsman\n  curl --digest -u '{user}:{pass}' -H 'Content-Type: application/soap+xml;charset=UTF-8' \\\n       --data-binary @scripts/wsman/get-general-settings.xml http://127.0.0.2:{other}/wsman   # the other device\n  scripts/try-wsman.sh",
+                "  curl --digest -u '{user}:{pass}' -H 'Content-Type: application/soap+xml;charset=UTF-8' \\\n       --data-binary @scripts/wsman/get-general-settings.xml http://127.0.0.1:{wsman}/wsman\n  curl --digest -u '{user}:{pass}' -H 'Content-Type: application/soap+xml;charset=UTF-8' \\\n       --data-binary @scripts/wsman/get-general-settings.xml http://127.0.0.2:{other}/wsman   # the other device",
                 user = sim::DEMO_USERNAME,
                 pass = sim::DEMO_PASSWORD,
             );
+            if self.devices.len() > LEGACY_DEVICE {
+                let legacy = port_on(Service::Wsman, [127, 0, 0, 3]).unwrap_or(wsman);
+                let _ = writeln!(
+                    out,
+                    "  curl --digest -u '{user}:{pass}' -H 'Content-Type: application/soap+xml;charset=UTF-8' \\\n       --data-binary @scripts/wsman/get-general-settings.xml http://127.0.0.3:{legacy}/wsman   # AMT 7, over TLS 1.1",
+                    user = sim::DEMO_USERNAME,
+                    pass = sim::DEMO_PASSWORD,
+                );
+            }
+            let _ = writeln!(out, "  scripts/try-wsman.sh");
         }
         if let Some(redir) = port(Service::Redirection) {
             let port_arg = if redir == Service::Redirection.legacy_port() {
@@ -324,7 +368,7 @@ default_device = "{default}"
         default = DEVICE_NAMES[0],
     );
     for (i, device) in devices.iter().enumerate() {
-        let trust = if i == TOFU_DEVICE {
+        let mut trust = if i == TOFU_DEVICE {
             "trust = \"tofu\"".to_owned()
         } else {
             format!(
@@ -334,6 +378,9 @@ default_device = "{default}"
                     .unwrap_or_default()
             )
         };
+        if i == LEGACY_DEVICE {
+            trust.push_str("\ntls_backend = \"legacy\"");
+        }
         let _ = write!(
             toml,
             r#"

@@ -112,6 +112,12 @@ fn demo_serves_repins_and_exits_cleanly_on_sigterm() {
     assert!(
         curl_get_settings("127.0.0.2", other_wsman).contains("<g:HostName>amt-sim-02</g:HostName>")
     );
+    // The AMT 7 device, over the legacy backend (the default build has it).
+    let legacy_wsman = wsman_port(&printed, "127.0.0.3");
+    assert!(
+        curl_get_settings("127.0.0.3", legacy_wsman)
+            .contains("<g:HostName>amt-sim-07</g:HostName>")
+    );
 
     let config = printed
         .split_whitespace()
