@@ -378,3 +378,62 @@ async fn pin_reports_a_2047_bit_device_over_rustls() {
     assert_eq!(line(&text, "tls-backend"), "rustls", "{text}");
     assert_eq!(line(&text, "tls-version"), "TLSv1_3", "{text}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// One gateway, a mixed fleet
+
+#[tokio::test]
+async fn a_fleet_mixing_amt7_11_16_and_22_is_reached_through_one_gateway() {
+    let fleet = [
+        ("fleet-amt7", Profile::Amt7, "legacy"),
+        ("fleet-amt11", Profile::Amt11, "legacy"),
+        ("fleet-amt16", Profile::Amt16, "rustls"),
+        ("fleet-amt22", Profile::Amt22, "rustls"),
+    ];
+    let mut sims = Vec::new();
+    let mut devices = String::new();
+    for (i, (name, profile, backend)) in fleet.into_iter().enumerate() {
+        let sim = device(name, profile, None).await;
+        devices.push_str(&format!(
+            "\n[[devices]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nlisten = \"127.0.0.{alias}\"\n\
+             ports = {{ wsman = {wsman}, redirection = {redirection}, dash = {dash} }}\n{trust}\n",
+            alias = i + 1,
+            wsman = sim.wsman_addr().port(),
+            redirection = sim.redirection_addr().port(),
+            dash = sim.dash_addr().port(),
+            trust = pinned(&sim, backend),
+        ));
+        sims.push(sim);
+    }
+    let gateway = TestGateway::start(&format!(
+        r#"
+[gateway]
+connect_timeout = "5s"
+handshake_timeout = "5s"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[services.wsman]
+listen_port = 0
+bind = []
+
+[services.redirection]
+listen_port = 0
+bind = []
+
+[services.dash]
+enabled = false
+{devices}"#
+    ))
+    .await;
+    for (i, (name, _, _)) in fleet.into_iter().enumerate() {
+        let alias = format!("127.0.0.{}", i + 1);
+        let body = curl_get_settings(gateway.addr_on(Service::Wsman, &alias)).await;
+        assert_general_settings(&body, name, &alias);
+        amtterm_session(gateway.addr_on(Service::Redirection, &alias), name).await;
+    }
+    let m = gateway.metrics().await;
+    assert!(handshakes(&m, "legacy", "full") >= 2.0, "{}", m.0);
+    assert!(handshakes(&m, "rustls", "full") >= 2.0, "{}", m.0);
+}

@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 
 /// Where stunnel listens for `service` (0, 1, 2) in the test numbered `test` (each stunnel test
 /// passes its own number): this process's private loopback address (see `common::loopback`),
-/// a fixed port per test and service. Every other test uses 127.0.0.1 to 127.0.0.3 only.
+/// a fixed port per test and service. Every other test uses 127.0.0.1 to 127.0.0.4 only.
 fn stunnel_addr(test: u16, service: u16) -> SocketAddr {
     SocketAddr::from((
         common::loopback::private_loopback(),
