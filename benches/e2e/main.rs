@@ -3,8 +3,10 @@
 //! `stream` with `proxy_ssl_verify`), all forwarding plain TCP to the same TLS upstream and all
 //! pinned to its exact certificate. amtgw and HAProxy also run a second time with busy polling
 //! on (`amtgw-busy-poll`, `haproxy-busy-polling`): on a VM waking a sleeping CPU is slow, and
-//! those columns show what not sleeping gains and costs. See `benches/README.md` for what each
-//! figure means.
+//! those columns show what not sleeping gains and costs. amtgw runs a third time with its legacy
+//! (OpenSSL) backend toward upstreams of its own that speak only TLS 1.2 with RSA key exchange,
+//! as AMT 11 and 12 do (`amtgw-legacy`): what reaching such devices costs. See
+//! `benches/README.md` for what each figure means.
 //!
 //! `cargo bench --bench e2e` runs the full comparison and writes `benches/results/latest.md`;
 //! under `cargo test --all-targets` (no `--bench` argument) it runs a seconds-long smoke: one
@@ -12,12 +14,13 @@
 //! `E2E_*` environment variables (listed in the README).
 //!
 //! `run` below reads top-down. The modules: `machine` (host facts, CPU pinning, process
-//! accounting), `upstream` (the TLS and plain upstreams), `kinds` (the columns: programs and
-//! their configurations), `proxies` (their configuration files, start, pause, stop), `setup`
-//! (certificate, upstreams, simulator; proxies checked and started; bare forwarders), `helpers`
-//! (work run as a copy of this binary on a chosen CPU: the bare forwarder, rustls in memory),
-//! `measurements` and `wsman` (one measurement against one target), `figures` (each figure for
-//! every column, recorded) and `report` (the results, the table, the markdown around it).
+//! accounting), `upstream` (the TLS upstreams, rustls and legacy OpenSSL, and the plain one),
+//! `kinds` (the columns: programs and their configurations), `proxies` (their configuration
+//! files, start, pause, stop), `setup` (certificate, upstreams, simulator; proxies checked and
+//! started; bare forwarders), `helpers` (work run as a copy of this binary on a chosen CPU: the
+//! bare forwarder, rustls in memory), `measurements` and `wsman` (one measurement against one
+//! target), `figures` (each figure for every column, recorded) and `report` (the results, the
+//! table, the markdown around it).
 
 // The harness times other processes by the wall clock, outside any tokio runtime: the one-clock
 // rule (clippy.toml) is for the gateway's data path, where paused-time tests must see it.
@@ -190,7 +193,7 @@ async fn run(mut options: Options, open_files: u64) {
     stage.check_refusals(&available).await;
     let versions = program_versions(&available);
     let (proxies, amtgw_negotiated) = stage.start_proxies(&available, max_idle, &mut notes).await;
-    let negotiated = stage
+    let in_memory_suite = stage
         .in_memory_suite(amtgw_negotiated, options.bulk_mb, &mut notes)
         .await;
     let forwarders = start_forwarders(stage.plain_upstream).await;
@@ -209,7 +212,7 @@ async fn run(mut options: Options, open_files: u64) {
     for rep in 0..options.reps {
         bench.bulk(&mut results).await;
         bench
-            .bulk_against_rustls(negotiated.suite, &mut results)
+            .bulk_against_rustls(in_memory_suite, &mut results)
             .await;
         progress("bulk", rep, started);
         bench.connections(&mut results).await;

@@ -1,11 +1,14 @@
 //! The measurements, each asserting that every byte arrived, never a timing; and the clients
-//! they run: plain TCP to a proxy, or TLS straight to the upstream (the baseline).
+//! they run: plain TCP to a proxy, or TLS straight to the upstream (the baseline: rustls, or
+//! OpenSSL for the legacy upstream).
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use openssl::ssl::{Ssl, SslContext, SslMethod, SslVerifyMode};
+use openssl::x509::X509;
 use rustls::ClientConfig;
 use rustls::crypto::CryptoProvider;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -30,12 +33,19 @@ pub(crate) enum Target {
         addr: SocketAddr,
         connector: TlsConnector,
     },
+    /// TLS straight to the legacy upstream, which rustls cannot speak to.
+    DirectOpenSsl {
+        addr: SocketAddr,
+        context: SslContext,
+    },
 }
 
 impl Target {
     pub(crate) async fn connect(&self) -> io::Result<Conn> {
         let addr = match self {
-            Target::Plain(addr) | Target::Direct { addr, .. } => *addr,
+            Target::Plain(addr)
+            | Target::Direct { addr, .. }
+            | Target::DirectOpenSsl { addr, .. } => *addr,
         };
         let tcp = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(addr))
             .await
@@ -45,6 +55,15 @@ impl Target {
             Target::Plain(_) => Ok(Box::new(tcp)),
             Target::Direct { connector, .. } => {
                 let tls = connector.connect(ServerName::from(addr.ip()), tcp).await?;
+                Ok(Box::new(tls))
+            }
+            Target::DirectOpenSsl { context, .. } => {
+                let ssl = Ssl::new(context).map_err(io::Error::other)?;
+                let mut tls = tokio_openssl::SslStream::new(ssl, tcp).map_err(io::Error::other)?;
+                std::pin::Pin::new(&mut tls)
+                    .connect()
+                    .await
+                    .map_err(io::Error::other)?;
                 Ok(Box::new(tls))
             }
         }
@@ -78,6 +97,21 @@ pub(crate) fn direct_connector(cert: &CertificateDer<'static>) -> TlsConnector {
         &amtgw::tls::provider(),
         vec![TlsVersion::Tls1_3, TlsVersion::Tls1_2],
     ))
+}
+
+/// The direct client to the legacy upstream: OpenSSL's default suites (which include the
+/// upstream's RSA key exchange one), trusting `cert` alone, as HAProxy is configured here (no
+/// name check: the AMT-like certificate names no host). Not amtgw's legacy client, which
+/// exists only with the legacy-tls feature; this one only has to time round trips.
+pub(crate) fn direct_openssl_context(cert: &CertificateDer<'static>) -> SslContext {
+    let mut builder = SslContext::builder(SslMethod::tls_client()).expect("OpenSSL context");
+    let cert = X509::from_der(cert.as_ref()).expect("upstream certificate");
+    builder
+        .cert_store_mut()
+        .add_cert(cert)
+        .expect("trust the upstream certificate");
+    builder.set_verify(SslVerifyMode::PEER);
+    builder.build()
 }
 
 pub(crate) async fn timed<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {

@@ -29,7 +29,7 @@ fn proxy_listen_addr() -> SocketAddr {
 pub(crate) struct Routes {
     /// -> the upstream that never resumes (a full handshake per connection)
     pub(crate) full: (SocketAddr, SocketAddr),
-    /// -> the upstream that resumes (tickets)
+    /// -> the upstream that resumes (tickets; session IDs for amtgw-legacy)
     pub(crate) resumed: (SocketAddr, SocketAddr),
     /// -> the simulator's WS-Man port
     pub(crate) sim: (SocketAddr, SocketAddr),
@@ -84,11 +84,18 @@ impl Proxy {
                 } else {
                     String::new()
                 };
+                // Every device of amtgw-legacy: its upstreams speak only TLS 1.2 with RSA key
+                // exchange, which rustls cannot.
+                let legacy = if kind.legacy() {
+                    "[defaults]\ntls_backend = \"legacy\"\ntls_versions = [\"1.2\"]\n\n"
+                } else {
+                    ""
+                };
                 let mut c = format!(
                     "[gateway]\nmax_connections = 50000\nmax_connections_per_source = 50000\n\
                      connect_timeout = \"5s\"\n\
                      handshake_timeout = \"5s\"\nshutdown_timeout = \"1s\"\n{busy_poll}\n\
-                     [admin]\nenabled = false\n\n",
+                     [admin]\nenabled = false\n\n{legacy}",
                 );
                 for (service, (listen, _), device) in [
                     ("wsman", routes.full, "up"),

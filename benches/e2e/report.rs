@@ -37,22 +37,31 @@ impl Metric {
 
 /// One ÷ column: an amtgw configuration against the best peer. Busy-polling peers count only
 /// against a busy-polling amtgw, so each amtgw is judged against peers configured like it:
-/// the default against the defaults, amtgw-busy-poll against all of them.
+/// the default against the defaults, amtgw-busy-poll against all of them. amtgw-legacy talks to
+/// other upstreams (TLS 1.2, RSA key exchange) than the peers (TLS 1.3), so it is set against
+/// amtgw instead: what the legacy backend costs, with no verdict.
 pub(crate) struct Comparison {
     subject: Kind,
 }
 
 impl Comparison {
-    /// One per amtgw configuration in `kinds`, in their order.
+    /// One per amtgw configuration in `kinds`, in their order; amtgw-legacy's only beside
+    /// amtgw.
     pub(crate) fn for_kinds(kinds: impl IntoIterator<Item = Kind>) -> Vec<Comparison> {
+        let kinds: Vec<Kind> = kinds.into_iter().collect();
         kinds
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|k| k.program() == Program::Amtgw)
+            .filter(|k| !k.legacy() || kinds.contains(&Kind::Amtgw))
             .map(|subject| Comparison { subject })
             .collect()
     }
 
     fn heading(&self) -> String {
+        if self.subject.legacy() {
+            return format!("{} ÷ {}", self.subject.name(), Kind::Amtgw.name());
+        }
         let included = if self.subject.busy_polls() {
             ", busy-polling included"
         } else {
@@ -69,6 +78,14 @@ impl Comparison {
     fn cell(&self, m: &Metric) -> Option<String> {
         let mark = |good: bool| if good { "✓" } else { "✗" };
         let subject = m.median(self.subject.name())?;
+        if self.subject.legacy() {
+            // A cost, not a verdict: only where amtgw's column is judged against peers.
+            let Verdict::BestPeer { .. } = m.verdict else {
+                return None;
+            };
+            let amtgw = m.median(Kind::Amtgw.name())?;
+            return (amtgw.abs() > f64::EPSILON).then(|| format!("{:.2}", subject / amtgw));
+        }
         match m.verdict {
             Verdict::Nothing => None,
             Verdict::AtLeast(target) => {
@@ -102,6 +119,8 @@ impl Comparison {
 #[derive(Default)]
 pub(crate) struct Results {
     metrics: Vec<Metric>,
+    /// (figure, column) cells that cannot be measured in this setup: "n/a", not "–".
+    not_applicable: Vec<(String, &'static str)>,
 }
 
 impl Results {
@@ -149,6 +168,14 @@ impl Results {
             .push(value);
     }
 
+    /// `target` (a column) cannot measure the figure `name` here; a note says why.
+    pub(crate) fn not_applicable(&mut self, name: &str, target: &'static str) {
+        let cell = (name.to_owned(), target);
+        if !self.not_applicable.contains(&cell) {
+            self.not_applicable.push(cell);
+        }
+    }
+
     /// The value of `target` recorded last for `name` (this repetition's).
     pub(crate) fn latest(&self, name: &str, target: &str) -> Option<f64> {
         let metric = self.metrics.iter().find(|m| m.name == name)?;
@@ -174,6 +201,9 @@ impl Results {
                 match m.median(c) {
                     Some(v) => {
                         let _ = write!(out, " {v:.*} |", m.decimals);
+                    }
+                    None if self.not_applicable.contains(&(m.name.clone(), *c)) => {
+                        out.push_str(" n/a |");
                     }
                     None => out.push_str(" – |"),
                 }
@@ -278,8 +308,8 @@ pub(crate) fn render(
     let _ = writeln!(
         out,
         "- every proxy pins the same RSA-2048 AMT-like certificate and was checked to refuse \
-         another one; each ÷ column compares the amtgw column it names with the best peer \
-         (busy-polling peers only against amtgw-busy-poll), ✓ where amtgw is at least as good \
+         another one; each ÷ best peer column compares the amtgw column it names with the best \
+         peer (busy-polling peers only against amtgw-busy-poll), ✓ where amtgw is at least as good \
          (or, where a target is named, reaches it); in the latency rows the direct column is the \
          absolute round trip of a TLS client talking to the upstream itself, the proxy columns \
          what each proxy adds to it; the rustls in-memory and bare-forwarder rows involve no \

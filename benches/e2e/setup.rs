@@ -1,19 +1,23 @@
-//! The stage every figure is measured on: the certificate, the upstreams and the simulator
-//! serving it, the proxies checked to refuse another one and started, and the bare forwarders.
+//! The stage every figure is measured on: the certificate, the upstreams (rustls, and OpenSSL
+//! for amtgw-legacy) and the simulator serving it, the proxies checked to refuse another one and
+//! started, and the bare forwarders.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::SupportedCipherSuite;
 use rustls_pki_types::CertificateDer;
 use tempfile::TempDir;
 
 use crate::helpers::BareForwarder;
 use crate::kinds::{Kind, Program};
 use crate::machine::{HARNESS_CPU, PROXY_CPU, pinned_cpus};
-use crate::measurements::{Target, direct_connector, one_connection, timed};
+use crate::measurements::{
+    Target, direct_connector, direct_openssl_context, one_connection, timed,
+};
 use crate::proxies::Proxy;
-use crate::upstream::{Handshakes, Negotiated, start_plain_upstream, start_upstream};
+use crate::upstream::{Handshakes, start_legacy_upstream, start_plain_upstream, start_upstream};
 use crate::{
     CertStyle, KeyType, Pin, STEP_TIMEOUT, SimConfig, SimDevice, SimIdentity, generate_amt_identity,
 };
@@ -22,6 +26,15 @@ use crate::{
 pub(crate) fn locate_proxies(kinds: &[Kind], notes: &mut Vec<String>) -> Vec<(Kind, PathBuf)> {
     let mut available = Vec::new();
     for kind in kinds {
+        if kind.legacy() && !cfg!(feature = "legacy-tls") {
+            let note = format!(
+                "{}: amtgw is built without its legacy backend (the legacy-tls feature): skipped",
+                kind.name()
+            );
+            println!("e2e: {note}");
+            notes.push(note);
+            continue;
+        }
         match kind.program().locate() {
             Some(program) => {
                 available.push((*kind, program));
@@ -42,6 +55,27 @@ pub(crate) fn locate_proxies(kinds: &[Kind], notes: &mut Vec<String>) -> Vec<(Ki
     available
 }
 
+/// Two upstreams of one kind serving the certificate.
+pub(crate) struct Upstreams {
+    /// The one that never resumes (a full handshake per connection).
+    pub(crate) full_addr: SocketAddr,
+    pub(crate) full_counts: Arc<Handshakes>,
+    /// The one that resumes.
+    pub(crate) resumed_addr: SocketAddr,
+    pub(crate) resumed_counts: Arc<Handshakes>,
+}
+
+impl Upstreams {
+    /// The full-handshake upstream, or the resuming one: its address and its counts.
+    pub(crate) fn pick(&self, resumed: bool) -> (SocketAddr, &Handshakes) {
+        if resumed {
+            (self.resumed_addr, &self.resumed_counts)
+        } else {
+            (self.full_addr, &self.full_counts)
+        }
+    }
+}
+
 /// The certificate, what serves it, and the files the proxies are configured with.
 pub(crate) struct Stage {
     /// The certificate of every upstream, pinned by every proxy (`leaf_pem`, `pin`).
@@ -49,17 +83,14 @@ pub(crate) struct Stage {
     pin: String,
     /// Another certificate of the same shape, for the wrong-pin check (`other_pem`).
     other_pin: String,
-    /// The upstream that never resumes (a full handshake per connection).
-    pub(crate) full_addr: SocketAddr,
-    pub(crate) full_counts: Arc<Handshakes>,
-    /// The upstream that resumes (tickets).
-    pub(crate) resumed_addr: SocketAddr,
-    pub(crate) resumed_counts: Arc<Handshakes>,
+    /// rustls, TLS 1.3 and 1.2; resumption by tickets. Every column but amtgw-legacy's, and
+    /// the direct one.
+    pub(crate) upstreams: Upstreams,
+    /// OpenSSL, TLS 1.2 with RSA key exchange only; resumption by session ID. amtgw-legacy's.
+    pub(crate) legacy_upstreams: Upstreams,
     /// The upstream's modes over plain TCP, behind the bare forwarders.
     pub(crate) plain_upstream: SocketAddr,
     pub(crate) sim: SimDevice,
-    /// Where a proxy's three listeners forward: full, resumed, simulator.
-    upstreams: [SocketAddr; 3],
     /// The proxies' configurations and logs, `leaf.pem` and `other.pem`.
     dir: TempDir,
     leaf_pem: PathBuf,
@@ -78,6 +109,20 @@ impl Stage {
         let other_pin = Pin::of_certificate(&other_cert).to_string();
         let (full_addr, full_counts) = start_upstream(&cert, &key, false).await;
         let (resumed_addr, resumed_counts) = start_upstream(&cert, &key, true).await;
+        let upstreams = Upstreams {
+            full_addr,
+            full_counts,
+            resumed_addr,
+            resumed_counts,
+        };
+        let (full_addr, full_counts) = start_legacy_upstream(&cert, &key, false).await;
+        let (resumed_addr, resumed_counts) = start_legacy_upstream(&cert, &key, true).await;
+        let legacy_upstreams = Upstreams {
+            full_addr,
+            full_counts,
+            resumed_addr,
+            resumed_counts,
+        };
         let plain_upstream = start_plain_upstream().await;
         let sim = SimDevice::start(SimConfig {
             identity: SimIdentity::Provided {
@@ -88,7 +133,6 @@ impl Stage {
         })
         .await
         .expect("simulator");
-        let upstreams = [full_addr, resumed_addr, sim.wsman_addr()];
 
         let dir = tempfile::tempdir().expect("temporary directory");
         let leaf_pem = dir.path().join("leaf.pem");
@@ -99,13 +143,10 @@ impl Stage {
             cert,
             pin,
             other_pin,
-            full_addr,
-            full_counts,
-            resumed_addr,
-            resumed_counts,
+            upstreams,
+            legacy_upstreams,
             plain_upstream,
             sim,
-            upstreams,
             dir,
             leaf_pem,
             other_pem,
@@ -118,6 +159,40 @@ impl Stage {
         Target::Direct {
             addr,
             connector: direct_connector(&self.cert),
+        }
+    }
+
+    /// The upstreams `kind` forwards to.
+    pub(crate) fn upstreams_of(&self, kind: Kind) -> &Upstreams {
+        if kind.legacy() {
+            &self.legacy_upstreams
+        } else {
+            &self.upstreams
+        }
+    }
+
+    /// Where `kind`'s three listeners forward: full, resumed, simulator. amtgw-legacy's third
+    /// goes to the simulator too, to keep its configuration the same shape, but is not measured
+    /// (`Kind::runs_wsman_mix`).
+    fn routes_of(&self, kind: Kind) -> [SocketAddr; 3] {
+        let upstreams = self.upstreams_of(kind);
+        [
+            upstreams.full_addr,
+            upstreams.resumed_addr,
+            self.sim.wsman_addr(),
+        ]
+    }
+
+    /// The direct client to the resuming upstream `kind` forwards to: what its added latency is
+    /// measured against. For amtgw-legacy, OpenSSL over TLS 1.2 with RSA key exchange.
+    pub(crate) fn direct_to_resumed(&self, kind: Kind) -> Target {
+        if kind.legacy() {
+            Target::DirectOpenSsl {
+                addr: self.legacy_upstreams.resumed_addr,
+                context: direct_openssl_context(&self.cert),
+            }
+        } else {
+            self.direct(self.upstreams.resumed_addr)
         }
     }
 
@@ -135,7 +210,7 @@ impl Stage {
             self.dir.path(),
             &self.leaf_pem,
             &self.pin,
-            self.upstreams,
+            self.routes_of(kind),
             label,
             capacity,
         )
@@ -151,12 +226,13 @@ impl Stage {
                 self.dir.path(),
                 &self.other_pem,
                 &self.other_pin,
-                self.upstreams,
+                self.routes_of(*kind),
                 "wrong-pin",
                 256,
             )
             .await;
-            let completed = check_refuses_wrong_pin(&proxy, &self.full_counts).await;
+            let full_counts = &self.upstreams_of(*kind).full_counts;
+            let completed = check_refuses_wrong_pin(&proxy, full_counts).await;
             println!(
                 "e2e: {} refuses a certificate it does not pin ({})",
                 kind.name(),
@@ -170,13 +246,13 @@ impl Stage {
     }
 
     /// The proxies measured for the whole run, each checked to pass an echo and noted with what
-    /// it negotiated, then at rest; and what the first amtgw negotiated.
+    /// it negotiated, then at rest; and the suite the first amtgw negotiated with rustls.
     pub(crate) async fn start_proxies(
         &self,
         available: &[(Kind, PathBuf)],
         max_idle: usize,
         notes: &mut Vec<String>,
-    ) -> (Vec<Proxy>, Option<Negotiated>) {
+    ) -> (Vec<Proxy>, Option<SupportedCipherSuite>) {
         let mut proxies = Vec::new();
         let mut amtgw_negotiated = None;
         for (kind, program) in available {
@@ -192,6 +268,7 @@ impl Stage {
                     )
                 });
             let negotiated = self
+                .upstreams_of(*kind)
                 .full_counts
                 .last_negotiated()
                 .expect("the upstream records every handshake");
@@ -199,8 +276,10 @@ impl Stage {
                 "{} negotiates {negotiated} with the upstream",
                 kind.name()
             ));
-            if kind.program() == Program::Amtgw {
-                amtgw_negotiated.get_or_insert(negotiated);
+            if kind.program() == Program::Amtgw
+                && let Some(suite) = negotiated.rustls_suite()
+            {
+                amtgw_negotiated.get_or_insert(suite);
             }
             proxy.rest();
             proxies.push(proxy);
@@ -208,33 +287,36 @@ impl Stage {
         (proxies, amtgw_negotiated)
     }
 
-    /// What the rustls in-memory rate uses: what amtgw negotiated; without amtgw in the run,
-    /// what the direct client does, which is amtgw's own client config. Noted.
+    /// What the rustls in-memory rate uses: what amtgw negotiated with the rustls upstream;
+    /// without amtgw (but amtgw-legacy) in the run, what the direct client does, which is
+    /// amtgw's own client config. Noted.
     pub(crate) async fn in_memory_suite(
         &self,
-        amtgw_negotiated: Option<Negotiated>,
+        amtgw_negotiated: Option<SupportedCipherSuite>,
         bulk_mb: u64,
         notes: &mut Vec<String>,
-    ) -> Negotiated {
-        let negotiated = match amtgw_negotiated {
-            Some(negotiated) => negotiated,
+    ) -> SupportedCipherSuite {
+        let suite = match amtgw_negotiated {
+            Some(suite) => suite,
             None => {
                 timed(
                     "direct connection",
-                    one_connection(&self.direct(self.full_addr)),
+                    one_connection(&self.direct(self.upstreams.full_addr)),
                 )
                 .await
                 .expect("direct connection to the upstream");
-                self.full_counts
+                self.upstreams
+                    .full_counts
                     .last_negotiated()
+                    .and_then(|negotiated| negotiated.rustls_suite())
                     .expect("the upstream records every handshake")
             }
         };
         notes.push(format!(
             "rustls in memory: {:?} over {:?} from amtgw's provider (aws-lc-rs), RSA-2048 \
              handshake, {} MiB in 16 KiB writes, one thread{}",
-            negotiated.suite.suite(),
-            negotiated.version,
+            suite.suite(),
+            suite.version().version,
             bulk_mb,
             if pinned_cpus() {
                 format!(" on CPU {PROXY_CPU}")
@@ -242,7 +324,7 @@ impl Stage {
                 String::new()
             },
         ));
-        negotiated
+        suite
     }
 
     pub(crate) async fn shut_down(self) {
