@@ -1,5 +1,5 @@
 //! Helpers: work the harness runs as a copy of itself, so that `taskset` can put it on the
-//! proxies' CPU (the crate forbids unsafe code, so no sched_setaffinity on a thread). `main`
+//! proxies' CPU (the crate denies unsafe code, so no sched_setaffinity on a thread). `main`
 //! dispatches on the first argument: the bare TCP forwarder, and rustls in memory.
 
 use std::io::{self, BufRead as _, Read as _, Write as _};

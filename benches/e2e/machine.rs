@@ -61,7 +61,7 @@ pub(crate) fn open_files_limits() -> (u64, u64) {
 }
 
 /// Raise RLIMIT_NOFILE for this process (and so for the proxies it starts) with the `prlimit`
-/// program: the crate has no libc binding and forbids unsafe code. Raising the hard limit
+/// program: the crate has no libc binding and denies unsafe code. Raising the hard limit
 /// needs CAP_SYS_RESOURCE; without it the soft limit goes up to the hard one.
 pub(crate) fn raise_open_files(wanted: u64) -> u64 {
     let (soft, hard) = open_files_limits();
