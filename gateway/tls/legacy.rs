@@ -17,8 +17,8 @@ use std::task::{Context, Poll};
 use openssl::error::ErrorStack;
 use openssl::pkey::PKey;
 use openssl::ssl::{
-    ErrorCode, Ssl, SslContext, SslMethod, SslOptions, SslSession, SslSessionRef, SslVerifyMode,
-    SslVersion,
+    ErrorCode, Ssl, SslContext, SslMethod, SslMode, SslOptions, SslSession, SslSessionRef,
+    SslVerifyMode, SslVersion,
 };
 use openssl::x509::X509;
 use rustls::AlertDescription;
@@ -112,6 +112,10 @@ impl LegacyConnector {
                 | SslOptions::ALLOW_UNSAFE_LEGACY_RENEGOTIATION
                 | SslOptions::from_bits_retain(openssl_sys::SSL_OP_LEGACY_SERVER_CONNECT),
         );
+        // The relay retries a blocked write from its backlog, a copy elsewhere in memory, which
+        // OpenSSL refuses by default ("bad write retry"); and a write may take less than all
+        // it is given, record by record, as an AsyncWrite may.
+        builder.set_mode(SslMode::ACCEPT_MOVING_WRITE_BUFFER | SslMode::ENABLE_PARTIAL_WRITE);
         // The shared verifier checks the chain once the handshake is done; see `connect`.
         builder.set_verify(SslVerifyMode::NONE);
         if let Some(identity) = options.client_identity {
@@ -553,6 +557,65 @@ mod tests {
         tls.read_exact(&mut answer).await.unwrap();
         let error = tls.read(&mut [0u8; 1]).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "{error}");
+    }
+
+    /// A device that reads nothing until `start` is notified, then counts what arrives until
+    /// the gateway's close_notify and answers the count: its socket fills up meanwhile.
+    async fn slow_sink() -> (OldDevice, Arc<tokio::sync::Notify>) {
+        let (key, cert) = rsa_device(2048);
+        let acceptor = tls10_acceptor(&key, &cert);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let start = Arc::new(tokio::sync::Notify::new());
+        let started = start.clone();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let ssl = Ssl::new(acceptor.context()).unwrap();
+            let mut tls = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+            std::pin::Pin::new(&mut tls).accept().await.unwrap();
+            started.notified().await;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut count = 0u64;
+            loop {
+                match tls.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => count += n as u64,
+                    Err(error) => panic!("the device's read failed after {count} bytes: {error}"),
+                }
+            }
+            tls.write_all(&count.to_be_bytes()).await.unwrap();
+            tls.shutdown().await.unwrap();
+        });
+        (OldDevice { addr, cert }, start)
+    }
+
+    /// The relay copies what the device's socket could not take into a backlog and retries
+    /// from there: OpenSSL must accept a retried write from another buffer.
+    #[tokio::test]
+    async fn a_blocked_write_retried_from_another_buffer_goes_through() {
+        let (device, start) = slow_sink().await;
+        let connector = pinned_to(&device.cert, 0);
+        let mut tls = connect(&connector, device.addr).await.unwrap();
+        let chunk = vec![0x5au8; 64 * 1024];
+        let mut sent = 0u64;
+        let blocked = loop {
+            let polled = std::future::poll_fn(|cx| {
+                Poll::Ready(std::pin::Pin::new(&mut tls).poll_write(cx, &chunk))
+            })
+            .await;
+            match polled {
+                Poll::Ready(n) => sent += n.unwrap() as u64,
+                Poll::Pending => break chunk.clone(),
+            }
+            assert!(sent < 1 << 30, "the device's socket never filled");
+        };
+        start.notify_one();
+        tls.write_all(&blocked).await.unwrap();
+        sent += blocked.len() as u64;
+        tls.shutdown().await.unwrap();
+        let mut count = [0u8; 8];
+        tls.read_exact(&mut count).await.unwrap();
+        assert_eq!(u64::from_be_bytes(count), sent);
     }
 
     #[tokio::test]
