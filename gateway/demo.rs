@@ -278,20 +278,17 @@ impl Demo {
         );
         let _ = writeln!(out, "Try, from the repository root in another terminal:");
         if let Some(wsman) = port(Service::Wsman) {
-            let other = port_on(Service::Wsman, [127, 0, 0, 2]).unwrap_or(wsman);
-            let _ = writeln!(
-                out,
-                "  curl --digest -u '{user}:{pass}' -H 'Content-Type: application/soap+xml;charset=UTF-8' \\\n       --data-binary @scripts/wsman/get-general-settings.xml http://127.0.0.1:{wsman}/wsman\n  curl --digest -u '{user}:{pass}' -H 'Content-Type: application/soap+xml;charset=UTF-8' \\\n       --data-binary @scripts/wsman/get-general-settings.xml http://127.0.0.2:{other}/wsman   # the other device",
-                user = sim::DEMO_USERNAME,
-                pass = sim::DEMO_PASSWORD,
-            );
-            if self.devices.len() > LEGACY_DEVICE {
-                let legacy = port_on(Service::Wsman, [127, 0, 0, 3]).unwrap_or(wsman);
+            // One authenticated Get per device, each on its own alias address.
+            let notes = ["", "   # the other device", "   # AMT 7, over TLS 1.1"];
+            for (i, note) in notes.iter().enumerate().take(self.devices.len()) {
+                let alias = [127, 0, 0, i as u8 + 1];
+                let port = port_on(Service::Wsman, alias).unwrap_or(wsman);
                 let _ = writeln!(
                     out,
-                    "  curl --digest -u '{user}:{pass}' -H 'Content-Type: application/soap+xml;charset=UTF-8' \\\n       --data-binary @scripts/wsman/get-general-settings.xml http://127.0.0.3:{legacy}/wsman   # AMT 7, over TLS 1.1",
+                    "  curl --digest -u '{user}:{pass}' -H 'Content-Type: application/soap+xml;charset=UTF-8' \\\n       --data-binary @scripts/wsman/get-general-settings.xml http://127.0.0.{n}:{port}/wsman{note}",
                     user = sim::DEMO_USERNAME,
                     pass = sim::DEMO_PASSWORD,
+                    n = i + 1,
                 );
             }
             let _ = writeln!(out, "  scripts/try-wsman.sh");
