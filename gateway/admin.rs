@@ -3,8 +3,12 @@
 //! `/readyz` can say so. Bounded ([`AdminLimits`]): header and connection timeouts, a
 //! connection cap, small bodies. With `admin.token_file`, `/devices` and repin need the bearer
 //! token.
+//!
+//! One connection's handling is [`serve_connection`], over any byte stream: the listener hands
+//! it TCP streams, tests and the `admin_request` fuzzer an in-memory duplex.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use std::time::Duration;
@@ -18,25 +22,53 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Config;
 use crate::fleet::Device;
 use crate::listener::Acceptor;
+use crate::metrics::Metrics;
 use crate::shutdown::Lifecycle;
-use crate::state::Shared;
+use crate::state::{Shared, Snapshot, SnapshotError};
 use crate::tls::Trust;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-pub(crate) struct AdminState {
+/// What the admin endpoints read: the metrics registry, the gateway's shared state, whether
+/// it is draining, and the listener's bounds.
+pub struct AdminState {
     pub(crate) registry: Registry,
     pub(crate) shared: Arc<Shared>,
     /// For `/readyz`: not ready once draining.
     pub(crate) lifecycle: Lifecycle,
     pub(crate) limits: AdminLimits,
+}
+
+impl AdminState {
+    /// An admin state of its own for `config`, with fresh metrics and no gateway around it:
+    /// for driving [`serve_connection`] in tests and fuzzers. Opens the pin store if a device
+    /// trusts on first use, like the gateway does.
+    pub fn standalone(
+        config: Config,
+        limits: AdminLimits,
+    ) -> Result<Arc<AdminState>, SnapshotError> {
+        let snapshot = Snapshot::build(config, None)?;
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::register(
+            &mut registry,
+            snapshot.config.metrics.clone(),
+        ));
+        Ok(Arc::new(AdminState {
+            registry,
+            shared: Arc::new(Shared::new(snapshot, metrics)),
+            lifecycle: Lifecycle::default(),
+            limits,
+        }))
+    }
 }
 
 /// Bounds on the admin listener, so a flood of slow or half-sent requests costs a fixed amount
@@ -84,33 +116,58 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: C
         };
         let state = state.clone();
         let stop = stop.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state, request).await) }
-            });
-            let mut connection = Box::pin(
-                http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(limits.header_read_timeout)
-                    .serve_connection(TokioIo::new(stream), service),
-            );
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "admin connection failed");
-                    }
-                }
-                () = tokio::time::sleep(limits.connection_lifetime) => {
-                    tracing::debug!(%peer, "admin connection closed: open too long");
-                }
-                () = stop.cancelled() => connection.as_mut().graceful_shutdown(),
-            }
-            // The slot is free before the peer sees the close.
-            drop(permit);
-            drop(connection);
-        });
+        tokio::spawn(serve_with_permit(stream, peer, state, stop, Some(permit)));
     }
+}
+
+/// Serve one admin connection until the peer closes it, it fails, it has been open for
+/// `limits.connection_lifetime`, or `stop`. Whatever the bytes, it returns and does not panic;
+/// the stream is dropped (closed) when it does.
+pub async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    state: Arc<AdminState>,
+    stop: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    serve_with_permit(stream, peer, state, stop, None).await;
+}
+
+async fn serve_with_permit<S>(
+    stream: S,
+    peer: SocketAddr,
+    state: Arc<AdminState>,
+    stop: CancellationToken,
+    permit: Option<OwnedSemaphorePermit>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = state.limits;
+    let service = service_fn(move |request| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(respond(&state, request).await) }
+    });
+    let mut connection = Box::pin(
+        http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .serve_connection(TokioIo::new(stream), service),
+    );
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "admin connection failed");
+            }
+        }
+        () = tokio::time::sleep(limits.connection_lifetime) => {
+            tracing::debug!(%peer, "admin connection closed: open too long");
+        }
+        () = stop.cancelled() => connection.as_mut().graceful_shutdown(),
+    }
+    // The slot is free before the peer sees the close.
+    drop(permit);
+    drop(connection);
 }
 
 async fn respond(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -384,4 +441,72 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
         hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn state() -> Arc<AdminState> {
+        let config = Config::from_toml_with_env(
+            "admin test",
+            std::path::Path::new("."),
+            "[admin]\nlisten = \"127.0.0.1:0\"\n",
+            &crate::config::Environment::empty(),
+        )
+        .unwrap();
+        AdminState::standalone(config, AdminLimits::default()).unwrap()
+    }
+
+    /// Everything the server writes for `request` until it closes the connection; the client
+    /// closes its own side after the request if `half_close`.
+    async fn exchange(request: &[u8], half_close: bool) -> String {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let served = tokio::spawn(serve_connection(
+            server,
+            peer,
+            state(),
+            CancellationToken::new(),
+        ));
+        client.write_all(request).await.unwrap();
+        if half_close {
+            client.shutdown().await.unwrap();
+        }
+        let mut response = Vec::new();
+        client.read_to_end(&mut response).await.unwrap();
+        served.await.unwrap();
+        String::from_utf8_lossy(&response).into_owned()
+    }
+
+    #[tokio::test]
+    async fn serve_connection_answers_pipelined_requests_over_any_stream() {
+        // Not half-closed: hyper drops a pipelined request it has buffered once it reads EOF.
+        let response = exchange(
+            b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n\
+              GET /nope HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            false,
+        )
+        .await;
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(response.contains("\r\n\r\nok\n"), "{response}");
+        assert!(
+            response.contains("HTTP/1.1 404 Not Found\r\n"),
+            "{response}"
+        );
+    }
+
+    #[tokio::test]
+    async fn serve_connection_returns_on_a_half_sent_request() {
+        let response = exchange(
+            b"POST /devices/x/repin HTTP/1.1\r\nContent-Length: 10\r\n\r\n{",
+            true,
+        )
+        .await;
+        assert!(
+            response.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{response}"
+        );
+    }
 }

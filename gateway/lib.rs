@@ -24,6 +24,7 @@
 //! `sim` feature (the default) `demo` runs two of them behind a gateway for `amtgw demo`;
 //! production builds leave both out (`--no-default-features`).
 
+pub mod admin;
 pub mod config;
 #[cfg(feature = "sim")]
 pub mod demo;
@@ -44,7 +45,6 @@ pub mod tls;
 pub mod upstream;
 pub mod workers;
 
-mod admin;
 mod expiry;
 mod proxy;
 mod refusals;

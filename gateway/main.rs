@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use amtgw::config::LogFormat;
+use amtgw::config::{Environment, LogFormat};
 #[cfg(feature = "sim")]
 use amtgw::demo::{Demo, DemoOptions};
 use amtgw::shutdown::{Signal, Signals};
@@ -128,35 +128,28 @@ arguments.")]
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
-            Ok(config) => {
-                println!(
-                    "{}: valid ({} device(s), services: {})",
-                    config.source,
-                    config.devices.len(),
-                    config
-                        .services
-                        .iter()
-                        .map(|s| s.service.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                ExitCode::SUCCESS
+        Command::Check { config } => {
+            let env = Environment::from_process();
+            // No logging is set up for `check`: its warnings go to stderr like its errors.
+            for warning in env.warnings() {
+                eprintln!("warning: {warning}");
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(EX_USAGE)
-            }
-        },
+            check(&config, &env)
+        }
         Command::Run { config } => {
-            let config = match Config::load(&config) {
+            let env = Environment::from_process();
+            let config = match Config::load_with_env(&config, &env) {
                 Ok(config) => config,
                 Err(e) => {
+                    for warning in env.warnings() {
+                        eprintln!("warning: {warning}");
+                    }
                     eprintln!("error: {e}");
                     return ExitCode::from(EX_USAGE);
                 }
             };
             init_logging(config.gateway.log_format);
+            report_environment(&env);
             report(runtime().and_then(|rt| rt.block_on(serve(config))))
         }
         #[cfg(feature = "sim")]
@@ -258,6 +251,44 @@ fn describe(error: &anyhow::Error) -> String {
         message.push_str(&text);
     }
     message
+}
+
+fn check(path: &std::path::Path, env: &Environment) -> ExitCode {
+    match Config::load_with_env(path, env) {
+        Ok(config) => {
+            println!(
+                "{}: valid ({} device(s), services: {})",
+                config.source,
+                config.devices.len(),
+                config
+                    .services
+                    .iter()
+                    .map(|s| s.service.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EX_USAGE)
+        }
+    }
+}
+
+/// Once at start: the environment does not change under a running process, so reloads stay
+/// quiet about it.
+fn report_environment(env: &Environment) {
+    for warning in env.warnings() {
+        tracing::warn!("{warning}");
+    }
+    if !env.ignored().is_empty() {
+        // Names only: values of other programs' variables are none of our business to log.
+        tracing::info!(
+            variables = %env.ignored().join(","),
+            "ignoring AMTGW_ variables that are not configuration (their first segment names no table)"
+        );
+    }
 }
 
 fn init_logging(format: LogFormat) {

@@ -1,16 +1,18 @@
 //! The shipped configuration files stay honest: every `config/*.toml` is valid, every
 //! `config/invalid/*.toml` fails on exactly the key and message its first line promises, the
 //! reference config's values reach the typed `Config`, and `amtgw check` reports both through
-//! its exit code and stderr, including `AMTGW_` environment overrides.
+//! its exit code and stderr, including `AMTGW_` environment overrides, and the variables a
+//! Kubernetes Service injects under the same prefix are not taken for configuration.
 
 // Tests may unwrap (the crate lints against it for gateway code): a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use amtgw::config::Host;
+use amtgw::config::{Environment, Host};
 use amtgw::tls::Trust;
 use amtgw::{Config, Service};
 
@@ -30,37 +32,72 @@ fn toml_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// `amtgw check --config <path>` with the given environment overrides and no inherited
+/// `amtgw COMMAND --config <path>` with the given environment overrides and no inherited
 /// `AMTGW_` variables, so the developer's shell cannot change the outcome.
-fn amtgw_check(path: &Path, env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_amtgw"));
-    command.arg("check").arg("--config").arg(path);
+fn amtgw(command: &str, path: &Path, env: &[(String, String)]) -> Command {
+    let mut amtgw = Command::new(env!("CARGO_BIN_EXE_amtgw"));
+    amtgw.arg(command).arg("--config").arg(path);
     for (name, _) in std::env::vars_os() {
-        // figment matches the prefix case-insensitively, so clear `amtgw_*` too.
+        // The prefix is matched case-insensitively, so clear `amtgw_*` too.
         if name
             .to_string_lossy()
             .to_ascii_uppercase()
             .starts_with(amtgw::config::ENV_PREFIX)
         {
-            command.env_remove(name);
+            amtgw.env_remove(name);
         }
     }
-    command.envs(env.iter().copied());
-    command.output().unwrap()
+    amtgw.envs(env.iter().map(|(k, v)| (k, v)));
+    amtgw
 }
 
-/// `Config::load` merges the real environment, and this process cannot safely unset
-/// variables, so an `AMTGW_` override left in the shell would quietly change what the in-process
-/// tests check: refuse to run instead.
-fn assert_no_env_overrides() {
-    let set: Vec<String> = std::env::vars_os()
-        .map(|(name, _)| name.to_string_lossy().into_owned())
-        .filter(|name| {
-            name.to_ascii_uppercase()
-                .starts_with(amtgw::config::ENV_PREFIX)
-        })
+fn amtgw_check(path: &Path, env: &[(&str, &str)]) -> Output {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-    assert!(set.is_empty(), "unset {set:?} to run these tests");
+    amtgw("check", path, &env).output().unwrap()
+}
+
+/// In-process loads see no environment at all: the shell running the tests cannot change them.
+fn load(path: &Path) -> Result<Config, amtgw::config::ConfigError> {
+    Config::load_with_env(path, &Environment::empty())
+}
+
+/// Every variable Kubernetes injects into the pods of a namespace for a Service named
+/// `service` with these TCP ports (number, name): the Docker-links-compatible set.
+fn kubernetes_service_variables(service: &str, ports: &[(u16, &str)]) -> Vec<(String, String)> {
+    let svc = service.to_ascii_uppercase().replace('-', "_");
+    let addr = "10.96.0.17";
+    let (first, _) = ports[0];
+    let mut vars = vec![
+        (format!("{svc}_SERVICE_HOST"), addr.to_owned()),
+        (format!("{svc}_SERVICE_PORT"), first.to_string()),
+        (format!("{svc}_PORT"), format!("tcp://{addr}:{first}")),
+    ];
+    for (port, name) in ports {
+        let name = name.to_ascii_uppercase().replace('-', "_");
+        let tcp = format!("{svc}_PORT_{port}_TCP");
+        vars.push((format!("{svc}_SERVICE_PORT_{name}"), port.to_string()));
+        vars.push((tcp.clone(), format!("tcp://{addr}:{port}")));
+        vars.push((format!("{tcp}_PROTO"), "tcp".to_owned()));
+        vars.push((format!("{tcp}_PORT"), port.to_string()));
+        vars.push((format!("{tcp}_ADDR"), addr.to_owned()));
+    }
+    vars
+}
+
+/// What the Services in front of amtgw inject: one named `amtgw` for the consoles' ports and
+/// one named `amtgw-gateway`, whose `AMTGW_GATEWAY_...` variables begin with a table's name.
+fn kubernetes_variables() -> Vec<(String, String)> {
+    let consoles = [(16992, "wsman"), (16994, "redirection"), (623, "dash")];
+    let mut vars = kubernetes_service_variables("amtgw", &consoles);
+    vars.extend(kubernetes_service_variables("amtgw-gateway", &consoles));
+    vars.extend(kubernetes_service_variables(
+        "amtgw-admin",
+        &[(9716, "admin")],
+    ));
+    vars
 }
 
 /// The `# expect: <key> | <message substring>` first line of an invalid config.
@@ -90,14 +127,13 @@ fn expectation(path: &Path) -> (String, String) {
 
 #[test]
 fn every_shipped_config_is_valid() {
-    assert_no_env_overrides();
     let files = toml_files(&repo_path("config"));
     assert!(
         !files.is_empty(),
         "no config/*.toml found: nothing was checked"
     );
     for path in &files {
-        if let Err(e) = Config::load(path) {
+        if let Err(e) = load(path) {
             panic!("{} should be valid: {e}", path.display());
         }
     }
@@ -105,7 +141,6 @@ fn every_shipped_config_is_valid() {
 
 #[test]
 fn every_invalid_config_fails_on_its_expected_key_and_message() {
-    assert_no_env_overrides();
     let files = toml_files(&repo_path("config/invalid"));
     assert!(
         files.len() > 20,
@@ -115,7 +150,7 @@ fn every_invalid_config_fails_on_its_expected_key_and_message() {
     let mut failures = Vec::new();
     for path in &files {
         let (key, message) = expectation(path);
-        match Config::load(path) {
+        match load(path) {
             Ok(_) => failures.push(format!(
                 "{}: loaded, expected `{key}` to fail",
                 path.display()
@@ -157,8 +192,7 @@ fn every_invalid_config_fails_on_its_expected_key_and_message() {
 
 #[test]
 fn reference_config_values_reach_the_typed_config() {
-    assert_no_env_overrides();
-    let config = Config::load(&repo_path("config/amtgw.example.toml")).unwrap();
+    let config = load(&repo_path("config/amtgw.example.toml")).unwrap();
 
     assert_eq!(config.gateway.max_connections, 10_000);
     assert_eq!(config.gateway.connect_timeout, Duration::from_secs(10));
@@ -305,7 +339,6 @@ fn environment_override_rejected_by_the_validator_names_the_variable() {
 
 #[test]
 fn device_can_be_pinned_under_a_fleet_wide_ca() {
-    assert_no_env_overrides();
     // [defaults] trusts the fleet CA; one device opts out into pinning. It must not inherit
     // the fleet's ca_file, which pin mode rejects and which the device cannot unset.
     let dir = tempfile::tempdir().unwrap();
@@ -332,7 +365,7 @@ pins = ["cert-sha256:bd0829b6fd4ed46d16284cc20a4a7385d80a50936c9db64d09e0c1e4a21
         ca = ca.display()
     );
     std::fs::write(&path, text).unwrap();
-    let config = Config::load(&path).unwrap();
+    let config = load(&path).unwrap();
     assert_eq!(config.device("by-ca").unwrap().tls.trust.mode(), "ca");
     assert_eq!(config.device("pinned").unwrap().tls.trust.mode(), "pin");
 }
@@ -352,6 +385,131 @@ fn environment_override_of_a_valid_value_is_applied() {
     assert!(
         stdout.contains("services: wsman, redirection, dash"),
         "{stdout}"
+    );
+}
+
+#[test]
+fn kubernetes_service_variables_are_not_configuration() {
+    let mut vars = kubernetes_variables();
+    let injected = vars.len();
+    vars.push(("AMTGW_GATEWAY__MAX_CONNECTIONS".to_owned(), "77".to_owned()));
+    let env = Environment::from_pairs(vars);
+    assert_eq!(env.ignored().len(), injected, "{:?}", env.ignored());
+    assert!(env.warnings().is_empty(), "{:?}", env.warnings());
+    let text = std::fs::read_to_string(repo_path("config/minimal.toml")).unwrap();
+    let config = Config::from_toml_with_env("minimal", &repo_path("config"), &text, &env).unwrap();
+    assert_eq!(
+        config.gateway.max_connections, 77,
+        "the real override applies"
+    );
+}
+
+#[test]
+fn run_starts_among_the_variables_kubernetes_services_inject() {
+    // A rollout in a namespace with Services named amtgw and amtgw-gateway: it must start.
+    let mut env = kubernetes_variables();
+    for (name, value) in [
+        ("AMTGW_SERVICES__WSMAN__LISTEN_PORT", "0"),
+        ("AMTGW_SERVICES__REDIRECTION__LISTEN_PORT", "0"),
+        ("AMTGW_SERVICES__DASH__ENABLED", "false"),
+        ("AMTGW_ADMIN__LISTEN", "127.0.0.1:0"),
+    ] {
+        env.push((name.to_owned(), value.to_owned()));
+    }
+    let mut run = amtgw("run", &repo_path("config/minimal.toml"), &env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut logs = BufReader::new(run.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    for line in logs.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("amtgw starting") || line.starts_with("error") {
+            break;
+        }
+    }
+    if !seen.contains("amtgw starting") {
+        let _ = run.kill();
+        panic!("amtgw did not start: {seen}");
+    }
+    std::thread::spawn(move || logs.for_each(drop));
+    let killed = Command::new("kill")
+        .args(["-TERM", &run.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = run.wait().unwrap();
+    assert!(
+        seen.contains("ignoring AMTGW_ variables that are not configuration")
+            && seen.contains("AMTGW_GATEWAY_SERVICE_HOST")
+            && seen.contains("AMTGW_PORT_16992_TCP_ADDR"),
+        "{seen}"
+    );
+    assert!(!seen.contains("WARN"), "{seen}");
+    assert_eq!(status.code(), Some(0), "{seen}");
+}
+
+#[test]
+fn near_miss_variable_is_ignored_with_a_warning_naming_the_intended_one() {
+    // A table name one letter off: had it applied, 0 connections would be an error.
+    let path = repo_path("config/minimal.toml");
+    let out = amtgw_check(&path, &[("AMTGW_GATWAY__MAX_CONNECTIONS", "0")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        "warning: environment variable AMTGW_GATWAY__MAX_CONNECTIONS is not configuration and \
+         is ignored; did you mean AMTGW_GATEWAY__MAX_CONNECTIONS? (`__` separates keys)"
+    );
+}
+
+#[test]
+fn typo_inside_a_table_is_still_an_error_naming_the_variable_and_the_keys() {
+    let path = repo_path("config/minimal.toml");
+    let out = amtgw_check(&path, &[("AMTGW_GATEWAY__MAX_CONECTIONS", "5")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("key `gateway.max_conections`: unknown key `max_conections`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("(from environment variable AMTGW_GATEWAY__MAX_CONECTIONS)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("expected one of:") && stderr.contains("max_connections"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn empty_key_segment_in_a_variable_is_an_error() {
+    let path = repo_path("config/minimal.toml");
+    let out = amtgw_check(&path, &[("AMTGW_GATEWAY____WORKERS", "2")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains(
+            "key `gateway`: environment variable AMTGW_GATEWAY____WORKERS has an empty key"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn environment_value_with_a_backslash_after_a_non_ascii_character_is_read_not_a_panic() {
+    // figment's own value parser panicked here (exit 101); the value is now unescaped right.
+    let path = repo_path("config/minimal.toml");
+    let out = amtgw_check(&path, &[("AMTGW_GATEWAY__LOG_FORMAT", "\"é\\tjson\"")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("key `gateway.log_format`: `é\tjson` is not a log format"),
+        "{stderr}"
     );
 }
 

@@ -6,8 +6,10 @@
 //! re-exported here; `validate` is what builds them from the raw shapes.
 //!
 //! Environment overrides use `__` between keys: `AMTGW_GATEWAY__MAX_CONNECTIONS=5000`,
-//! `AMTGW_SERVICES__WSMAN__BIND='["0.0.0.0"]'`.
+//! `AMTGW_SERVICES__WSMAN__BIND='["0.0.0.0"]'`; only variables whose first segment is a
+//! top-level key are configuration ([`env`]).
 
+pub mod env;
 mod raw;
 mod validate;
 
@@ -17,9 +19,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Format, Toml};
 use rustls_pki_types::ServerName;
 
+pub use self::env::Environment;
 use crate::service::Service;
 // The trust settings live with the code that uses them; re-exported so `config::Trust` and
 // friends keep working.
@@ -235,9 +238,14 @@ impl ConfigError {
 }
 
 impl Config {
-    /// Load a TOML file with `AMTGW_` environment overrides. Relative paths inside it are
-    /// relative to the file's directory.
+    /// Load a TOML file with this process's `AMTGW_` environment overrides. Relative paths
+    /// inside it are relative to the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_env(path, &Environment::from_process())
+    }
+
+    /// Load a TOML file with the overrides of `env`.
+    pub fn load_with_env(path: &Path, env: &Environment) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
         // figment treats a missing file as empty; an operator who names a file means it.
         std::fs::metadata(path).map_err(|source| ConfigError::Read {
@@ -245,16 +253,26 @@ impl Config {
             source,
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let figment = Figment::from(Toml::file_exact(path)).merge(env_overrides());
-        let mut config = validate::load(&file, &base, figment)?;
+        let mut config = load_layers(&file, &base, Toml::file_exact(path), env)?;
         config.path = Some(path.to_owned());
         Ok(config)
     }
 
-    /// Load a config held in memory (the embedded demo), with the same overrides and checks.
+    /// Load a config held in memory (the embedded demo), with this process's overrides and
+    /// the same checks.
     pub fn from_toml(source: &str, base: &Path, text: &str) -> Result<Config, ConfigError> {
-        let figment = Figment::from(Toml::string(text)).merge(env_overrides());
-        validate::load(source, base, figment)
+        Config::from_toml_with_env(source, base, text, &Environment::from_process())
+    }
+
+    /// Load a config held in memory with the overrides of `env` (tests and fuzzers build it
+    /// from pairs, leaving the process environment alone).
+    pub fn from_toml_with_env(
+        source: &str,
+        base: &Path,
+        text: &str,
+        env: &Environment,
+    ) -> Result<Config, ConfigError> {
+        load_layers(source, base, Toml::string(text), env)
     }
 
     pub fn device(&self, name: &str) -> Option<&DeviceSettings> {
@@ -291,7 +309,18 @@ impl Config {
     }
 }
 
-fn env_overrides() -> Env {
-    // AMTGW_CONFIG names the file itself (a CLI flag default), not a key inside it.
-    Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"])
+fn load_layers(
+    file: &str,
+    base: &Path,
+    toml: figment::providers::Data<Toml>,
+    env: &Environment,
+) -> Result<Config, ConfigError> {
+    if let Some(problem) = env.problem() {
+        return Err(ConfigError::Invalid {
+            file: file.to_owned(),
+            key: problem.key,
+            message: problem.message,
+        });
+    }
+    validate::load(file, base, Figment::from(toml).merge(env))
 }

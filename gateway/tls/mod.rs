@@ -15,7 +15,7 @@ mod legacy;
 mod pem;
 mod pin;
 mod settings;
-mod store;
+pub mod store;
 mod verifier;
 
 use std::sync::Arc;

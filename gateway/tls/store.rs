@@ -174,7 +174,8 @@ fn at(path: &Path, line: Option<usize>) -> String {
     }
 }
 
-type Pins = BTreeMap<String, StoredPin>;
+/// Every device's stored pin, by device name: what a store file holds.
+pub type Pins = BTreeMap<String, StoredPin>;
 
 /// The pin store: one TOML file plus an in-memory snapshot of it. `Send + Sync`; share it in an
 /// `Arc`.
@@ -514,7 +515,10 @@ struct RawPin {
     learned_at: String,
 }
 
-fn parse(path: &Path, text: &str) -> Result<Pins, PinStoreError> {
+/// A store file's text as pins; `path` only names the file in errors. Pure: no I/O. Whatever
+/// `text` is, this returns (the `pin_store` fuzzer checks that, and that
+/// `parse(render(pins)) == pins` for whatever it parsed).
+pub fn parse(path: &Path, text: &str) -> Result<Pins, PinStoreError> {
     let raw: RawStore = toml::from_str(text).map_err(|e| PinStoreError::Syntax {
         path: path.to_owned(),
         line: e.span().map(|span| line_of(text, span.start)),
@@ -571,7 +575,8 @@ fn line_of(text: &str, offset: usize) -> usize {
     before.iter().filter(|&&b| b == b'\n').count() + 1
 }
 
-fn render(pins: &Pins) -> String {
+/// The file amtgw writes for `pins`: the header, one table per device, the end marker.
+pub fn render(pins: &Pins) -> String {
     let mut out = String::from(HEADER);
     for (device, pin) in pins {
         out.push_str(&format!(
