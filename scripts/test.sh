@@ -9,3 +9,7 @@ scripts/install-build-deps.sh
 scripts/install-test-deps.sh
 benches/install-peers.sh   # stunnel4, haproxy, nginx for the benchmark smoke
 cargo test --locked --workspace --all-targets "$@"
+# Every fuzz target for a few seconds from its seeds (fuzz/README.md); FUZZ_SMOKE=0 skips it.
+if [[ "${FUZZ_SMOKE:-1}" != 0 ]]; then
+    scripts/fuzz.sh smoke
+fi
