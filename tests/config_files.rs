@@ -513,6 +513,26 @@ fn environment_value_with_a_backslash_after_a_non_ascii_character_is_read_not_a_
     );
 }
 
+#[test]
+fn deeply_nested_environment_value_is_an_error_not_a_stack_overflow() {
+    // figment's parser recursed once per bracket and aborted the process (exit 134).
+    let path = repo_path("config/minimal.toml");
+    let deep = "[".repeat(100_000);
+    let out = amtgw_check(&path, &[("AMTGW_GATEWAY__WORKERS", &deep)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "{}",
+        &stderr[..stderr.len().min(300)]
+    );
+    assert!(
+        stderr.contains("key `gateway.workers`"),
+        "{}",
+        &stderr[..stderr.len().min(300)]
+    );
+}
+
 /// Writes the test-only PKI under `certs/` that the shipped configs reference. Run it by hand
 /// (`cargo test --test config_files -- --ignored regenerate_example_certs`) and commit the
 /// result; normal runs must not rewrite tracked files.

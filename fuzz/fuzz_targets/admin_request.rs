@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use amtgw::AdminLimits;
 use amtgw::admin::{AdminState, serve_connection};
 use amtgw::config::{Config, Environment};
-use amtgw::AdminLimits;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -73,7 +73,12 @@ fuzz_target!(|data: &[u8]| {
     let response = fixture.runtime.block_on(async move {
         let (mut client, server) = tokio::io::duplex(16 * 1024);
         let peer: SocketAddr = "127.0.0.1:1".parse().expect("address");
-        let served = tokio::spawn(serve_connection(server, peer, state, CancellationToken::new()));
+        let served = tokio::spawn(serve_connection(
+            server,
+            peer,
+            state,
+            CancellationToken::new(),
+        ));
         let (mut reader, mut writer) = tokio::io::split(&mut client);
         let send = async {
             // The server may close first (a malformed head): then writing fails, as it may.

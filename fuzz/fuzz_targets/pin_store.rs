@@ -20,6 +20,9 @@ fuzz_target!(|data: &[u8]| {
     let rendered = render(&pins);
     let again = parse(path, &rendered)
         .unwrap_or_else(|e| panic!("rendered store does not parse: {e}\n{rendered}"));
-    assert_eq!(again, pins, "pins changed across render and parse:\n{rendered}");
+    assert_eq!(
+        again, pins,
+        "pins changed across render and parse:\n{rendered}"
+    );
     assert_eq!(render(&again), rendered, "render is not stable");
 });

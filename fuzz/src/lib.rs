@@ -20,9 +20,18 @@ pub fn base() -> &'static Path {
             std::fs::create_dir(made).expect("a directory");
         }
         for (name, content) in [
-            ("example-ca.pem", &include_bytes!("../../certs/example-ca.pem")[..]),
-            ("example-client.pem", include_bytes!("../../certs/example-client.pem")),
-            ("example-client.key", include_bytes!("../../certs/example-client.key")),
+            (
+                "example-ca.pem",
+                &include_bytes!("../../certs/example-ca.pem")[..],
+            ),
+            (
+                "example-client.pem",
+                include_bytes!("../../certs/example-client.pem"),
+            ),
+            (
+                "example-client.key",
+                include_bytes!("../../certs/example-client.key"),
+            ),
         ] {
             std::fs::write(certs.join(name), content).expect("a certificate file");
         }
