@@ -296,9 +296,8 @@ async fn repin(state: &AdminState, name: &str) -> Response<Full<Bytes>> {
             ),
         );
     };
-    let device_name = name.to_owned();
-    match tokio::task::spawn_blocking(move || store.remove(&device_name)).await {
-        Ok(Ok(had_pin)) => {
+    match store.remove(name).await {
+        Ok(had_pin) => {
             tracing::warn!(
                 device = name,
                 had_pin,
@@ -311,8 +310,10 @@ async fn repin(state: &AdminState, name: &str) -> Response<Full<Bytes>> {
                 ),
             )
         }
-        Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+        Err(e) => {
+            tracing::error!(device = name, reason = e.kind(), error = %e, "re-pin failed; the stored pin is kept");
+            text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n"))
+        }
     }
 }
 
