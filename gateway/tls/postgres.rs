@@ -787,7 +787,12 @@ async fn supervise(inner: Arc<Inner>, first: Session, stop: CancellationToken) {
                     }
                     Err(e) => {
                         // A connection that came up but failed its first read is down again.
-                        inner.went_down(e.to_string());
+                        inner.went_down(match &e {
+                            PinStoreError::Database { action, message, .. } => {
+                                format!("cannot {action}: {message}")
+                            }
+                            other => other.to_string(),
+                        });
                         inner.events.error(e.kind());
                         tracing::warn!(store = %name, reason = e.kind(), error = %e, retry_in_ms = backoff.as_millis() as u64, "pin store unreachable; known pins stay in force, first uses are refused");
                         tokio::select! {
