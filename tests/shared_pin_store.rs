@@ -34,19 +34,39 @@ struct Postgres {
     bin: PathBuf,
     /// Who runs it: PostgreSQL refuses to run as root.
     user: Option<(u32, u32)>,
+    /// The TCP port, when it listens on one (TLS tests); else only a Unix socket.
+    tcp_port: Option<u16>,
     server: Option<Child>,
 }
 
 impl Postgres {
     fn start() -> Postgres {
+        Postgres::start_with(None)
+    }
+
+    /// With `tls` (a certificate chain and key, PEM), the server also listens on 127.0.0.1
+    /// with TLS, on a port it is given: PostgreSQL cannot pick one itself, so a port found
+    /// taken is replaced by the next, and the server started again.
+    fn start_with(tls: Option<(String, String)>) -> Postgres {
         let bin = postgres_bin();
         let dir = tempfile::tempdir().unwrap();
         let user = unprivileged_user();
         std::fs::write(dir.path().join("pg.password"), format!("{PASSWORD}\n")).unwrap();
+        if let Some((cert, key)) = &tls {
+            std::fs::write(dir.path().join("server.pem"), cert).unwrap();
+            std::fs::write(dir.path().join("server.key"), key).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                dir.path().join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+        }
         if let Some((uid, gid)) = user {
+            for entry in std::fs::read_dir(dir.path()).unwrap() {
+                std::os::unix::fs::chown(entry.unwrap().path(), Some(uid), Some(gid)).unwrap();
+            }
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
-            std::os::unix::fs::chown(dir.path().join("pg.password"), Some(uid), Some(gid))
-                .unwrap();
         }
         let initdb = Command::new(bin.join("initdb"))
             .args(["--username=amtgw", "--auth=scram-sha-256", "--no-sync"])
@@ -65,6 +85,7 @@ impl Postgres {
             dir,
             bin,
             user,
+            tcp_port: tls.is_some().then(|| 20_000 + (std::process::id() % 20_000) as u16),
             server: None,
         };
         postgres.resume();
@@ -74,30 +95,60 @@ impl Postgres {
     /// Start the server on the existing data directory and wait for it to accept connections.
     fn resume(&mut self) {
         assert!(self.server.is_none());
-        let mut server = Command::new(self.bin.join("postgres"))
-            .arg("-D")
-            .arg(self.dir.path().join("data"))
-            .arg("-k")
-            .arg(self.dir.path())
-            .args(["-p", &PORT.to_string()])
-            .args(["-c", "listen_addresses=", "-c", "fsync=off"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .run_as(self.user)
-            .spawn()
-            .unwrap();
-        let lines = lines_of(server.stderr.take().unwrap(), "postgres");
-        let ready = Instant::now() + Duration::from_secs(30);
-        loop {
-            let line = lines
-                .recv_timeout(ready.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|e| panic!("postgres did not come up: {e}"));
-            if line.contains("ready to accept connections") {
-                break;
+        for _ in 0..20 {
+            let port = self.port();
+            let mut command = Command::new(self.bin.join("postgres"));
+            command
+                .arg("-D")
+                .arg(self.dir.path().join("data"))
+                .arg("-k")
+                .arg(self.dir.path())
+                .args(["-p", &port.to_string(), "-c", "fsync=off"]);
+            match self.tcp_port {
+                None => command.args(["-c", "listen_addresses="]),
+                Some(_) => command.args([
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "ssl=on",
+                    "-c",
+                    "ssl_cert_file=../server.pem",
+                    "-c",
+                    "ssl_key_file=../server.key",
+                ]),
+            };
+            let mut server = command
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .run_as(self.user)
+                .spawn()
+                .unwrap();
+            let lines = lines_of(server.stderr.take().unwrap(), "postgres");
+            let ready = Instant::now() + Duration::from_secs(30);
+            let started = loop {
+                let line = lines
+                    .recv_timeout(ready.saturating_duration_since(Instant::now()))
+                    .unwrap_or_else(|e| panic!("postgres did not come up: {e}"));
+                if line.contains("ready to accept connections") {
+                    break true;
+                }
+                if line.contains("could not bind") || line.contains("could not create any TCP/IP sockets") {
+                    break false;
+                }
+            };
+            if started {
+                self.server = Some(server);
+                return;
             }
+            let _ = server.wait();
+            self.tcp_port = Some(port + 1);
         }
-        self.server = Some(server);
+        panic!("postgres found no free port");
+    }
+
+    fn port(&self) -> u16 {
+        self.tcp_port.unwrap_or(PORT)
     }
 
     /// Fast shutdown (SIGINT): clients are disconnected, then the server exits.
@@ -118,7 +169,7 @@ impl Postgres {
     /// `postgres://amtgw@<socket dir>/postgres`.
     fn url(&self) -> String {
         let dir = self.socket_dir().display().to_string().replace('/', "%2F");
-        format!("postgres://amtgw@{dir}:{PORT}/postgres")
+        format!("postgres://amtgw@{dir}:{}/postgres", self.port())
     }
 
     /// Run SQL with psql; its unaligned, tuples-only output.
@@ -127,7 +178,7 @@ impl Postgres {
             .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-U", "amtgw"])
             .arg("-h")
             .arg(self.socket_dir())
-            .args(["-p", &PORT.to_string(), "-d", "postgres", "-c", sql])
+            .args(["-p", &self.port().to_string(), "-d", "postgres", "-c", sql])
             .env("PGPASSWORD", PASSWORD)
             .output()
             .unwrap();
@@ -240,47 +291,13 @@ impl Replica {
     /// Start `amtgw run` with `devices` (`(name, sim)`, each `trust = "tofu"`) and the pin
     /// store in `postgres`; returns once it listens.
     fn start(postgres: &Postgres, devices: &[(&str, &SimDevice)]) -> Replica {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("pg.password"), format!("{PASSWORD}\n")).unwrap();
-        let mut toml = format!(
-            r#"
-[gateway]
-log_format = "json"
-workers = 1
-pin_store = "{url}"
-pin_store_password_file = "pg.password"
-pin_store_reread_interval = "1h"
-[admin]
-listen = "127.0.0.1:0"
-[services.wsman]
-listen_port = 0
-default_device = "{first}"
-[services.redirection]
-enabled = false
-[services.dash]
-enabled = false
-"#,
-            url = postgres.url(),
-            first = devices[0].0,
-        );
-        for (name, sim) in devices {
-            toml.push_str(&format!(
-                "[[devices]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nports = {{ wsman = {} }}\ntrust = \"tofu\"\n",
-                sim.wsman_addr().port()
-            ));
-        }
-        let config = dir.path().join("amtgw.toml");
-        std::fs::write(&config, toml).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_amtgw"));
-        command.arg("run").arg("--config").arg(&config);
-        for (name, _) in std::env::vars_os() {
-            let name_text = name.to_string_lossy().to_ascii_uppercase();
-            if name_text.starts_with(amtgw::config::ENV_PREFIX) || name_text == "PGPASSWORD" {
-                command.env_remove(name);
-            }
-        }
+        Replica::start_with(&postgres.url(), "", devices)
+    }
+
+    /// The same with another store URL and extra `[gateway]` lines.
+    fn start_with(url: &str, gateway: &str, devices: &[(&str, &SimDevice)]) -> Replica {
+        let (mut command, dir) = Replica::command(url, gateway, devices);
         let mut child = command
-            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -318,6 +335,55 @@ enabled = false
             admin: admin.unwrap(),
             log,
         }
+    }
+
+    /// `amtgw run` with a config in a new directory (beside it the database password).
+    fn command(
+        url: &str,
+        gateway: &str,
+        devices: &[(&str, &SimDevice)],
+    ) -> (Command, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pg.password"), format!("{PASSWORD}\n")).unwrap();
+        let mut toml = format!(
+            r#"
+[gateway]
+log_format = "json"
+workers = 1
+pin_store = "{url}"
+pin_store_password_file = "pg.password"
+pin_store_reread_interval = "1h"
+{gateway}
+[admin]
+listen = "127.0.0.1:0"
+[services.wsman]
+listen_port = 0
+default_device = "{first}"
+[services.redirection]
+enabled = false
+[services.dash]
+enabled = false
+"#,
+            first = devices[0].0,
+        );
+        for (name, sim) in devices {
+            toml.push_str(&format!(
+                "[[devices]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nports = {{ wsman = {} }}\ntrust = \"tofu\"\n",
+                sim.wsman_addr().port()
+            ));
+        }
+        let config = dir.path().join("amtgw.toml");
+        std::fs::write(&config, toml).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_amtgw"));
+        command.arg("run").arg("--config").arg(&config);
+        for (name, _) in std::env::vars_os() {
+            let name_text = name.to_string_lossy().to_ascii_uppercase();
+            if name_text.starts_with(amtgw::config::ENV_PREFIX) || name_text == "PGPASSWORD" {
+                command.env_remove(name);
+            }
+        }
+        command.env("RUST_LOG", "info");
+        (command, dir)
     }
 
     async fn metrics(&self) -> Metrics {
@@ -594,6 +660,55 @@ async fn a_database_restart_under_traffic_keeps_sessions_and_learning_resumes() 
     postgres.psql("DELETE FROM amtgw_pins WHERE device = 'amt-busy'");
     a.pin_becomes("amt-busy", None).await;
     assert!(b.logged("pin store reconnected"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_is_reached_over_verified_tls_with_pin_store_ca_file() {
+    let ca = common::TestCa::new("pin store test CA");
+    let server = ca.server(&["127.0.0.1"]);
+    let tls = (
+        common::pem_block("CERTIFICATE", server.leaf().as_ref()),
+        common::pem_block("PRIVATE KEY", server.key.secret_der()),
+    );
+    let postgres = Postgres::start_with(Some(tls));
+    let url = format!("postgres://amtgw@127.0.0.1:{}/postgres", postgres.port());
+    let device = sim("amt-tls").await;
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write_pem(ca_dir.path(), "db-ca");
+
+    let a = Replica::start_with(
+        &url,
+        &format!("pin_store_ca_file = \"{ca_file}\""),
+        &[("amt-tls", &device)],
+    );
+    assert!(a.identify().await);
+    assert_eq!(postgres.stored("amt-tls"), Some(pin_of(&device)));
+    assert_eq!(
+        postgres.psql(
+            "SELECT bool_and(ssl) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE application_name = 'amtgw'"
+        ),
+        "t",
+        "amtgw's connection is TLS"
+    );
+
+    // A server whose certificate the CA did not sign is refused at start: exit 1, naming the
+    // store and the certificate problem.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = common::TestCa::new("another CA").write_pem(other_dir.path(), "other");
+    let (mut command, _dir) = Replica::command(
+        &url,
+        &format!("pin_store_ca_file = \"{other}\""),
+        &[("amt-tls", &device)],
+    );
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&url), "{stderr}");
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+    assert!(!stderr.contains(PASSWORD), "{stderr}");
 }
 
 /// One keep-alive request on an open session; whether the device answered it.
