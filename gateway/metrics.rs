@@ -672,4 +672,3 @@ mod tests {
         assert!(device_labels(&registry).is_empty());
     }
 }
-

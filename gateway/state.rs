@@ -52,12 +52,8 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         events: Arc<dyn StoreEvents>,
     ) -> Result<Snapshot, SnapshotError> {
-        let pin_store = open_pin_store(
-            &config,
-            previous.and_then(|p| p.pin_store.as_ref()),
-            events,
-        )
-        .await?;
+        let pin_store =
+            open_pin_store(&config, previous.and_then(|p| p.pin_store.as_ref()), events).await?;
         let devices = fleet::build(
             &config,
             pin_store.as_ref(),

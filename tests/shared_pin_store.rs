@@ -70,7 +70,10 @@ impl Postgres {
         }
         let initdb = Command::new(bin.join("initdb"))
             .args(["--username=amtgw", "--auth=scram-sha-256", "--no-sync"])
-            .arg(format!("--pwfile={}", dir.path().join("pg.password").display()))
+            .arg(format!(
+                "--pwfile={}",
+                dir.path().join("pg.password").display()
+            ))
             .arg("-D")
             .arg(dir.path().join("data"))
             .run_as(user)
@@ -85,7 +88,9 @@ impl Postgres {
             dir,
             bin,
             user,
-            tcp_port: tls.is_some().then(|| 20_000 + (std::process::id() % 20_000) as u16),
+            tcp_port: tls
+                .is_some()
+                .then(|| 20_000 + (std::process::id() % 20_000) as u16),
             server: None,
         };
         postgres.resume();
@@ -133,7 +138,9 @@ impl Postgres {
                 if line.contains("ready to accept connections") {
                     break true;
                 }
-                if line.contains("could not bind") || line.contains("could not create any TCP/IP sockets") {
+                if line.contains("could not bind")
+                    || line.contains("could not create any TCP/IP sockets")
+                {
                     break false;
                 }
             };
@@ -175,7 +182,16 @@ impl Postgres {
     /// Run SQL with psql; its unaligned, tuples-only output.
     fn psql(&self, sql: &str) -> String {
         let out = Command::new(self.bin.join("psql"))
-            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-U", "amtgw"])
+            .args([
+                "-X",
+                "-q",
+                "-t",
+                "-A",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-U",
+                "amtgw",
+            ])
             .arg("-h")
             .arg(self.socket_dir())
             .args(["-p", &self.port().to_string(), "-d", "postgres", "-c", sql])
@@ -261,7 +277,10 @@ impl RunAs for Command {
 
 /// Every line of a child's output, as it comes, on a channel; also echoed to the test's
 /// stderr (shown when a test fails).
-fn lines_of(pipe: impl std::io::Read + Send + 'static, who: &'static str) -> mpsc::Receiver<String> {
+fn lines_of(
+    pipe: impl std::io::Read + Send + 'static,
+    who: &'static str,
+) -> mpsc::Receiver<String> {
     let (sender, receiver) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {
@@ -462,7 +481,11 @@ enabled = false
     }
 
     fn logged(&self, text: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|line| line.contains(text))
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains(text))
     }
 
     fn config(&self) -> PathBuf {
@@ -567,7 +590,12 @@ async fn a_pin_learned_by_one_replica_is_enforced_and_re_pinned_by_both() {
     }
     for replica in [&a, &b] {
         assert!(
-            !replica.log.lock().unwrap().iter().any(|l| l.contains(PASSWORD)),
+            !replica
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(PASSWORD)),
             "the database password is never logged"
         );
     }

@@ -743,9 +743,15 @@ impl Validator<'_> {
         let location = g.pin_store.as_deref().unwrap_or("amtgw-pins.toml");
         if !PostgresSettings::is_url(location) {
             for (key, set) in [
-                ("pin_store_password_file", g.pin_store_password_file.is_some()),
+                (
+                    "pin_store_password_file",
+                    g.pin_store_password_file.is_some(),
+                ),
                 ("pin_store_ca_file", g.pin_store_ca_file.is_some()),
-                ("pin_store_reread_interval", g.pin_store_reread_interval.is_some()),
+                (
+                    "pin_store_reread_interval",
+                    g.pin_store_reread_interval.is_some(),
+                ),
                 ("pin_store_timeout", g.pin_store_timeout.is_some()),
             ] {
                 if set {
@@ -772,7 +778,10 @@ impl Validator<'_> {
                 if password.is_empty() {
                     return Err(self.err(
                         "gateway.pin_store_password_file",
-                        format!("{} is empty; write the database password into it", path.display()),
+                        format!(
+                            "{} is empty; write the database password into it",
+                            path.display()
+                        ),
                     ));
                 }
                 Some((PasswordSource::File(path), password))
@@ -802,7 +811,7 @@ impl Validator<'_> {
             Duration::from_secs(5),
         )?;
         PostgresSettings::parse(location, password, ca, reread_interval, timeout)
-            .map(PinStoreSettings::Postgres)
+            .map(|settings| PinStoreSettings::Postgres(Box::new(settings)))
             .map_err(|message| self.err(KEY, message))
     }
 

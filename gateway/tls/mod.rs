@@ -35,11 +35,11 @@ pub use inspect::{CertificateSummary, not_after, rfc3339, unix_now};
 pub use legacy::{LegacyConnector, LegacyError, LegacyOptions, LegacyStream};
 pub use pem::{PemError, load_certificates, load_private_key};
 pub use pin::{Pin, PinKind, PinParseError};
-pub use settings::{Backend, ClientIdentity, TlsSettings, TlsVersion, Trust};
 pub use postgres::{
     CHANNEL, NoEvents, PasswordSource, PostgresPinStore, PostgresSettings, SCHEMA_VERSION,
     StoreEvents, redact,
 };
+pub use settings::{Backend, ClientIdentity, TlsSettings, TlsVersion, Trust};
 pub use store::{Learned, PinStore, PinStoreError, StoredPin};
 pub use tofu::{PinStoreSettings, TofuStore};
 pub use verifier::{Fingerprints, PinMismatch};

@@ -253,10 +253,12 @@ impl PostgresSettings {
         };
         let mut roots = rustls::RootCertStore::empty();
         for cert in certs {
-            roots.add(cert.clone()).map_err(|e| self.error(
-                "use gateway.pin_store_ca_file",
-                format!("{}: {e}", path.display()),
-            ))?;
+            roots.add(cert.clone()).map_err(|e| {
+                self.error(
+                    "use gateway.pin_store_ca_file",
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
         }
         let config = rustls::ClientConfig::builder_with_provider(super::provider())
             .with_safe_default_protocol_versions()
@@ -612,7 +614,9 @@ impl Inner {
                 .query(&format!("SELECT {COLUMNS} FROM amtgw_pins"), &[])
                 .await
                 .map_err(|e| self.db_error("read the pins", e))?;
-            rows.iter().map(|row| self.row(row)).collect::<Result<Pins, _>>()
+            rows.iter()
+                .map(|row| self.row(row))
+                .collect::<Result<Pins, _>>()
         };
         let pins = self.timed("read the pins", work).await?;
         let known = self.snapshot.load().len();
@@ -635,7 +639,9 @@ impl Inner {
         if device.is_empty() || self.lost.load(Ordering::Acquire) {
             return self.read_all(client).await;
         }
-        let pin = self.timed("read a pin", self.read_one(client, device)).await?;
+        let pin = self
+            .timed("read a pin", self.read_one(client, device))
+            .await?;
         self.publish(device, pin);
         Ok(())
     }
@@ -788,7 +794,9 @@ async fn supervise(inner: Arc<Inner>, first: Session, stop: CancellationToken) {
                     Err(e) => {
                         // A connection that came up but failed its first read is down again.
                         inner.went_down(match &e {
-                            PinStoreError::Database { action, message, .. } => {
+                            PinStoreError::Database {
+                                action, message, ..
+                            } => {
                                 format!("cannot {action}: {message}")
                             }
                             other => other.to_string(),
@@ -885,7 +893,10 @@ mod tests {
         }
     }
 
-    fn parse(url: &str, password: Option<(PasswordSource, String)>) -> Result<PostgresSettings, String> {
+    fn parse(
+        url: &str,
+        password: Option<(PasswordSource, String)>,
+    ) -> Result<PostgresSettings, String> {
         PostgresSettings::parse(
             url,
             password,
@@ -903,7 +914,10 @@ mod tests {
         assert!(debug.contains("amtgw:***@db"), "{debug}");
         let file = parse(
             "postgres://amtgw@db/fleet",
-            Some((PasswordSource::File(PathBuf::from("pw")), "fromfile".to_owned())),
+            Some((
+                PasswordSource::File(PathBuf::from("pw")),
+                "fromfile".to_owned(),
+            )),
         )
         .unwrap();
         assert!(!format!("{file:?}").contains("fromfile"));
@@ -958,7 +972,11 @@ mod tests {
     fn a_unix_socket_directory_is_a_host() {
         let settings = parse("postgres://amtgw@%2Ftmp%2Fpg/fleet", None).unwrap();
         assert!(only_unix_sockets(&settings.config));
-        let settings = parse("postgresql:///fleet?user=amtgw&host=/tmp/pg&port=5433", None).unwrap();
+        let settings = parse(
+            "postgresql:///fleet?user=amtgw&host=/tmp/pg&port=5433",
+            None,
+        )
+        .unwrap();
         assert!(only_unix_sockets(&settings.config));
         assert_eq!(settings.config.get_ports(), [5433]);
     }

@@ -172,13 +172,19 @@ pub enum PinStoreError {
     #[error(
         "pin store {store}: the database's schema is version {found}, newer than this amtgw's {known}; run a newer amtgw, or point gateway.pin_store at another database"
     )]
-    Schema { store: String, found: i32, known: i32 },
+    Schema {
+        store: String,
+        found: i32,
+        known: i32,
+    },
     /// The table is empty while pins are known: damage, like an emptied file.
     #[error(
         "pin store {store}: the table amtgw_pins is empty while {known} pin(s) are known; they stay in force from memory and no new device is learned until rows are back (restore the table from a backup, or re-pin a device with `amtgw pin --replace NAME`)"
     )]
     Emptied { store: String, known: usize },
-    #[error("pin store {store}: device {device:?}: {field}: {reason}; fix the row or re-pin with `amtgw pin --replace {device}`")]
+    #[error(
+        "pin store {store}: device {device:?}: {field}: {reason}; fix the row or re-pin with `amtgw pin --replace {device}`"
+    )]
     InvalidRow {
         store: String,
         device: String,

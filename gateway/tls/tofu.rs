@@ -9,9 +9,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::Fingerprints;
 use super::postgres::{PostgresPinStore, PostgresSettings, StoreEvents};
 use super::store::{Learned, PinStore, PinStoreError, StoredPin};
-use super::Fingerprints;
 
 /// Where `gateway.pin_store` points.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +19,7 @@ pub enum PinStoreSettings {
     /// A TOML file (relative paths already resolved against the config's directory).
     File(PathBuf),
     /// A PostgreSQL database shared by several gateways.
-    Postgres(PostgresSettings),
+    Postgres(Box<PostgresSettings>),
 }
 
 impl PinStoreSettings {
@@ -61,7 +61,7 @@ impl TofuStore {
                     .map(|store| TofuStore::File(Arc::new(store)))
             }
             PinStoreSettings::Postgres(settings) => {
-                PostgresPinStore::open(settings.clone(), events)
+                PostgresPinStore::open(PostgresSettings::clone(settings), events)
                     .await
                     .map(|store| TofuStore::Postgres(Arc::new(store)))
             }
@@ -73,7 +73,7 @@ impl TofuStore {
         match (self, settings) {
             (TofuStore::File(store), PinStoreSettings::File(path)) => store.path() == path,
             (TofuStore::Postgres(store), PinStoreSettings::Postgres(settings)) => {
-                store.settings() == settings
+                store.settings() == settings.as_ref()
             }
             _ => false,
         }
