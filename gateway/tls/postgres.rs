@@ -167,7 +167,7 @@ impl PostgresSettings {
         let name = redact(url);
         let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|e| format!("`{name}` is not a usable PostgreSQL URL: {e}"))?;
-        if config.get_user().is_none() {
+        if config.get_user().is_none_or(str::is_empty) {
             return Err(format!(
                 "`{name}` names no user; write it as postgres://USER@HOST/DATABASE"
             ));
@@ -228,6 +228,17 @@ impl PostgresSettings {
             config.application_name("amtgw");
         }
         config.connect_timeout(timeout);
+        // libpq's default waits two hours before probing a silent peer; a database host that
+        // vanished should be noticed (and reconnected to) within a minute. Kept if the URL says.
+        if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            config.keepalives_idle(Duration::from_secs(30));
+        }
+        if config.get_keepalives_interval().is_none() {
+            config.keepalives_interval(Duration::from_secs(10));
+        }
+        if config.get_keepalives_retries().is_none() {
+            config.keepalives_retries(3);
+        }
         Ok(PostgresSettings {
             config,
             name,
@@ -663,7 +674,15 @@ impl Inner {
             Ok::<_, PinStoreError>((Arc::new(client), events))
         };
         let (client, events) = self.timed("connect", work).await?;
-        self.read_all(&client).await?;
+        match self.read_all(&client).await {
+            Ok(()) => {}
+            // Connected all the same: known pins stay, learning waits for rows (`lost`).
+            Err(e @ PinStoreError::Emptied { .. }) => {
+                self.events.error(e.kind());
+                tracing::error!(store = %settings.name, reason = e.kind(), error = %e, "pin store emptied");
+            }
+            Err(e) => return Err(e),
+        }
         self.client.store(Some(client.clone()));
         self.events.connected(true);
         Ok(Session { client, events })
@@ -830,6 +849,10 @@ async fn supervise(inner: Arc<Inner>, first: Session, stop: CancellationToken) {
             if let Err(e) = result {
                 inner.events.error(e.kind());
                 tracing::error!(store = %name, reason = e.kind(), error = %e, "pin store re-read failed; keeping the pins in memory");
+                // A server that stopped answering may never close the connection: start over.
+                if let PinStoreError::Timeout { .. } = e {
+                    break e.to_string();
+                }
             }
         };
         inner.went_down(why.clone());
