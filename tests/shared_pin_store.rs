@@ -739,6 +739,73 @@ async fn the_database_is_reached_over_verified_tls_with_pin_store_ca_file() {
     assert!(!stderr.contains(PASSWORD), "{stderr}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_table_keeps_known_pins_and_learns_nothing_until_rows_are_back() {
+    let postgres = Postgres::start();
+    let (known, unknown) = (sim("amt-kept").await, sim("amt-new").await);
+    let a = Replica::start(&postgres, &[("amt-kept", &known)]);
+    // B knows A's device too (its default is the new one), so it holds a pin when the table
+    // empties.
+    let b = Replica::start(&postgres, &[("amt-new", &unknown), ("amt-kept", &known)]);
+    assert!(a.identify().await);
+    let learned = pin_of(&known);
+    b.pin_becomes("amt-kept", Some(&learned)).await;
+
+    // A restore of the wrong backup, say: every replica hears of it and keeps what it knows.
+    postgres.psql("TRUNCATE amtgw_pins");
+    for replica in [&a, &b] {
+        replica
+            .metrics_until("seen the emptied table", |m| {
+                m.sample(
+                    "amtgw_pin_store_errors_total",
+                    &[("kind", "pin_store_lost")],
+                )
+                .is_some_and(|n| n >= 1.0)
+            })
+            .await;
+    }
+    assert_eq!(a.pins("amt-kept").await.first(), Some(&learned));
+    assert!(a.identify().await, "the known pin stays in force");
+    known.unprovision().unwrap();
+    assert!(
+        !a.identify().await,
+        "and is enforced: the new key is not learned"
+    );
+    assert_eq!(a.failed("pin_mismatch").await, 1.0);
+    assert!(
+        !b.identify().await,
+        "no first use while the table is emptied"
+    );
+    assert_eq!(b.failed("pin_store_failed").await, 1.0);
+    assert_eq!(postgres.psql("SELECT count(*) FROM amtgw_pins"), "0");
+
+    // Re-pinning on purpose puts a row back: learning resumes everywhere.
+    let replaced = tokio::task::spawn_blocking({
+        let config = a.config();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_amtgw"))
+                .args(["pin", "--config"])
+                .arg(config)
+                .args(["--replace", "amt-kept"])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        replaced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replaced.stderr)
+    );
+    for replica in [&a, &b] {
+        replica.pin_becomes("amt-kept", Some(&pin_of(&known))).await;
+    }
+    assert!(a.identify().await);
+    assert!(b.identify().await, "learning resumed");
+    assert_eq!(postgres.stored("amt-new"), Some(pin_of(&unknown)));
+}
+
 /// One keep-alive request on an open session; whether the device answered it.
 async fn ask(session: &mut TcpStream, request: &[u8]) -> bool {
     session.write_all(request).await.unwrap();

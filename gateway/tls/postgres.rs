@@ -7,8 +7,8 @@
 //! replicas that first meet a device at once (or an impostor and the device), exactly one row
 //! is written, and the loser reads it back, adopts it and refuses a different certificate.
 //! Every change to the table (learned, replaced, forgotten, by amtgw or by hand in `psql`)
-//! fires a trigger that sends `NOTIFY amtgw_pins, '<device>'`; each replica `LISTEN`s and
-//! re-reads that device's row, and re-reads the whole table every `pin_store_reread_interval`
+//! fires a trigger that sends `NOTIFY amtgw_pins, 'upsert:<device>'` (or `delete:`); each
+//! replica `LISTEN`s and re-reads that device's row, and re-reads the whole table every `pin_store_reread_interval`
 //! in case a notification was lost (they are not queued across a reconnect).
 //!
 //! # Memory, and the database going away
@@ -48,8 +48,8 @@ use super::{Fingerprints, Pin, PinKind};
 /// migrated by a newer amtgw: refused rather than misread.
 pub const SCHEMA_VERSION: i32 = 1;
 
-/// The `LISTEN`/`NOTIFY` channel. The payload is a device name; an empty one (after a
-/// `TRUNCATE`) asks for a full re-read.
+/// The `LISTEN`/`NOTIFY` channel. The payload is `upsert:<device>` (a row written),
+/// `delete:<device>` (a row deleted), or empty (a `TRUNCATE`: re-read everything).
 pub const CHANNEL: &str = "amtgw_pins";
 
 /// Serialises schema migrations of replicas that start at once (an arbitrary constant:
@@ -70,11 +70,11 @@ BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         PERFORM pg_notify('amtgw_pins', '');
     ELSE
-        IF TG_OP IN ('UPDATE', 'DELETE') THEN
-            PERFORM pg_notify('amtgw_pins', OLD.device);
+        IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND OLD.device <> NEW.device) THEN
+            PERFORM pg_notify('amtgw_pins', 'delete:' || OLD.device);
         END IF;
         IF TG_OP IN ('INSERT', 'UPDATE') THEN
-            PERFORM pg_notify('amtgw_pins', NEW.device);
+            PERFORM pg_notify('amtgw_pins', 'upsert:' || NEW.device);
         END IF;
     END IF;
     RETURN NULL;
@@ -325,7 +325,7 @@ type Pins = BTreeMap<String, StoredPin>;
 
 /// What the connection task passes on.
 enum Event {
-    /// A `NOTIFY` on [`CHANNEL`]: the device whose row changed, or `""` for all of them.
+    /// A `NOTIFY` on [`CHANNEL`]: its payload.
     Changed(String),
     /// The connection ended, and why.
     Closed(String),
@@ -645,16 +645,34 @@ impl Inner {
         Ok(())
     }
 
-    /// Re-read what a notification names: one device, or everything.
-    async fn refresh(&self, client: &Client, device: &str) -> Result<(), PinStoreError> {
-        if device.is_empty() || self.lost.load(Ordering::Acquire) {
+    /// Re-read what a notification names: one device's row, or everything.
+    async fn refresh(&self, client: &Client, payload: &str) -> Result<(), PinStoreError> {
+        if self.lost.load(Ordering::Acquire) {
             return self.read_all(client).await;
         }
-        let pin = self
-            .timed("read a pin", self.read_one(client, device))
-            .await?;
-        self.publish(device, pin);
-        Ok(())
+        match payload.split_once(':') {
+            Some(("upsert", device)) => {
+                // A row written and gone again by now was deleted or truncated since: that
+                // change's own notification follows, and decides (a truncate must hit the
+                // emptied-table guard, not empty the snapshot device by device).
+                if let Some(pin) = self
+                    .timed("read a pin", self.read_one(client, device))
+                    .await?
+                {
+                    self.publish(device, Some(pin));
+                }
+                Ok(())
+            }
+            Some(("delete", device)) => {
+                let pin = self
+                    .timed("read a pin", self.read_one(client, device))
+                    .await?;
+                self.publish(device, pin);
+                Ok(())
+            }
+            // A truncate, or a payload this amtgw does not know: everything.
+            _ => self.read_all(client).await,
+        }
     }
 
     /// One connection attempt, all of it within the timeout: connect, check or migrate the
