@@ -52,11 +52,11 @@ impl AdminState {
     /// An admin state of its own for `config`, with fresh metrics and no gateway around it:
     /// for driving [`serve_connection`] in tests and fuzzers. Opens the pin store if a device
     /// trusts on first use, like the gateway does.
-    pub fn standalone(
+    pub async fn standalone(
         config: Config,
         limits: AdminLimits,
     ) -> Result<Arc<AdminState>, SnapshotError> {
-        let snapshot = Snapshot::build(config, None)?;
+        let snapshot = Snapshot::build(config, None, Arc::new(crate::tls::NoEvents)).await?;
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(
             &mut registry,
@@ -353,9 +353,8 @@ async fn repin(state: &AdminState, name: &str) -> Response<Full<Bytes>> {
             ),
         );
     };
-    let device_name = name.to_owned();
-    match tokio::task::spawn_blocking(move || store.remove(&device_name)).await {
-        Ok(Ok(had_pin)) => {
+    match store.remove(name).await {
+        Ok(had_pin) => {
             tracing::warn!(
                 device = name,
                 had_pin,
@@ -368,8 +367,10 @@ async fn repin(state: &AdminState, name: &str) -> Response<Full<Bytes>> {
                 ),
             )
         }
-        Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+        Err(e) => {
+            tracing::error!(device = name, reason = e.kind(), error = %e, "re-pin failed; the stored pin is kept");
+            text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n"))
+        }
     }
 }
 
@@ -448,7 +449,7 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    fn state() -> Arc<AdminState> {
+    async fn state() -> Arc<AdminState> {
         let config = Config::from_toml_with_env(
             "admin test",
             std::path::Path::new("."),
@@ -456,7 +457,9 @@ mod tests {
             &crate::config::Environment::empty(),
         )
         .unwrap();
-        AdminState::standalone(config, AdminLimits::default()).unwrap()
+        AdminState::standalone(config, AdminLimits::default())
+            .await
+            .unwrap()
     }
 
     /// Everything the server writes for `request` until it closes the connection; the client
@@ -467,7 +470,7 @@ mod tests {
         let served = tokio::spawn(serve_connection(
             server,
             peer,
-            state(),
+            state().await,
             CancellationToken::new(),
         ));
         client.write_all(request).await.unwrap();

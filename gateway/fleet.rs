@@ -11,7 +11,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::{Config, DeviceSettings};
 use crate::limits::SourceCounts;
-use crate::tls::{self, Backend, CertificateSummary, Connector, PinStore, TlsError, Trust};
+use crate::tls::{self, Backend, CertificateSummary, Connector, TlsError, TofuStore, Trust};
 
 pub struct Device {
     pub settings: DeviceSettings,
@@ -20,7 +20,7 @@ pub struct Device {
     pub(crate) limit: Arc<Semaphore>,
     pub(crate) status: Arc<DeviceStatus>,
     /// Where a `tofu` device's pin is learned; `None` for other trust modes.
-    pub(crate) pin_store: Option<Arc<PinStore>>,
+    pub(crate) pin_store: Option<TofuStore>,
 }
 
 impl Device {
@@ -138,7 +138,7 @@ impl FleetError {
 /// the old device keep counting against the limit.
 pub fn build(
     config: &Config,
-    pin_store: Option<&Arc<PinStore>>,
+    pin_store: Option<&TofuStore>,
     previous: &[Arc<Device>],
 ) -> Result<Vec<Arc<Device>>, FleetError> {
     let provider = tls::provider();
@@ -198,7 +198,7 @@ fn warn_of_legacy_devices(config: &Config) {
 fn connector(
     settings: &DeviceSettings,
     provider: &Arc<rustls::crypto::CryptoProvider>,
-    pin_store: Option<&Arc<PinStore>>,
+    pin_store: Option<&TofuStore>,
 ) -> Result<Connector, TlsError> {
     let verifier = tls::verifier(&settings.tls.trust, provider, &settings.name, pin_store)?;
     match settings.tls.backend {

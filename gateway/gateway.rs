@@ -82,12 +82,9 @@ impl Gateway {
     /// Build every device's TLS config and bind every listener. Nothing is accepted until `run`.
     pub async fn bind(config: Config) -> Result<Gateway, GatewayError> {
         let watched = FileStamps::of(config.watched_files());
-        let snapshot = Snapshot::build(config, None)?;
         let mut registry = Registry::default();
-        let metrics = Arc::new(Metrics::register(
-            &mut registry,
-            snapshot.config.metrics.clone(),
-        ));
+        let metrics = Arc::new(Metrics::register(&mut registry, config.metrics.clone()));
+        let snapshot = Snapshot::build(config, None, metrics.clone()).await?;
         expiry::record_client_certificates(&metrics, &snapshot.config);
         let mut pending = Vec::new();
         for key in listener::listener_keys(&snapshot.config) {
@@ -333,7 +330,7 @@ impl Gateway {
     ) -> Result<ReloadSummary, ReloadError> {
         let current = self.shared.snapshot.load_full();
         let config = reload::next_config(&current, requested).await?;
-        let next = Snapshot::build(config, Some(&current))?;
+        let next = Snapshot::build(config, Some(&current), self.shared.metrics.clone()).await?;
         let wanted = listener::listener_keys(&next.config);
         let mut fresh = Vec::new();
         for key in wanted.iter().filter(|k| !listening.contains_key(k)) {

@@ -90,6 +90,8 @@ pub struct Metrics {
     pub(crate) client_certificate_expiry: Family<CertificateLabels, Gauge>,
     pub(crate) reloads: Family<ReloadLabels, Counter>,
     pub(crate) pin_store_errors: Family<PinStoreErrorLabels, Counter>,
+    /// 1 while the PostgreSQL pin store is connected, 0 while not; absent with a file store.
+    pub(crate) pin_store_connected: Family<PinStoreLabels, Gauge>,
     pub(crate) expiring: Family<ExpiringLabels, Gauge>,
     pub(crate) last_reload_success: Gauge,
     pub devices: DeviceMetrics,
@@ -106,6 +108,12 @@ pub struct ExpiringLabels {
 pub struct PinStoreErrorLabels {
     /// Why re-reading the store failed (`pin_store_lost`, `pin_store_syntax`, ...).
     pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PinStoreLabels {
+    /// `postgres` (the file store has no connection to report).
+    pub backend: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -142,6 +150,7 @@ impl Metrics {
             client_certificate_expiry: Family::default(),
             reloads: Family::default(),
             pin_store_errors: Family::default(),
+            pin_store_connected: Family::default(),
             expiring: Family::default(),
             last_reload_success: Gauge::default(),
             devices,
@@ -232,6 +241,11 @@ impl Metrics {
             "pin_store_errors",
             "Re-reads of the pin store that failed, by kind; the pins in memory stay in force",
             metrics.pin_store_errors.clone(),
+        );
+        r.register(
+            "pin_store_connected",
+            "1 while the shared (PostgreSQL) pin store is connected, 0 while it is not: known pins stay in force, first uses are refused",
+            metrics.pin_store_connected.clone(),
         );
         r.register(
             "config_reloads",
@@ -557,6 +571,21 @@ impl DeviceMetrics {
     pub fn sweep_interval(&self) -> Duration {
         (self.settings.device_series_idle / 4)
             .clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+}
+
+/// The PostgreSQL pin store reports its connection and background failures here.
+impl crate::tls::StoreEvents for Metrics {
+    fn connected(&self, up: bool) {
+        self.pin_store_connected
+            .get_or_create(&PinStoreLabels {
+                backend: "postgres",
+            })
+            .set(i64::from(up));
+    }
+
+    fn error(&self, kind: &'static str) {
+        self.observe_pin_store_error(kind);
     }
 }
 

@@ -13,9 +13,7 @@
 //! Typed results only: nothing here prints or chooses an exit code. The `amtgw pin` command,
 //! which does, is part of the binary (`gateway/cli/pin.rs`).
 
-use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +29,9 @@ use crate::reason::Reason;
 use crate::service::Service;
 use crate::tls::{self, Backend, CertificateSummary, ClientIdentity, Fingerprints, Learned, Pin};
 use crate::tls::{Connector, DeviceStream};
-use crate::tls::{LeafCheck, LeafVerifier, PinStore, PinStoreError, StoredPin, TlsError, Trust};
+use crate::tls::{
+    LeafCheck, LeafVerifier, NoEvents, PinStoreError, StoredPin, TlsError, TofuStore, Trust,
+};
 use crate::upstream::{Dial, UpstreamError, UpstreamTimings};
 
 /// Probes are short: keepalive never fires, but the socket options are the gateway's own.
@@ -386,7 +386,7 @@ pub enum Expected {
 pub async fn judge(
     device: &DeviceSettings,
     report: &ProbeReport,
-    store: Option<&Arc<PinStore>>,
+    store: Option<&TofuStore>,
     learn: bool,
 ) -> Result<Verdict, ProbeError> {
     Ok(match (&device.tls.trust, store) {
@@ -394,13 +394,7 @@ pub async fn judge(
         (Trust::Pin(pins), _) => Verdict::Mismatch(Expected::Configured(pins.clone())),
         (Trust::Ca { .. }, _) => Verdict::NotPinned,
         (Trust::Tofu, Some(store)) if learn => {
-            let (store, name) = (store.clone(), device.name.clone());
-            let presented = report.fingerprints.clone();
-            match blocking(store.path().to_owned(), move || {
-                store.learn(&name, &presented)
-            })
-            .await?
-            {
+            match store.learn(&device.name, &report.fingerprints).await? {
                 Learned::New => Verdict::Learned,
                 Learned::Matches => Verdict::Match,
                 Learned::Mismatch { stored } => Verdict::Mismatch(Expected::Stored(stored)),
@@ -418,42 +412,19 @@ pub async fn judge(
 
 /// Re-pin: store the presented pins as the device's, whatever was stored before.
 pub async fn replace(
-    store: Arc<PinStore>,
+    store: TofuStore,
     device: &DeviceSettings,
     report: &ProbeReport,
 ) -> Result<Verdict, ProbeError> {
     let previous = store.get(&device.name);
-    let name = device.name.clone();
-    let presented = report.fingerprints.clone();
-    blocking(store.path().to_owned(), move || {
-        store.replace(&name, &presented)
-    })
-    .await?;
+    store.replace(&device.name, &report.fingerprints).await?;
     Ok(Verdict::Replaced { previous })
 }
 
-/// Open the config's pin store (`gateway.pin_store`) off the runtime's workers.
-pub async fn open_store(config: &Config) -> Result<Arc<PinStore>, ProbeError> {
-    let path = config.gateway.pin_store.clone();
-    Ok(blocking(path.clone(), move || PinStore::open(&path).map(Arc::new)).await?)
-}
-
-/// The pin store blocks on file I/O and fsync; keep that off the runtime's workers, as its
-/// documentation asks.
-async fn blocking<T: Send + 'static>(
-    path: PathBuf,
-    work: impl FnOnce() -> Result<T, PinStoreError> + Send + 'static,
-) -> Result<T, PinStoreError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|joined| {
-            // A panic in the store (a bug) or a runtime shutting down: report, don't unwind.
-            Err(PinStoreError::Io {
-                path,
-                action: "finish the update",
-                source: io::Error::other(joined.to_string()),
-            })
-        })
+/// Open the config's pin store (`gateway.pin_store`): the file, or the database (connected,
+/// schema checked, pins read).
+pub async fn open_store(config: &Config) -> Result<TofuStore, ProbeError> {
+    Ok(TofuStore::open(&config.gateway.pin_store, Arc::new(NoEvents)).await?)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use crate::fleet::{self, Device, FleetError};
 use crate::metrics::Metrics;
 use crate::router::{AddressRouter, Router};
 use crate::service::Service;
-use crate::tls::{PinStore, PinStoreError};
+use crate::tls::{PinStoreError, PinStoreSettings, StoreEvents, TofuStore};
 
 /// Why a configuration could not be turned into a snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -39,18 +39,21 @@ pub(crate) struct Snapshot {
     pub(crate) config: Config,
     pub(crate) devices: Vec<Arc<Device>>,
     pub(crate) router: Arc<dyn Router>,
-    pub(crate) pin_store: Option<Arc<PinStore>>,
+    pub(crate) pin_store: Option<TofuStore>,
 }
 
 impl Snapshot {
     /// Build every device's TLS config and the router for `config`. With a `previous`
     /// snapshot (a reload), devices keep their status and unchanged limits, and the pin store
-    /// is re-read rather than reopened when its path is unchanged.
-    pub(crate) fn build(
+    /// is re-read rather than reopened when it is the same file or database. A database store
+    /// reports its connection state and background errors to `events`.
+    pub(crate) async fn build(
         config: Config,
         previous: Option<&Snapshot>,
+        events: Arc<dyn StoreEvents>,
     ) -> Result<Snapshot, SnapshotError> {
-        let pin_store = open_pin_store(&config, previous.and_then(|p| p.pin_store.as_ref()))?;
+        let pin_store =
+            open_pin_store(&config, previous.and_then(|p| p.pin_store.as_ref()), events).await?;
         let devices = fleet::build(
             &config,
             pin_store.as_ref(),
@@ -114,21 +117,30 @@ impl Shared {
     }
 }
 
-/// The pin store, if any device trusts on first use: the current one (re-read) when the path is
-/// unchanged, else opened anew.
-fn open_pin_store(
+/// The pin store, if any device trusts on first use: the current one (re-read) when it is the
+/// same file or database, else opened anew.
+async fn open_pin_store(
     config: &Config,
-    current: Option<&Arc<PinStore>>,
-) -> Result<Option<Arc<PinStore>>, PinStoreError> {
+    current: Option<&TofuStore>,
+    events: Arc<dyn StoreEvents>,
+) -> Result<Option<TofuStore>, PinStoreError> {
     if !config.uses_pin_store() {
         return Ok(None);
     }
-    let path = &config.gateway.pin_store;
+    let settings = &config.gateway.pin_store;
     match current {
-        Some(store) if store.path() == path.as_path() => {
-            store.reload()?;
+        Some(store) if store.is(settings) => {
+            match store {
+                TofuStore::File(file) => file.reload()?,
+                TofuStore::Postgres(database) => database.request_reread(),
+            }
             Ok(Some(store.clone()))
         }
-        _ => Ok(Some(Arc::new(PinStore::open(path)?))),
+        _ => {
+            if let PinStoreSettings::Postgres(_) = settings {
+                tracing::info!(store = %settings.name(), "opening the shared pin store");
+            }
+            Ok(Some(TofuStore::open(settings, events).await?))
+        }
     }
 }

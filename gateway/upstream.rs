@@ -256,19 +256,11 @@ async fn learn_pin(
     let Some(presented) = chain.and_then(|c| c.first()).and_then(Fingerprints::of) else {
         return Ok(());
     };
-    let (writer, name) = (store.clone(), device.name().to_owned());
-    let learnt = presented.clone();
-    // The store fsyncs: keep that off the async worker threads.
-    let learned = tokio::task::spawn_blocking(move || writer.learn(&name, &learnt))
+    // The file store fsyncs on tokio's blocking pool; the database store answers over the
+    // network within `gateway.pin_store_timeout`.
+    let learned = store
+        .learn(device.name(), &presented)
         .await
-        .map_err(|e| UpstreamError::PinStore {
-            addr,
-            source: PinStoreError::Io {
-                path: store.path().to_owned(),
-                action: "record a pin",
-                source: io::Error::other(e.to_string()),
-            },
-        })?
         .map_err(|source| UpstreamError::PinStore { addr, source })?;
     match learned {
         Learned::New => {

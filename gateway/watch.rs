@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::reload::ReloadHandle;
 use crate::state::Shared;
+use crate::tls::TofuStore;
 
 /// Modification time and size of each watched file (`None`: missing or unreadable).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -98,9 +99,14 @@ pub(crate) async fn watch_files(
             continue;
         }
         let snapshot = shared.snapshot.load_full();
-        let store_path = snapshot.pin_store.as_ref().map(|s| s.path().to_path_buf());
+        // Only a file store is watched; a database store hears of changes by LISTEN/NOTIFY.
+        let file_store = match &snapshot.pin_store {
+            Some(TofuStore::File(store)) => Some(store),
+            _ => None,
+        };
+        let store_path = file_store.map(|s| s.path().to_path_buf());
         let only_store = changed.iter().all(|f| Some(*f) == store_path.as_ref());
-        if let (true, Some(store)) = (only_store, &snapshot.pin_store) {
+        if let (true, Some(store)) = (only_store, file_store) {
             // The gateway's own writes (pins learned on first use) change the file too; only
             // a change made elsewhere (`amtgw pin --replace`) changes what is in memory.
             let before = store.snapshot();

@@ -3,7 +3,9 @@
 # real, unmodified clients: curl (WS-Man/HTTP digest), amtterm (SOL over the
 # redirection protocol), script from bsdutils (gives amtterm the terminal it
 # insists on), stunnel4 (an independent TLS client for the simulator) and the
-# openssl command (s_client), which the simulator's profile tests run. What the
+# openssl command (s_client), which the simulator's profile tests run, and PostgreSQL
+# (tests/shared_pin_store.rs starts its own servers from /usr/lib/postgresql/*/bin in
+# temporary directories, never the packaged service). What the
 # build itself needs (OpenSSL's development files) is scripts/install-build-deps.sh.
 #
 # Idempotent and non-interactive (scripts/apt-install.sh). Run as root (CI) or
@@ -14,6 +16,19 @@ set -euo pipefail
 
 "$(dirname "$0")/apt-install.sh" curl amtterm stunnel4 bsdutils openssl
 
+# PostgreSQL: the server binaries, whichever major version Debian ships. Installed only when no
+# version is there. Debian's package would create and start a "main" cluster; the tests need
+# none, so tell postgresql-common not to create it (the tests run their own servers).
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  "$(dirname "$0")/apt-install.sh" postgresql-common
+  as_root=()
+  ((EUID == 0)) || as_root=(sudo --non-interactive)
+  "${as_root[@]}" mkdir -p /etc/postgresql-common/createcluster.d
+  echo 'create_main_cluster = false' |
+    "${as_root[@]}" tee /etc/postgresql-common/createcluster.d/amtgw-tests.conf >/dev/null
+  "$(dirname "$0")/apt-install.sh" postgresql
+fi
+
 # Fail loudly if a package is installed but the program the tests spawn is still not on PATH
 # (Debian names the stunnel binary stunnel4; others stunnel).
 for program in curl amtterm script openssl; do
@@ -22,6 +37,10 @@ for program in curl amtterm script openssl; do
     exit 1
   fi
 done
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  echo "install-test-deps: no /usr/lib/postgresql/*/bin/initdb after installing postgresql" >&2
+  exit 1
+fi
 if ! command -v stunnel4 >/dev/null 2>&1 && ! command -v stunnel >/dev/null 2>&1; then
   echo "install-test-deps: neither stunnel4 nor stunnel found on PATH" >&2
   exit 1

@@ -55,11 +55,13 @@ pins = ["cert-sha256:7732ca35d959c35dc893899e414d2ef6e476c9afca869aa0e5b1daed1c3
         connection_lifetime: Duration::from_secs(5),
         ..AdminLimits::default()
     };
-    let state = AdminState::standalone(config, limits).expect("admin state");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .expect("runtime");
+    let state = runtime
+        .block_on(AdminState::standalone(config, limits))
+        .expect("admin state");
     Fixture {
         runtime,
         state,

@@ -27,7 +27,7 @@ use amtgw::probe::{
     probe_device,
 };
 use amtgw::service::Service;
-use amtgw::tls::{Backend, PinStore, Trust, rfc3339, unix_now};
+use amtgw::tls::{Backend, TofuStore, Trust, rfc3339, unix_now};
 
 /// `--concurrency` when none is given: enough to sweep a fleet of thousands in minutes without
 /// opening thousands of sockets at once.
@@ -255,7 +255,7 @@ fn detail(verdict: &Verdict, device: &str) -> Option<String> {
 
 /// The pin store when `needed`; when it cannot be opened, the error is printed and the exit
 /// code returned.
-async fn store_if(needed: bool, config: &Config) -> Result<Option<Arc<PinStore>>, u8> {
+async fn store_if(needed: bool, config: &Config) -> Result<Option<TofuStore>, u8> {
     if !needed {
         return Ok(None);
     }

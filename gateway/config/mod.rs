@@ -24,6 +24,7 @@ use rustls_pki_types::ServerName;
 
 pub use self::env::Environment;
 use crate::service::Service;
+use crate::tls::PinStoreSettings;
 // The trust settings live with the code that uses them; re-exported so `config::Trust` and
 // friends keep working.
 pub use crate::tls::{ClientIdentity, TlsSettings, Trust};
@@ -68,8 +69,9 @@ pub struct GatewaySettings {
     /// TLS sessions remembered per device for resumption.
     pub session_cache_per_device: usize,
     pub log_format: LogFormat,
-    /// The trust-on-first-use pin store (used by devices with `trust = "tofu"`).
-    pub pin_store: PathBuf,
+    /// The trust-on-first-use pin store (used by devices with `trust = "tofu"`): a file, or a
+    /// PostgreSQL database shared by replicas.
+    pub pin_store: PinStoreSettings,
     /// How often the config, pin store and certificate files are checked for changes.
     pub watch_interval: Duration,
     /// Warn (log and `amtgw_certificates_expiring`) when a client certificate or a CA-validated
@@ -292,7 +294,14 @@ impl Config {
         let mut files: Vec<PathBuf> = self.path.iter().cloned().collect();
         files.extend(self.admin_token.iter().map(|token| token.file.clone()));
         if self.uses_pin_store() {
-            files.push(self.gateway.pin_store.clone());
+            match &self.gateway.pin_store {
+                PinStoreSettings::File(path) => files.push(path.clone()),
+                // A new password or CA reconnects (through a reload) with it.
+                PinStoreSettings::Postgres(settings) => {
+                    files.extend(settings.password_file.iter().cloned());
+                    files.extend(settings.ca_file().cloned());
+                }
+            }
         }
         for device in &self.devices {
             if let Trust::Ca { ca_file, .. } = &device.tls.trust {

@@ -11,7 +11,7 @@ use figment::Figment;
 use rustls::RootCertStore;
 use rustls_pki_types::ServerName;
 
-use super::raw::{RawConfig, RawDevice, RawService, RawTrust};
+use super::raw::{RawConfig, RawDevice, RawGateway, RawService, RawTrust};
 
 /// A device's `max_connections` unless configured. AMT firmware publishes no session limit;
 /// its web and redirection services handle a few TLS sessions at a time (one SOL, IDE-R and
@@ -25,8 +25,8 @@ use super::{
 };
 use crate::service::Service;
 use crate::tls::{
-    Backend, ClientIdentity, Pin, TlsSettings, TlsVersion, Trust, load_certificates,
-    load_private_key,
+    Backend, ClientIdentity, PasswordSource, Pin, PinStoreSettings, PostgresSettings, TlsSettings,
+    TlsVersion, Trust, load_certificates, load_private_key,
 };
 
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9716";
@@ -339,9 +339,7 @@ impl Validator<'_> {
             )?,
             session_cache_per_device: g.session_cache_per_device.unwrap_or(8),
             log_format,
-            pin_store: self
-                .base
-                .join(g.pin_store.as_deref().unwrap_or("amtgw-pins.toml")),
+            pin_store: self.pin_store(g)?,
             watch_interval: self.duration(
                 "gateway.watch_interval",
                 g.watch_interval.as_deref(),
@@ -735,6 +733,86 @@ impl Validator<'_> {
                 format!("`{text}` is not an IP address (for example 127.0.0.1, 0.0.0.0 or ::1)"),
             )
         })
+    }
+
+    /// `gateway.pin_store`: a file (the default), or a `postgres://` URL with its password
+    /// from `pin_store_password_file`, the URL or `PGPASSWORD`, and TLS with
+    /// `pin_store_ca_file`. No message repeats the password.
+    fn pin_store(&self, g: &RawGateway) -> Result<PinStoreSettings, ConfigError> {
+        const KEY: &str = "gateway.pin_store";
+        let location = g.pin_store.as_deref().unwrap_or("amtgw-pins.toml");
+        if !PostgresSettings::is_url(location) {
+            for (key, set) in [
+                (
+                    "pin_store_password_file",
+                    g.pin_store_password_file.is_some(),
+                ),
+                ("pin_store_ca_file", g.pin_store_ca_file.is_some()),
+                (
+                    "pin_store_reread_interval",
+                    g.pin_store_reread_interval.is_some(),
+                ),
+                ("pin_store_timeout", g.pin_store_timeout.is_some()),
+            ] {
+                if set {
+                    return Err(self.err(
+                        format!("gateway.{key}"),
+                        "is used only with a PostgreSQL pin store (gateway.pin_store = \
+                         \"postgres://USER@HOST/DATABASE\"); remove it",
+                    ));
+                }
+            }
+            return Ok(PinStoreSettings::File(self.base.join(location)));
+        }
+        let password = match &g.pin_store_password_file {
+            Some(file) => {
+                let path = self.base.join(file);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    self.err(
+                        "gateway.pin_store_password_file",
+                        format!("cannot read the database password {}: {e}", path.display()),
+                    )
+                })?;
+                // A trailing newline is what `echo` and editors leave, never part of a password.
+                let password = text.trim_end_matches(['\r', '\n']).to_owned();
+                if password.is_empty() {
+                    return Err(self.err(
+                        "gateway.pin_store_password_file",
+                        format!(
+                            "{} is empty; write the database password into it",
+                            path.display()
+                        ),
+                    ));
+                }
+                Some((PasswordSource::File(path), password))
+            }
+            None => std::env::var("PGPASSWORD")
+                .ok()
+                .filter(|p| !p.is_empty())
+                .map(|p| (PasswordSource::Environment, p)),
+        };
+        let ca = match &g.pin_store_ca_file {
+            Some(file) => {
+                let path = self.base.join(file);
+                let certs = load_certificates(&path)
+                    .map_err(|e| self.err("gateway.pin_store_ca_file", e.to_string()))?;
+                Some((path, certs))
+            }
+            None => None,
+        };
+        let reread_interval = self.duration(
+            "gateway.pin_store_reread_interval",
+            g.pin_store_reread_interval.as_deref(),
+            Duration::from_secs(60),
+        )?;
+        let timeout = self.duration(
+            "gateway.pin_store_timeout",
+            g.pin_store_timeout.as_deref(),
+            Duration::from_secs(5),
+        )?;
+        PostgresSettings::parse(location, password, ca, reread_interval, timeout)
+            .map(|settings| PinStoreSettings::Postgres(Box::new(settings)))
+            .map_err(|message| self.err(KEY, message))
     }
 
     fn socket_addr(&self, key: &str, text: &str) -> Result<SocketAddr, ConfigError> {

@@ -339,7 +339,11 @@ pins = ["{pin}"]
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry, config.metrics.clone()));
         let limit = Arc::new(Semaphore::new(config.gateway.max_connections));
-        let snapshot = Arc::new(Snapshot::build(config, None).unwrap());
+        let snapshot = Arc::new(
+            Snapshot::build(config, None, Arc::new(crate::tls::NoEvents))
+                .await
+                .unwrap(),
+        );
         Pipeline {
             registry,
             ctx_parts: (snapshot, metrics, limit, Lifecycle::default()),

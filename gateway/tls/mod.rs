@@ -1,7 +1,8 @@
 //! Upstream TLS: the trust settings of a device ([`TlsSettings`], [`Trust`],
 //! [`ClientIdentity`]) and one TLS client per device built from them once when the config is
 //! loaded (a rustls `ClientConfig`, or for `tls_backend = "legacy"` an OpenSSL context); the
-//! trust verifiers, shared by both backends; the pin store; PEM loading; certificate summaries
+//! trust verifiers, shared by both backends; the pin stores (a file, or PostgreSQL shared by
+//! replicas); PEM loading; certificate summaries
 //! and the clock they are dated by; and the mapping of TLS errors to stable reasons.
 //!
 //! This module depends on no other module of amtgw, only on std and external crates: `config`
@@ -14,8 +15,10 @@ mod inspect;
 mod legacy;
 mod pem;
 mod pin;
+mod postgres;
 mod settings;
 pub mod store;
+mod tofu;
 mod verifier;
 
 use std::sync::Arc;
@@ -32,8 +35,13 @@ pub use inspect::{CertificateSummary, not_after, rfc3339, unix_now};
 pub use legacy::{LegacyConnector, LegacyError, LegacyOptions, LegacyStream};
 pub use pem::{PemError, load_certificates, load_private_key};
 pub use pin::{Pin, PinKind, PinParseError};
+pub use postgres::{
+    CHANNEL, NoEvents, PasswordSource, PostgresPinStore, PostgresSettings, SCHEMA_VERSION,
+    StoreEvents, redact,
+};
 pub use settings::{Backend, ClientIdentity, TlsSettings, TlsVersion, Trust};
 pub use store::{Learned, PinStore, PinStoreError, StoredPin};
+pub use tofu::{PinStoreSettings, TofuStore};
 pub use verifier::{Fingerprints, PinMismatch};
 
 use verifier::FirstUse;
@@ -127,7 +135,7 @@ pub fn verifier(
     trust: &Trust,
     provider: &Arc<CryptoProvider>,
     device: &str,
-    pin_store: Option<&Arc<PinStore>>,
+    pin_store: Option<&TofuStore>,
 ) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
     let algorithms = provider.signature_verification_algorithms;
     Ok(match trust {

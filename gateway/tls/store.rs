@@ -151,6 +151,46 @@ pub enum PinStoreError {
         field: &'static str,
         reason: String,
     },
+    // The PostgreSQL store (`tls::postgres`). `store` is its URL with the password hidden.
+    #[error("pin store {store}: cannot {action}: {message}")]
+    Database {
+        store: String,
+        action: &'static str,
+        message: String,
+    },
+    /// Not connected: known pins stay in force from memory, nothing new is learned.
+    #[error(
+        "pin store {store}: the database is unreachable ({why}); devices with a known pin keep working, none is learned until it is back"
+    )]
+    Unavailable { store: String, why: String },
+    #[error("pin store {store}: cannot {action} within {}", humantime::format_duration(*.after))]
+    Timeout {
+        store: String,
+        action: &'static str,
+        after: std::time::Duration,
+    },
+    #[error(
+        "pin store {store}: the database's schema is version {found}, newer than this amtgw's {known}; run a newer amtgw, or point gateway.pin_store at another database"
+    )]
+    Schema {
+        store: String,
+        found: i32,
+        known: i32,
+    },
+    /// The table is empty while pins are known: damage, like an emptied file.
+    #[error(
+        "pin store {store}: the table amtgw_pins is empty while {known} pin(s) are known; they stay in force from memory and no new device is learned until rows are back (restore the table from a backup, or re-pin a device with `amtgw pin --replace NAME`)"
+    )]
+    Emptied { store: String, known: usize },
+    #[error(
+        "pin store {store}: device {device:?}: {field}: {reason}; fix the row or re-pin with `amtgw pin --replace {device}`"
+    )]
+    InvalidRow {
+        store: String,
+        device: String,
+        field: &'static str,
+        reason: String,
+    },
 }
 
 impl PinStoreError {
@@ -161,7 +201,14 @@ impl PinStoreError {
             PinStoreError::Lock { .. } => "pin_store_lock",
             PinStoreError::Syntax { .. } => "pin_store_syntax",
             PinStoreError::Lost { .. } => "pin_store_lost",
-            PinStoreError::InvalidPin { .. } => "pin_store_invalid_pin",
+            PinStoreError::InvalidPin { .. } | PinStoreError::InvalidRow { .. } => {
+                "pin_store_invalid_pin"
+            }
+            PinStoreError::Database { .. } => "pin_store_database",
+            PinStoreError::Unavailable { .. } => "pin_store_unavailable",
+            PinStoreError::Timeout { .. } => "pin_store_timeout",
+            PinStoreError::Schema { .. } => "pin_store_schema",
+            PinStoreError::Emptied { .. } => "pin_store_lost",
         }
     }
 }

@@ -16,7 +16,7 @@ use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_t
 use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use super::{Pin, PinStore};
+use super::{Pin, TofuStore};
 
 /// The fingerprints of a presented certificate, in both pin forms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,7 +182,7 @@ impl LeafCheck for Pins {
 #[derive(Debug)]
 pub(crate) struct FirstUse {
     pub(crate) device: String,
-    pub(crate) store: Arc<PinStore>,
+    pub(crate) store: TofuStore,
 }
 
 impl LeafCheck for FirstUse {
