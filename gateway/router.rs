@@ -1,16 +1,24 @@
 //! Which device a console connection is for.
 //!
-//! This is the one seam for routing policies. Today: the local (alias) address the console
-//! connected to selects a device, else the listener's default device. Original-destination
-//! routing (iptables REDIRECT/TPROXY) fits by filling `RouteQuery::original_destination`;
-//! Host-header routing by a router that is handed the request head peeked from the console.
-//! The data path only ever sees `Router::route`.
+//! This is the one seam for routing policies. A service routes in one of two ways:
+//!
+//! - **alias** (`routing = "alias"`): the local address the console connected to is a device's
+//!   `listen` alias, else the service's default device;
+//! - **original destination** (`routing = "redirect"` or `"tproxy"`): the console dialled the
+//!   device's own address and the network diverted the connection to the gateway; the proxy
+//!   puts that address in [`RouteQuery::original_destination`], and it selects the listed
+//!   device whose `host` it is. An address that is the gateway's own is refused (`loop`), one
+//!   that is no device's is refused (`no_route`): the gateway is never an open relay.
+//!
+//! Host-header routing fits by a query carrying the request head peeked from the console, and
+//! PROXY protocol by filling `peer` and `original_destination` from its header. The data path
+//! only ever sees `Router::route`.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Config, Host};
 use crate::fleet::Device;
 use crate::reason::Reason;
 use crate::service::Service;
@@ -22,6 +30,11 @@ pub struct RouteQuery {
     /// The gateway address the console connected to.
     pub local: SocketAddr,
     pub peer: SocketAddr,
+    /// The address the console dialled, when the network diverted the connection to the
+    /// gateway (`routing = "redirect"` or `"tproxy"`): the device's own address. `None` for
+    /// alias routing, where `local` selects the device. IPv4 addresses are plain IPv4 here,
+    /// not IPv4-mapped IPv6.
+    pub original_destination: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,12 +43,21 @@ pub enum RouteError {
         "no device for {service} connections to {local}: it is no device's listen address and the service has no default_device"
     )]
     NoRoute { service: Service, local: IpAddr },
+    #[error(
+        "no device at {destination}, where the console was going: it is no listed device's host and in no [[ranges]]"
+    )]
+    NoDevice { destination: SocketAddr },
+    #[error(
+        "the console was going to {destination}, an address of the gateway itself: relaying it would reach the gateway again (is the REDIRECT/TPROXY rule matching the devices' addresses only?)"
+    )]
+    Loop { destination: SocketAddr },
 }
 
 impl RouteError {
     pub fn reason(&self) -> Reason {
         match self {
-            RouteError::NoRoute { .. } => Reason::NoRoute,
+            RouteError::NoRoute { .. } | RouteError::NoDevice { .. } => Reason::NoRoute,
+            RouteError::Loop { .. } => Reason::Loop,
         }
     }
 }
@@ -44,10 +66,14 @@ pub trait Router: Send + Sync + 'static {
     fn route(&self, query: &RouteQuery) -> Result<Arc<Device>, RouteError>;
 }
 
-/// Routes by the local address, then the per-service default.
+/// Routes by address: the local address (an alias) then the per-service default, or the
+/// original destination (a device's own address).
 pub struct AddressRouter {
     by_listen: HashMap<IpAddr, Arc<Device>>,
     defaults: [Option<Arc<Device>>; 3],
+    /// Listed devices by the IP address they are reached at, for routing by original
+    /// destination. Devices named by DNS name are reachable through aliases only.
+    by_host: HashMap<IpAddr, Arc<Device>>,
 }
 
 impl AddressRouter {
@@ -56,6 +82,13 @@ impl AddressRouter {
         let by_listen = devices
             .iter()
             .filter_map(|d| Some((d.settings.listen?, d.clone())))
+            .collect();
+        let by_host = devices
+            .iter()
+            .filter_map(|d| match d.settings.host {
+                Host::Ip(ip) => Some((ip.to_canonical(), d.clone())),
+                Host::Dns(_) => None,
+            })
             .collect();
         let mut defaults: [Option<Arc<Device>>; 3] = Default::default();
         for service in &config.services {
@@ -68,12 +101,27 @@ impl AddressRouter {
         AddressRouter {
             by_listen,
             defaults,
+            by_host,
         }
+    }
+
+    /// `destination` as the proxy gives it: IPv4 as IPv4, never `::ffff:a.b.c.d`.
+    fn by_destination(&self, destination: SocketAddr) -> Result<Arc<Device>, RouteError> {
+        if is_own_address(destination.ip()) {
+            return Err(RouteError::Loop { destination });
+        }
+        self.by_host
+            .get(&destination.ip())
+            .cloned()
+            .ok_or(RouteError::NoDevice { destination })
     }
 }
 
 impl Router for AddressRouter {
     fn route(&self, query: &RouteQuery) -> Result<Arc<Device>, RouteError> {
+        if let Some(destination) = query.original_destination {
+            return self.by_destination(destination);
+        }
         // A dual-stack listener reports IPv4 consoles as ::ffff:a.b.c.d.
         let local = query.local.ip().to_canonical();
         self.by_listen
@@ -84,5 +132,48 @@ impl Router for AddressRouter {
                 service: query.service,
                 local,
             })
+    }
+}
+
+/// Whether `ip` is an address of this host, as the kernel's routing sees it now: a UDP socket
+/// connected to a local address is given that very address as its source, any other gets the
+/// address of the interface towards it. No packet is sent. Asked per connection (a few
+/// system calls, only for routing by original destination) rather than from a list read at
+/// start, so an address added to the host later is recognised; and unlike a test bind it does
+/// not depend on `net.ipv4.ip_nonlocal_bind`. A console that dials the gateway's own address
+/// (a connection no REDIRECT rule rewrote, or one reaching a TPROXY listener directly) has it
+/// as its original destination.
+fn is_own_address(ip: IpAddr) -> bool {
+    if ip.is_unspecified() || ip.is_loopback() {
+        return true;
+    }
+    let unbound = match ip {
+        IpAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        IpAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    };
+    let Ok(probe) = UdpSocket::bind(unbound) else {
+        return false;
+    };
+    // Port 9 (discard): any port would do, nothing is sent.
+    if probe.connect(SocketAddr::new(ip, 9)).is_err() {
+        return false; // No route to it at all: certainly not an address of this host.
+    }
+    probe
+        .local_addr()
+        .is_ok_and(|source| source.ip().to_canonical() == ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hosts_own_addresses_are_recognised() {
+        assert!(is_own_address(IpAddr::from([127, 0, 0, 1])));
+        assert!(is_own_address(IpAddr::from([127, 0, 0, 53])));
+        assert!(is_own_address("::1".parse().unwrap()));
+        assert!(is_own_address(IpAddr::from([0, 0, 0, 0])));
+        // TEST-NET-1 (RFC 5737) is on no host.
+        assert!(!is_own_address(IpAddr::from([192, 0, 2, 1])));
     }
 }

@@ -3,7 +3,9 @@
 # real, unmodified clients: curl (WS-Man/HTTP digest), amtterm (SOL over the
 # redirection protocol), script from bsdutils (gives amtterm the terminal it
 # insists on), stunnel4 (an independent TLS client for the simulator) and the
-# openssl command (s_client), which the simulator's profile tests run. What the
+# openssl command (s_client), which the simulator's profile tests run; and for the
+# transparent-routing tests (tests/transparent.rs), which build network namespaces, `ip`
+# (iproute2) and `nft` (nftables), installed only when the program is missing. What the
 # build itself needs (OpenSSL's development files) is scripts/install-build-deps.sh.
 #
 # Idempotent and non-interactive (scripts/apt-install.sh). Run as root (CI) or
@@ -14,9 +16,16 @@ set -euo pipefail
 
 "$(dirname "$0")/apt-install.sh" curl amtterm stunnel4 bsdutils openssl
 
+# By program: a host may have them from elsewhere (iptables-nft setups, a newer iproute2).
+for pair in ip:iproute2 nft:nftables; do
+  if ! command -v "${pair%%:*}" >/dev/null 2>&1; then
+    "$(dirname "$0")/apt-install.sh" "${pair#*:}"
+  fi
+done
+
 # Fail loudly if a package is installed but the program the tests spawn is still not on PATH
 # (Debian names the stunnel binary stunnel4; others stunnel).
-for program in curl amtterm script openssl; do
+for program in curl amtterm script openssl ip nft; do
   if ! command -v "$program" >/dev/null 2>&1; then
     echo "install-test-deps: $program not found on PATH" >&2
     exit 1

@@ -109,8 +109,42 @@ pub struct ServiceSettings {
     /// Addresses bound for this service besides each device's own `listen` address.
     pub bind: Vec<IpAddr>,
     pub idle_timeout: Duration,
-    /// Device for connections whose local address belongs to no device.
+    /// Device for connections whose local address belongs to no device (alias routing only).
     pub default_device: Option<String>,
+    /// How a connection's device is chosen.
+    pub routing: Routing,
+}
+
+/// How a service finds the device a console connection is for (`services.<svc>.routing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// The gateway address the console dialled is a device's `listen` alias (else the
+    /// service's `default_device`).
+    Alias,
+    /// Consoles dial the device's own address; a NAT `REDIRECT` rule (iptables or nftables)
+    /// diverts the connection to the gateway, which reads where it was going from the kernel
+    /// (`SO_ORIGINAL_DST`, `IP6T_SO_ORIGINAL_DST`).
+    Redirect,
+    /// Consoles dial the device's own address; a `TPROXY` rule hands the connection, addresses
+    /// untouched, to a transparent (`IP_TRANSPARENT`) listener, whose accepted socket's local
+    /// address is where it was going.
+    Tproxy,
+}
+
+impl Routing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Routing::Alias => "alias",
+            Routing::Redirect => "redirect",
+            Routing::Tproxy => "tproxy",
+        }
+    }
+
+    /// Whether the device is the address the console dialled (the network diverted the
+    /// connection), rather than an alias on the gateway.
+    pub fn by_original_destination(self) -> bool {
+        !matches!(self, Routing::Alias)
+    }
 }
 
 #[derive(Clone)]

@@ -69,6 +69,7 @@ pub(crate) struct RawService {
     pub(crate) bind: Option<Vec<String>>,
     pub(crate) idle_timeout: Option<String>,
     pub(crate) default_device: Option<String>,
+    pub(crate) routing: Option<String>,
 }
 
 /// Trust settings: fleet-wide under `[defaults]`, overridable per device.

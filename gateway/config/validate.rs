@@ -21,7 +21,7 @@ use super::raw::{RawConfig, RawDevice, RawService, RawTrust};
 const DEVICE_MAX_CONNECTIONS: usize = 8;
 use super::{
     AdminToken, Config, ConfigError, DeviceSettings, GatewaySettings, Host, LogFormat,
-    MetricsSettings, ServiceSettings,
+    MetricsSettings, Routing, ServiceSettings,
 };
 use crate::service::Service;
 use crate::tls::{
@@ -233,6 +233,9 @@ impl Validator<'_> {
                  services.redirection, services.dash",
             ));
         }
+        if services.iter().any(|s| s.routing.by_original_destination()) {
+            self.unique_hosts(&devices)?;
+        }
 
         Ok(Config {
             source: self.file.to_owned(),
@@ -244,6 +247,27 @@ impl Validator<'_> {
             services,
             devices,
         })
+    }
+
+    /// With routing by original destination the address a console dialled selects the device,
+    /// so no two devices may share an IP address as their host.
+    fn unique_hosts(&self, devices: &[DeviceSettings]) -> Result<(), ConfigError> {
+        let mut hosts: HashMap<IpAddr, usize> = HashMap::new();
+        for (i, device) in devices.iter().enumerate() {
+            let Host::Ip(ip) = device.host else { continue };
+            if let Some(first) = hosts.insert(ip.to_canonical(), i) {
+                return Err(self.err(
+                    format!("devices[{i}].host"),
+                    format!(
+                        "{ip} is also the host of devices[{first}] ({}); a service routes by the \
+                         address the console dialled (routing = \"redirect\" or \"tproxy\"), so \
+                         each device needs its own address: merge the two entries",
+                        devices[first].name
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `admin.token_file`: read and trimmed; required when the admin listener is reachable
@@ -379,13 +403,39 @@ impl Validator<'_> {
                 .map(|(i, text)| self.ip(&key(&format!("bind[{i}]")), text))
                 .collect::<Result<_, _>>()?,
         };
-        if let Some(name) = &raw.default_device
-            && !devices.iter().any(|d| &d.name == name)
-        {
-            return Err(self.err(
-                key("default_device"),
-                format!("no device is named `{name}`; name one of the [[devices]]"),
-            ));
+        let routing = match raw.routing.as_deref() {
+            None | Some("alias") => Routing::Alias,
+            Some("redirect") => Routing::Redirect,
+            Some("tproxy") => Routing::Tproxy,
+            Some(other) => {
+                return Err(self.err(
+                    key("routing"),
+                    format!(
+                        "`{other}` is not a routing mode; use \"alias\" (the default: a device's \
+                         listen address), \"redirect\" (NAT REDIRECT to the gateway) or \
+                         \"tproxy\" (TPROXY to a transparent listener)"
+                    ),
+                ));
+            }
+        };
+        if let Some(name) = &raw.default_device {
+            if routing.by_original_destination() {
+                return Err(self.err(
+                    key("default_device"),
+                    format!(
+                        "with routing = \"{}\" the device is the address the console dialled, \
+                         and a default device would receive every address that is no device's: \
+                         remove default_device (or use routing = \"alias\")",
+                        routing.as_str()
+                    ),
+                ));
+            }
+            if !devices.iter().any(|d| &d.name == name) {
+                return Err(self.err(
+                    key("default_device"),
+                    format!("no device is named `{name}`; name one of the [[devices]]"),
+                ));
+            }
         }
         Ok(Some(ServiceSettings {
             service,
@@ -398,6 +448,7 @@ impl Validator<'_> {
                 service.default_idle_timeout(),
             )?,
             default_device: raw.default_device.clone(),
+            routing,
         }))
     }
 
