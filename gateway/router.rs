@@ -7,8 +7,10 @@
 //! - **original destination** (`routing = "redirect"` or `"tproxy"`): the console dialled the
 //!   device's own address and the network diverted the connection to the gateway; the proxy
 //!   puts that address in [`RouteQuery::original_destination`], and it selects the listed
-//!   device whose `host` it is. An address that is the gateway's own is refused (`loop`), one
-//!   that is no device's is refused (`no_route`): the gateway is never an open relay.
+//!   device whose `host` it is, else the device of that address in a `[[ranges]]` entry (made
+//!   on first use, see `fleet::Ranges`). An address that is the gateway's own is refused
+//!   (`loop`), one that is no device's is refused (`no_route`): the gateway is never an open
+//!   relay.
 //!
 //! Host-header routing fits by a query carrying the request head peeked from the console, and
 //! PROXY protocol by filling `peer` and `original_destination` from its header. The data path
@@ -19,7 +21,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 
 use crate::config::{Config, Host};
-use crate::fleet::Device;
+use crate::fleet::{Device, RangeError, Ranges};
 use crate::reason::Reason;
 use crate::service::Service;
 
@@ -47,6 +49,8 @@ pub enum RouteError {
         "no device at {destination}, where the console was going: it is no listed device's host and in no [[ranges]]"
     )]
     NoDevice { destination: SocketAddr },
+    #[error(transparent)]
+    Range(#[from] RangeError),
     #[error(
         "the console was going to {destination}, an address of the gateway itself: relaying it would reach the gateway again (is the REDIRECT/TPROXY rule matching the devices' addresses only?)"
     )]
@@ -58,6 +62,8 @@ impl RouteError {
         match self {
             RouteError::NoRoute { .. } | RouteError::NoDevice { .. } => Reason::NoRoute,
             RouteError::Loop { .. } => Reason::Loop,
+            RouteError::Range(RangeError::Full { .. }) => Reason::Limit,
+            RouteError::Range(RangeError::Device { .. }) => Reason::NoRoute,
         }
     }
 }
@@ -74,6 +80,8 @@ pub struct AddressRouter {
     /// Listed devices by the IP address they are reached at, for routing by original
     /// destination. Devices named by DNS name are reachable through aliases only.
     by_host: HashMap<IpAddr, Arc<Device>>,
+    /// Every other address in a `[[ranges]]` entry, for routing by original destination.
+    ranges: Option<Arc<Ranges>>,
 }
 
 impl AddressRouter {
@@ -102,7 +110,14 @@ impl AddressRouter {
             by_listen,
             defaults,
             by_host,
+            ranges: None,
         }
+    }
+
+    /// Route original destinations that are no listed device's to the devices of `ranges`.
+    pub fn with_ranges(mut self, ranges: Arc<Ranges>) -> AddressRouter {
+        self.ranges = Some(ranges);
+        self
     }
 
     /// `destination` as the proxy gives it: IPv4 as IPv4, never `::ffff:a.b.c.d`.
@@ -110,10 +125,15 @@ impl AddressRouter {
         if is_own_address(destination.ip()) {
             return Err(RouteError::Loop { destination });
         }
-        self.by_host
-            .get(&destination.ip())
-            .cloned()
-            .ok_or(RouteError::NoDevice { destination })
+        // Listed devices win over ranges.
+        if let Some(device) = self.by_host.get(&destination.ip()) {
+            return Ok(device.clone());
+        }
+        let in_range = match &self.ranges {
+            Some(ranges) => ranges.device(destination.ip())?,
+            None => None,
+        };
+        in_range.ok_or(RouteError::NoDevice { destination })
     }
 }
 
@@ -166,6 +186,97 @@ fn is_own_address(ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::path::Path;
+
+    /// A router for a wsman service routed by original destination: one listed device at
+    /// 192.0.2.10 inside the range 192.0.2.0/24, which keeps at most one device.
+    fn router() -> AddressRouter {
+        let toml = r#"
+[gateway]
+max_range_devices = 1
+
+[services.wsman]
+routing = "tproxy"
+listen_port = 0
+
+[services.redirection]
+enabled = false
+
+[services.dash]
+enabled = false
+
+[[devices]]
+name = "listed"
+host = "192.0.2.10"
+trust = "pin"
+pins = ["cert-sha256:7732ca35d959c35dc893899e414d2ef6e476c9afca869aa0e5b1daed1c31c511"]
+
+[[ranges]]
+cidr = "192.0.2.0/24"
+trust = "tofu"
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::from_toml("router test", Path::new("."), toml).unwrap();
+        config.gateway.pin_store = dir.path().join("pins.toml");
+        let store = Arc::new(crate::tls::PinStore::open(&config.gateway.pin_store).unwrap());
+        let devices = crate::fleet::build(&config, Some(&store), &[]).unwrap();
+        let ranges = Ranges::new(&config, Some(&store), None).unwrap();
+        AddressRouter::new(&config, &devices).with_ranges(Arc::new(ranges))
+    }
+
+    fn to(destination: &str) -> RouteQuery {
+        let destination: SocketAddr = destination.parse().unwrap();
+        RouteQuery {
+            service: Service::Wsman,
+            local: destination,
+            peer: SocketAddr::from(([198, 51, 100, 1], 40000)),
+            original_destination: Some(destination),
+        }
+    }
+
+    #[test]
+    fn a_listed_device_wins_over_the_range_holding_its_address() {
+        let router = router();
+        assert_eq!(
+            router.route(&to("192.0.2.10:16992")).unwrap().name(),
+            "listed"
+        );
+        assert_eq!(
+            router.route(&to("192.0.2.11:16992")).unwrap().name(),
+            "192.0.2.11"
+        );
+    }
+
+    #[test]
+    fn an_address_outside_every_device_and_range_is_no_route() {
+        let refused = router().route(&to("198.51.100.7:16992")).err().unwrap();
+        assert_eq!(refused.reason(), Reason::NoRoute, "{refused}");
+    }
+
+    #[test]
+    fn the_gateways_own_address_is_a_loop_even_inside_a_range() {
+        let mut query = to("192.0.2.11:16992");
+        query.original_destination = Some(SocketAddr::from(([127, 0, 0, 1], 16992)));
+        let refused = router().route(&query).err().unwrap();
+        assert_eq!(refused.reason(), Reason::Loop, "{refused}");
+    }
+
+    #[test]
+    fn a_new_range_device_with_every_kept_one_busy_is_refused_as_limit() {
+        let router = router();
+        let _busy = router.route(&to("192.0.2.11:16992")).unwrap();
+        let refused = router.route(&to("192.0.2.12:16992")).err().unwrap();
+        assert_eq!(refused.reason(), Reason::Limit, "{refused}");
+    }
+
+    #[test]
+    fn alias_routing_ignores_ranges() {
+        let mut query = to("192.0.2.11:16992");
+        query.original_destination = None;
+        let refused = router().route(&query).err().unwrap();
+        assert!(matches!(refused, RouteError::NoRoute { .. }), "{refused}");
+    }
 
     #[test]
     fn the_hosts_own_addresses_are_recognised() {

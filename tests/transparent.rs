@@ -19,12 +19,17 @@ use common::Metrics;
 use common::clients::*;
 use common::netns::{GATEWAY_V4, Lab, root_or_say_skipped};
 
-/// The simulated devices: the names `config/transparent.toml` gives them, and their addresses.
+/// The simulated devices: the host names they report, and their addresses. With
+/// `config/transparent.toml`, 10.20.0.12 is a listed device (named `amt-12`); the others are
+/// devices of its ranges, named by their address.
 const DEVICES: [(&str, &str); 3] = [
     ("amt-11", "10.20.0.11"),
     ("amt-12", "10.20.0.12"),
     ("amt-v6", "fd00:20::11"),
 ];
+
+/// The gateway's address on the devices' network: inside the range 10.20.0.0/16.
+const GATEWAY_IN_RANGE: &str = "10.20.0.1";
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
@@ -38,7 +43,7 @@ struct Transparent {
     gateway: Spawned,
     _devices: Vec<Spawned>,
     lab: Lab,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 fn amtgw() -> &'static Path {
@@ -93,7 +98,7 @@ async fn start(tag: &str, mode: Mode) -> Transparent {
         gateway,
         _devices: devices,
         lab,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -137,18 +142,28 @@ fn failures(metrics: &Metrics) -> Vec<String> {
 }
 
 /// WS-Man over IPv4 and IPv6 with digest authentication, a whole SOL session and a DASH
-/// request, each to a device's own address, each reaching that very device.
+/// request, each to a device's own address, each reaching that very device: range devices
+/// named by their address, the listed device by its name, and every one's certificate learnt
+/// under that name.
 async fn consoles_reach_every_device_at_its_own_address(lab: &mut Transparent) {
     let console_netns = lab.lab.console.name().to_owned();
     let console = Some(console_netns.as_str());
     let body = curl_get_settings_in(console, addr("10.20.0.11", 16992)).await;
     assert_general_settings(&body, "amt-11", "WS-Man to 10.20.0.11");
+    lab.gateway.expect(r#"device="10.20.0.11""#).await;
     lab.gateway.expect("destination=10.20.0.11:16992").await;
     let body = curl_get_settings_in(console, addr("fd00:20::11", 16992)).await;
     assert_general_settings(&body, "amt-v6", "WS-Man to fd00:20::11");
     let body = curl_soap_in(console, addr("10.20.0.12", 623), identify_xml(), &[]).await;
     assert_identify_response(&body, "DASH to 10.20.0.12");
     amtterm_session_in(console, addr("10.20.0.12", 16994), "amt-12").await;
+    lab.gateway.expect(r#"device="amt-12""#).await;
+    lab.gateway.expect("destination=10.20.0.12:16994").await;
+
+    let store = amtgw::tls::PinStore::open(&lab.dir.path().join("amtgw-pins.toml")).unwrap();
+    for name in ["10.20.0.11", "fd00:20::11", "amt-12"] {
+        assert!(store.get(name).is_some(), "no pin learnt for {name}");
+    }
 
     let metrics = lab.lab.metrics().await;
     assert_eq!(failures(&metrics), Vec::<String>::new(), "{}", metrics.0);
@@ -180,7 +195,8 @@ async fn redirect_refuses_an_address_of_no_device_as_no_route() {
         return;
     }
     let lab = start("rn", Mode::Redirect).await;
-    // Diverted like any console connection to 16992, but no device has this address.
+    // Diverted like any console connection to 16992, but outside every range and no listed
+    // device's.
     lab.refused(addr("192.0.2.7", 16992)).await;
     let metrics = lab.lab.metrics().await;
     assert_eq!(failures(&metrics), ["wsman/no_route=1"], "{}", metrics.0);
@@ -192,9 +208,52 @@ async fn redirect_refuses_the_gateways_own_address_as_a_loop() {
         return;
     }
     let lab = start("rl", Mode::Redirect).await;
-    lab.refused(addr(GATEWAY_V4, 16992)).await;
+    // An address of the gateway inside a range: a device there would be the gateway itself.
+    lab.refused(addr(GATEWAY_IN_RANGE, 16992)).await;
     let metrics = lab.lab.metrics().await;
     assert_eq!(failures(&metrics), ["wsman/loop=1"], "{}", metrics.0);
+}
+
+/// A reload (SIGHUP) applies changed ranges to new connections: a removed range's devices are
+/// no route any more, a range's new settings hold for its devices' next connections.
+#[tokio::test]
+async fn a_reload_applies_changed_ranges_to_new_connections() {
+    if !root_or_say_skipped("a_reload_applies_changed_ranges_to_new_connections") {
+        return;
+    }
+    let mut lab = start("rc", Mode::Redirect).await;
+    let console_netns = lab.lab.console.name().to_owned();
+    let console = Some(console_netns.as_str());
+    curl_get_settings_in(console, addr("fd00:20::11", 16992)).await;
+    curl_get_settings_in(console, addr("10.20.0.11", 16992)).await;
+
+    let path = lab.dir.path().join("amtgw.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    let without_v6 = "[[ranges]]\ncidr = \"fd00:20::/64\"\ntrust = \"tofu\"\n";
+    assert!(config.contains(without_v6));
+    let config = config.replace(without_v6, "").replace(
+        "cidr = \"10.20.0.0/16\"\ntrust = \"tofu\"\n",
+        "cidr = \"10.20.0.0/16\"\ntrust = \"tofu\"\nports = { wsman = 16995 }\n",
+    );
+    std::fs::write(&path, config).unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &lab.gateway.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    lab.gateway.expect("configuration reloaded").await;
+
+    lab.refused(addr("fd00:20::11", 16992)).await;
+    // WS-Man now goes to the device's redirection port, which answers TLS but not HTTP: the
+    // new setting is in force for the device already made under the old one.
+    lab.refused(addr("10.20.0.11", 16992)).await;
+    lab.gateway.expect("device_addr=10.20.0.11:16995").await;
+    let metrics = lab.lab.metrics().await;
+    let failed = failures(&metrics);
+    assert!(
+        failed.contains(&"wsman/no_route=1".to_owned()),
+        "{failed:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -226,6 +285,7 @@ async fn tproxy_refuses_the_gateways_own_address_as_a_loop() {
         return;
     }
     let lab = start("tl", Mode::Tproxy).await;
+    // The gateway's address towards the consoles, outside every range: a loop all the same.
     lab.refused(addr(GATEWAY_V4, 16992)).await;
     let metrics = lab.lab.metrics().await;
     assert_eq!(failures(&metrics), ["wsman/loop=1"], "{}", metrics.0);

@@ -154,6 +154,10 @@ impl Spawned {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn transcript(&self) -> String {
         String::from_utf8_lossy(&self.seen).into_owned()
     }
