@@ -130,16 +130,23 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
             Ok(config) => {
+                let ranges = match config.ranges.len() {
+                    0 => String::new(),
+                    n => format!(", {n} range(s)"),
+                };
+                let services: Vec<String> = config
+                    .services
+                    .iter()
+                    .map(|s| match s.routing {
+                        amtgw::config::Routing::Alias => s.service.as_str().to_owned(),
+                        routing => format!("{} ({})", s.service, routing.as_str()),
+                    })
+                    .collect();
                 println!(
-                    "{}: valid ({} device(s), services: {})",
+                    "{}: valid ({} device(s){ranges}, services: {})",
                     config.source,
                     config.devices.len(),
-                    config
-                        .services
-                        .iter()
-                        .map(|s| s.service.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    services.join(", ")
                 );
                 ExitCode::SUCCESS
             }

@@ -56,15 +56,35 @@ fn addr(ip: &str, port: u16) -> SocketAddr {
 
 /// The lab, the devices, the network rules of `mode` and the gateway on the shipped config.
 async fn start(tag: &str, mode: Mode) -> Transparent {
+    let config = std::fs::read_to_string(repo_path("config/transparent.toml")).unwrap();
+    start_with(tag, mode, config, |_| Vec::new()).await
+}
+
+/// [`start`] with another configuration (a file of its own in the gateway's directory may be
+/// written by `device_args`), each device started with the extra `amtgw sim` arguments
+/// `device_args` gives for its address (given the directory).
+async fn start_with(
+    tag: &str,
+    mode: Mode,
+    mut config: String,
+    device_args: impl Fn(&Path) -> Vec<(&'static str, Vec<String>)>,
+) -> Transparent {
     let addresses: Vec<IpAddr> = DEVICES.iter().map(|(_, ip)| ip.parse().unwrap()).collect();
     let lab = Lab::new(tag, &addresses);
+    let dir = tempfile::tempdir().unwrap();
+    let extra = device_args(dir.path());
 
     let mut devices = Vec::new();
     for (name, ip) in DEVICES {
         // The TLS ports, 16993, 16995 and 664, on the device's own address.
-        let mut sim = lab
-            .devices
-            .spawn(amtgw(), &["sim", "--name", name, "--bind", ip]);
+        let mut args: Vec<String> = ["sim", "--name", name, "--bind", ip]
+            .map(str::to_owned)
+            .to_vec();
+        if let Some((_, more)) = extra.iter().find(|(at, _)| *at == ip) {
+            args.extend(more.iter().cloned());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut sim = lab.devices.spawn(amtgw(), &args);
         sim.expect(&format!("simulated AMT device {name}")).await;
         devices.push(sim);
     }
@@ -74,7 +94,6 @@ async fn start(tag: &str, mode: Mode) -> Transparent {
             .display()
             .to_string()
     };
-    let mut config = std::fs::read_to_string(repo_path("config/transparent.toml")).unwrap();
     match mode {
         Mode::Redirect => lab.gateway.exec("nft", &["-f", &deploy("redirect.nft")]),
         Mode::Tproxy => {
@@ -85,7 +104,6 @@ async fn start(tag: &str, mode: Mode) -> Transparent {
             config = config.replace("routing = \"redirect\"", "routing = \"tproxy\"");
         }
     }
-    let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("amtgw.toml");
     std::fs::write(&path, config).unwrap();
 
@@ -253,6 +271,58 @@ async fn a_reload_applies_changed_ranges_to_new_connections() {
     assert!(
         failed.contains(&"wsman/no_route=1".to_owned()),
         "{failed:?}"
+    );
+}
+
+/// A range trusting by CA: a device whose certificate, from that CA, names its own address is
+/// reached; one whose certificate names another address is refused as `name_mismatch`.
+#[tokio::test]
+async fn a_ca_range_checks_each_device_certificate_against_the_dialled_address() {
+    if !root_or_say_skipped("a_ca_range_checks_each_device_certificate_against_the_dialled_address")
+    {
+        return;
+    }
+    let ca = common::TestCa::new("amtgw test fleet CA");
+    let config = r#"
+[services.wsman]
+routing = "redirect"
+bind = ["::"]
+
+[services.redirection]
+routing = "redirect"
+bind = ["::"]
+
+[services.dash]
+routing = "redirect"
+bind = ["::"]
+
+[[ranges]]
+cidr = "10.20.0.0/16"
+trust = "ca"
+ca_file = "ca.pem"
+"#;
+    let certificates = |dir: &Path| {
+        ca.write_pem(dir, "ca");
+        let own = ca.server(&["10.20.0.11"]).write_pem(dir, "own");
+        let other = ca.server(&["10.20.0.11"]).write_pem(dir, "other");
+        let args = |(cert, key): (String, String)| vec!["--cert".into(), cert, "--key".into(), key];
+        vec![("10.20.0.11", args(own)), ("10.20.0.12", args(other))]
+    };
+    let lab = start_with("ca", Mode::Redirect, config.to_owned(), certificates).await;
+    let console = lab.console();
+    let body = curl_get_settings_in(console, addr("10.20.0.11", 16992)).await;
+    assert_general_settings(&body, "amt-11", "WS-Man to 10.20.0.11");
+    let metrics = lab.lab.metrics().await;
+    assert_eq!(failures(&metrics), Vec::<String>::new(), "{}", metrics.0);
+
+    // The certificate 10.20.0.12 presents is the CA's, but for 10.20.0.11.
+    lab.refused(addr("10.20.0.12", 16992)).await;
+    let metrics = lab.lab.metrics().await;
+    assert_eq!(
+        failures(&metrics),
+        ["wsman/name_mismatch=1"],
+        "{}",
+        metrics.0
     );
 }
 
