@@ -208,7 +208,12 @@ async fn respond(state: &AdminState, request: Request<Incoming>) -> Response<Ful
             "draining: shutdown in progress\n",
         ),
         "/readyz" => text(StatusCode::OK, "ready\n"),
-        "/devices" => json(&devices(&state.shared.snapshot.load().devices)),
+        "/devices" => {
+            let snapshot = state.shared.snapshot.load();
+            let mut all = snapshot.devices.clone();
+            all.extend(snapshot.ranges.known());
+            json(&devices(&all))
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             "not found; try /metrics, /healthz, /readyz or /devices\n",
@@ -338,22 +343,43 @@ fn repin_target(path: &str) -> Option<&str> {
 /// pin, so the next successful handshake records the new one.
 async fn repin(state: &AdminState, name: &str) -> Response<Full<Bytes>> {
     let snapshot = state.shared.snapshot.load_full();
-    let Some(device) = snapshot.device(name) else {
+    // A device of a range is named by its address, and need not be in memory to be re-pinned.
+    let range_device = || {
+        let ip: std::net::IpAddr = name.parse().ok()?;
+        let range = snapshot.ranges.range_of(ip)?;
+        Some((
+            ip.to_canonical().to_string(),
+            &range.tls.trust,
+            snapshot.pin_store.clone(),
+        ))
+    };
+    let found = match snapshot.device(name) {
+        Some(device) => Some((
+            name.to_owned(),
+            &device.settings.tls.trust,
+            device.pin_store.clone(),
+        )),
+        None => range_device(),
+    };
+    let Some((device_name, trust, store)) = found else {
         return text(
             StatusCode::NOT_FOUND,
-            &format!("no device named `{name}`\n"),
+            &format!("no device named `{name}`, and no range holds that address\n"),
         );
     };
-    let Some(store) = device.pin_store.clone() else {
-        return text(
-            StatusCode::CONFLICT,
-            &format!(
-                "device `{name}` does not trust on first use (trust = \"{}\")\n",
-                device.settings.tls.trust.mode()
-            ),
-        );
+    let store = match (trust, store) {
+        (Trust::Tofu, Some(store)) => store,
+        _ => {
+            return text(
+                StatusCode::CONFLICT,
+                &format!(
+                    "device `{name}` does not trust on first use (trust = \"{}\")\n",
+                    trust.mode()
+                ),
+            );
+        }
     };
-    match store.remove(name).await {
+    match store.remove(&device_name).await {
         Ok(had_pin) => {
             tracing::warn!(
                 device = name,
@@ -406,6 +432,7 @@ fn devices(devices: &[Arc<Device>]) -> serde_json::Value {
             });
             serde_json::json!({
                 "name": settings.name,
+                "range": device.range.map(|cidr| cidr.to_string()),
                 "host": settings.host.to_string(),
                 "listen": settings.listen.map(|ip| ip.to_string()),
                 "ports": {

@@ -129,9 +129,9 @@ impl Gateway {
     pub fn local_addrs(&self) -> Vec<BoundAddress> {
         self.pending
             .iter()
-            .filter_map(|((service, _, _), listener)| {
+            .filter_map(|(key, listener)| {
                 Some(BoundAddress {
-                    service: *service,
+                    service: key.service,
                     addr: listener.local_addr().ok()?,
                 })
             })
@@ -258,14 +258,14 @@ impl Gateway {
     ) -> Listening {
         let stop = CancellationToken::new();
         let bound = BoundAddress {
-            service: key.0,
+            service: key.service,
             addr: listener
                 .local_addr()
-                .unwrap_or_else(|_| SocketAddr::new(key.1, key.2)),
+                .unwrap_or_else(|_| SocketAddr::new(key.ip, key.port)),
         };
-        tracing::info!(service = key.0.as_str(), addr = %bound.addr, "listening");
+        tracing::info!(service = key.service.as_str(), addr = %bound.addr, transparent = key.transparent, "listening");
         let ctx = ListenerContext {
-            service: key.0,
+            service: key.service,
             shared: self.shared.clone(),
             sources: self.sources.clone(),
             refusals: self.refusals.clone(),
@@ -334,6 +334,15 @@ impl Gateway {
         let wanted = listener::listener_keys(&next.config);
         let mut fresh = Vec::new();
         for key in wanted.iter().filter(|k| !listening.contains_key(k)) {
+            if let Some(held) = listening.keys().find(|held| {
+                (held.service, held.ip, held.port) == (key.service, key.ip, key.port)
+                    && key.port != 0
+            }) {
+                return Err(ReloadError::Transparency {
+                    service: held.service,
+                    addr: SocketAddr::new(held.ip, held.port),
+                });
+            }
             fresh.push((*key, listener::bind_key(*key).await?));
         }
 

@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use socket2::SockRef;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, Routing};
 use crate::limits::SourceCounts;
 use crate::proxy;
 use crate::refusals::Refusals;
@@ -111,12 +112,26 @@ pub struct BoundAddress {
     pub addr: SocketAddr,
 }
 
-/// A listener's identity across reloads: the service and the *configured* address (port 0
-/// stays 0, so an ephemeral listener is not rebound on every reload).
-pub(crate) type ListenerKey = (Service, IpAddr, u16);
+/// A listener's identity across reloads: the service, the *configured* address (port 0 stays
+/// 0, so an ephemeral listener is not rebound on every reload) and whether it is transparent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct ListenerKey {
+    pub(crate) service: Service,
+    pub(crate) ip: IpAddr,
+    pub(crate) port: u16,
+    /// `IP_TRANSPARENT`, for `routing = "tproxy"`: TPROXY hands such a listener connections
+    /// addressed to any address (the devices'), and their local address is that address.
+    pub(crate) transparent: bool,
+}
 
-/// A service listens on its `bind` addresses and on every device's alias address, unless a
-/// wildcard bind already covers them.
+impl ListenerKey {
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
+}
+
+/// A service listens on its `bind` addresses, and with alias routing on every device's alias
+/// address too, unless a wildcard bind already covers them.
 pub(crate) fn listener_keys(config: &Config) -> BTreeSet<ListenerKey> {
     let mut keys = BTreeSet::new();
     for settings in &config.services {
@@ -127,18 +142,24 @@ pub(crate) fn listener_keys(config: &Config) -> BTreeSet<ListenerKey> {
                 .iter()
                 .any(|a| a.is_unspecified() && a.is_ipv4() == alias.is_ipv4())
         };
-        let aliases: Vec<IpAddr> = config
-            .devices
-            .iter()
-            .filter_map(|d| d.listen)
-            .filter(|alias| !covered(alias))
-            .collect();
+        // Consoles of a service routed by original destination dial the devices' own
+        // addresses: an alias would only be one more address to reach the gateway itself.
+        let aliases: Vec<IpAddr> = match settings.routing {
+            Routing::Alias => config
+                .devices
+                .iter()
+                .filter_map(|d| d.listen)
+                .filter(|alias| !covered(alias))
+                .collect(),
+            Routing::Redirect | Routing::Tproxy => Vec::new(),
+        };
         addresses.extend(aliases);
-        keys.extend(
-            addresses
-                .into_iter()
-                .map(|ip| (settings.service, ip, settings.listen_port)),
-        );
+        keys.extend(addresses.into_iter().map(|ip| ListenerKey {
+            service: settings.service,
+            ip,
+            port: settings.listen_port,
+            transparent: settings.routing == Routing::Tproxy,
+        }));
     }
     keys
 }
@@ -155,7 +176,40 @@ pub(crate) async fn bind(
 }
 
 pub(crate) async fn bind_key(key: ListenerKey) -> Result<TcpListener, BindError> {
-    bind(key.0.as_str(), SocketAddr::new(key.1, key.2)).await
+    let service = key.service.as_str();
+    match key.transparent {
+        false => bind(service, key.addr()).await,
+        true => bind_transparent(key.addr()).map_err(|source| BindError {
+            service,
+            addr: key.addr(),
+            source,
+        }),
+    }
+}
+
+/// A listener TPROXY can hand connections for any address to. `IP_TRANSPARENT` (the same flag
+/// as `IPV6_TRANSPARENT`, which a dual-stack `::` listener is given) must be set before the
+/// bind, and needs `CAP_NET_ADMIN`.
+fn bind_transparent(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    let options = SockRef::from(&socket);
+    match addr {
+        SocketAddr::V4(_) => options.set_ip_transparent_v4(true),
+        SocketAddr::V6(_) => options.set_ip_transparent_v6(true),
+    }
+    .map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot make it transparent (IP_TRANSPARENT, for routing = \"tproxy\"; needs CAP_NET_ADMIN): {e}"),
+        )
+    })?;
+    socket.bind(addr)?;
+    // The kernel caps it at net.core.somaxconn.
+    socket.listen(4096)
 }
 
 /// What every connection on one listener shares.

@@ -256,16 +256,23 @@ fn describe(error: &anyhow::Error) -> String {
 fn check(path: &std::path::Path, env: &Environment) -> ExitCode {
     match Config::load_with_env(path, env) {
         Ok(config) => {
+            let ranges = match config.ranges.len() {
+                0 => String::new(),
+                n => format!(", {n} range(s)"),
+            };
+            let services: Vec<String> = config
+                .services
+                .iter()
+                .map(|s| match s.routing {
+                    amtgw::config::Routing::Alias => s.service.as_str().to_owned(),
+                    routing => format!("{} ({})", s.service, routing.as_str()),
+                })
+                .collect();
             println!(
-                "{}: valid ({} device(s), services: {})",
+                "{}: valid ({} device(s){ranges}, services: {})",
                 config.source,
                 config.devices.len(),
-                config
-                    .services
-                    .iter()
-                    .map(|s| s.service.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                services.join(", ")
             );
             ExitCode::SUCCESS
         }

@@ -37,6 +37,7 @@ reasons! {
     Limit => "limit",
     DeviceLimit => "device_limit",
     NoRoute => "no_route",
+    Loop => "loop",
     ResolveFailed => "resolve_failed",
     ConnectRefused => "connect_refused",
     ConnectUnreachable => "connect_unreachable",
@@ -78,6 +79,7 @@ impl Reason {
                 | Reason::DeviceLimit
                 | Reason::SourceLimit
                 | Reason::NoRoute
+                | Reason::Loop
                 | Reason::ConsoleTimeout
         )
     }

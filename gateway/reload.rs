@@ -24,6 +24,15 @@ pub enum ReloadError {
     Snapshot(#[from] SnapshotError),
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// A listener would change its transparency (`routing = "tproxy"` or not) while bound.
+    #[error(
+        "services.{service}.routing changed to or from \"tproxy\" on {addr}, which is bound: a \
+         listener is made transparent before it binds, so restart amtgw to apply this"
+    )]
+    Transparency {
+        service: crate::service::Service,
+        addr: std::net::SocketAddr,
+    },
     #[error("the configuration is embedded, not a file: there is nothing to re-read")]
     NoFile,
     #[error("the gateway has stopped")]
@@ -36,6 +45,7 @@ impl ReloadError {
             ReloadError::Config(e) => e.kind(),
             ReloadError::Snapshot(e) => e.kind(),
             ReloadError::Bind(e) => e.kind(),
+            ReloadError::Transparency { .. } => "restart_needed",
             ReloadError::NoFile => "no_config_file",
             ReloadError::Stopped => "stopped",
         }

@@ -1,17 +1,27 @@
 //! Which device a console connection is for.
 //!
-//! This is the one seam for routing policies. Today: the local (alias) address the console
-//! connected to selects a device, else the listener's default device. Original-destination
-//! routing (iptables REDIRECT/TPROXY) fits by filling `RouteQuery::original_destination`;
-//! Host-header routing by a router that is handed the request head peeked from the console.
-//! The data path only ever sees `Router::route`.
+//! This is the one seam for routing policies. A service routes in one of two ways:
+//!
+//! - **alias** (`routing = "alias"`): the local address the console connected to is a device's
+//!   `listen` alias, else the service's default device;
+//! - **original destination** (`routing = "redirect"` or `"tproxy"`): the console dialled the
+//!   device's own address and the network diverted the connection to the gateway; the proxy
+//!   puts that address in [`RouteQuery::original_destination`], and it selects the listed
+//!   device whose `host` it is, else the device of that address in a `[[ranges]]` entry (made
+//!   on first use, see `fleet::Ranges`). An address that is the gateway's own is refused
+//!   (`loop`), one that is no device's is refused (`no_route`): the gateway is never an open
+//!   relay.
+//!
+//! Host-header routing fits by a query carrying the request head peeked from the console, and
+//! PROXY protocol by filling `peer` and `original_destination` from its header. The data path
+//! only ever sees `Router::route`.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 
-use crate::config::Config;
-use crate::fleet::Device;
+use crate::config::{Config, Host};
+use crate::fleet::{Device, RangeError, Ranges};
 use crate::reason::Reason;
 use crate::service::Service;
 
@@ -22,6 +32,11 @@ pub struct RouteQuery {
     /// The gateway address the console connected to.
     pub local: SocketAddr,
     pub peer: SocketAddr,
+    /// The address the console dialled, when the network diverted the connection to the
+    /// gateway (`routing = "redirect"` or `"tproxy"`): the device's own address. `None` for
+    /// alias routing, where `local` selects the device. IPv4 addresses are plain IPv4 here,
+    /// not IPv4-mapped IPv6.
+    pub original_destination: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,12 +45,25 @@ pub enum RouteError {
         "no device for {service} connections to {local}: it is no device's listen address and the service has no default_device"
     )]
     NoRoute { service: Service, local: IpAddr },
+    #[error(
+        "no device at {destination}, where the console was going: it is no listed device's host and in no [[ranges]]"
+    )]
+    NoDevice { destination: SocketAddr },
+    #[error(transparent)]
+    Range(#[from] RangeError),
+    #[error(
+        "the console was going to {destination}, an address of the gateway itself: relaying it would reach the gateway again (is the REDIRECT/TPROXY rule matching the devices' addresses only?)"
+    )]
+    Loop { destination: SocketAddr },
 }
 
 impl RouteError {
     pub fn reason(&self) -> Reason {
         match self {
-            RouteError::NoRoute { .. } => Reason::NoRoute,
+            RouteError::NoRoute { .. } | RouteError::NoDevice { .. } => Reason::NoRoute,
+            RouteError::Loop { .. } => Reason::Loop,
+            RouteError::Range(RangeError::Full { .. }) => Reason::Limit,
+            RouteError::Range(RangeError::Device { .. }) => Reason::NoRoute,
         }
     }
 }
@@ -44,10 +72,16 @@ pub trait Router: Send + Sync + 'static {
     fn route(&self, query: &RouteQuery) -> Result<Arc<Device>, RouteError>;
 }
 
-/// Routes by the local address, then the per-service default.
+/// Routes by address: the local address (an alias) then the per-service default, or the
+/// original destination (a device's own address).
 pub struct AddressRouter {
     by_listen: HashMap<IpAddr, Arc<Device>>,
     defaults: [Option<Arc<Device>>; 3],
+    /// Listed devices by the IP address they are reached at, for routing by original
+    /// destination. Devices named by DNS name are reachable through aliases only.
+    by_host: HashMap<IpAddr, Arc<Device>>,
+    /// Every other address in a `[[ranges]]` entry, for routing by original destination.
+    ranges: Option<Arc<Ranges>>,
 }
 
 impl AddressRouter {
@@ -56,6 +90,13 @@ impl AddressRouter {
         let by_listen = devices
             .iter()
             .filter_map(|d| Some((d.settings.listen?, d.clone())))
+            .collect();
+        let by_host = devices
+            .iter()
+            .filter_map(|d| match d.settings.host {
+                Host::Ip(ip) => Some((ip.to_canonical(), d.clone())),
+                Host::Dns(_) => None,
+            })
             .collect();
         let mut defaults: [Option<Arc<Device>>; 3] = Default::default();
         for service in &config.services {
@@ -68,12 +109,39 @@ impl AddressRouter {
         AddressRouter {
             by_listen,
             defaults,
+            by_host,
+            ranges: None,
         }
+    }
+
+    /// Route original destinations that are no listed device's to the devices of `ranges`.
+    pub fn with_ranges(mut self, ranges: Arc<Ranges>) -> AddressRouter {
+        self.ranges = Some(ranges);
+        self
+    }
+
+    /// `destination` as the proxy gives it: IPv4 as IPv4, never `::ffff:a.b.c.d`.
+    fn by_destination(&self, destination: SocketAddr) -> Result<Arc<Device>, RouteError> {
+        if is_own_address(destination.ip()) {
+            return Err(RouteError::Loop { destination });
+        }
+        // Listed devices win over ranges.
+        if let Some(device) = self.by_host.get(&destination.ip()) {
+            return Ok(device.clone());
+        }
+        let in_range = match &self.ranges {
+            Some(ranges) => ranges.device(destination.ip())?,
+            None => None,
+        };
+        in_range.ok_or(RouteError::NoDevice { destination })
     }
 }
 
 impl Router for AddressRouter {
     fn route(&self, query: &RouteQuery) -> Result<Arc<Device>, RouteError> {
+        if let Some(destination) = query.original_destination {
+            return self.by_destination(destination);
+        }
         // A dual-stack listener reports IPv4 consoles as ::ffff:a.b.c.d.
         let local = query.local.ip().to_canonical();
         self.by_listen
@@ -84,5 +152,141 @@ impl Router for AddressRouter {
                 service: query.service,
                 local,
             })
+    }
+}
+
+/// Whether `ip` is an address of this host, as the kernel's routing sees it now: a UDP socket
+/// connected to a local address is given that very address as its source, any other gets the
+/// address of the interface towards it. No packet is sent. Asked per connection (a few
+/// system calls, only for routing by original destination) rather than from a list read at
+/// start, so an address added to the host later is recognised; and unlike a test bind it does
+/// not depend on `net.ipv4.ip_nonlocal_bind`. A console that dials the gateway's own address
+/// (a connection no REDIRECT rule rewrote, or one reaching a TPROXY listener directly) has it
+/// as its original destination.
+fn is_own_address(ip: IpAddr) -> bool {
+    if ip.is_unspecified() || ip.is_loopback() {
+        return true;
+    }
+    let unbound = match ip {
+        IpAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        IpAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    };
+    let Ok(probe) = UdpSocket::bind(unbound) else {
+        return false;
+    };
+    // Port 9 (discard): any port would do, nothing is sent.
+    if probe.connect(SocketAddr::new(ip, 9)).is_err() {
+        return false; // No route to it at all: certainly not an address of this host.
+    }
+    probe
+        .local_addr()
+        .is_ok_and(|source| source.ip().to_canonical() == ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::path::Path;
+
+    /// A router for a wsman service routed by original destination: one listed device at
+    /// 192.0.2.10 inside the range 192.0.2.0/24, which keeps at most one device.
+    fn router() -> AddressRouter {
+        let toml = r#"
+[gateway]
+max_range_devices = 1
+
+[services.wsman]
+routing = "tproxy"
+listen_port = 0
+
+[services.redirection]
+enabled = false
+
+[services.dash]
+enabled = false
+
+[[devices]]
+name = "listed"
+host = "192.0.2.10"
+trust = "pin"
+pins = ["cert-sha256:7732ca35d959c35dc893899e414d2ef6e476c9afca869aa0e5b1daed1c31c511"]
+
+[[ranges]]
+cidr = "192.0.2.0/24"
+trust = "tofu"
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::from_toml("router test", Path::new("."), toml).unwrap();
+        let path = dir.path().join("pins.toml");
+        config.gateway.pin_store = crate::tls::PinStoreSettings::File(path.clone());
+        let store =
+            crate::tls::TofuStore::File(Arc::new(crate::tls::PinStore::open(&path).unwrap()));
+        let devices = crate::fleet::build(&config, Some(&store), &[]).unwrap();
+        let ranges = Ranges::new(&config, Some(&store), None).unwrap();
+        AddressRouter::new(&config, &devices).with_ranges(Arc::new(ranges))
+    }
+
+    fn to(destination: &str) -> RouteQuery {
+        let destination: SocketAddr = destination.parse().unwrap();
+        RouteQuery {
+            service: Service::Wsman,
+            local: destination,
+            peer: SocketAddr::from(([198, 51, 100, 1], 40000)),
+            original_destination: Some(destination),
+        }
+    }
+
+    #[test]
+    fn a_listed_device_wins_over_the_range_holding_its_address() {
+        let router = router();
+        assert_eq!(
+            router.route(&to("192.0.2.10:16992")).unwrap().name(),
+            "listed"
+        );
+        assert_eq!(
+            router.route(&to("192.0.2.11:16992")).unwrap().name(),
+            "192.0.2.11"
+        );
+    }
+
+    #[test]
+    fn an_address_outside_every_device_and_range_is_no_route() {
+        let refused = router().route(&to("198.51.100.7:16992")).err().unwrap();
+        assert_eq!(refused.reason(), Reason::NoRoute, "{refused}");
+    }
+
+    #[test]
+    fn the_gateways_own_address_is_a_loop_even_inside_a_range() {
+        let mut query = to("192.0.2.11:16992");
+        query.original_destination = Some(SocketAddr::from(([127, 0, 0, 1], 16992)));
+        let refused = router().route(&query).err().unwrap();
+        assert_eq!(refused.reason(), Reason::Loop, "{refused}");
+    }
+
+    #[test]
+    fn a_new_range_device_with_every_kept_one_busy_is_refused_as_limit() {
+        let router = router();
+        let _busy = router.route(&to("192.0.2.11:16992")).unwrap();
+        let refused = router.route(&to("192.0.2.12:16992")).err().unwrap();
+        assert_eq!(refused.reason(), Reason::Limit, "{refused}");
+    }
+
+    #[test]
+    fn alias_routing_ignores_ranges() {
+        let mut query = to("192.0.2.11:16992");
+        query.original_destination = None;
+        let refused = router().route(&query).err().unwrap();
+        assert!(matches!(refused, RouteError::NoRoute { .. }), "{refused}");
+    }
+
+    #[test]
+    fn the_hosts_own_addresses_are_recognised() {
+        assert!(is_own_address(IpAddr::from([127, 0, 0, 1])));
+        assert!(is_own_address(IpAddr::from([127, 0, 0, 53])));
+        assert!(is_own_address("::1".parse().unwrap()));
+        assert!(is_own_address(IpAddr::from([0, 0, 0, 0])));
+        // TEST-NET-1 (RFC 5737) is on no host.
+        assert!(!is_own_address(IpAddr::from([192, 0, 2, 1])));
     }
 }

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{Semaphore, watch};
 
 use crate::config::{Config, ServiceSettings};
-use crate::fleet::{self, Device, FleetError};
+use crate::fleet::{self, Device, FleetError, Ranges};
 use crate::metrics::Metrics;
 use crate::router::{AddressRouter, Router};
 use crate::service::Service;
@@ -38,15 +38,18 @@ impl SnapshotError {
 pub(crate) struct Snapshot {
     pub(crate) config: Config,
     pub(crate) devices: Vec<Arc<Device>>,
+    /// The devices of `[[ranges]]`, made on first use; also in `router`.
+    pub(crate) ranges: Arc<Ranges>,
     pub(crate) router: Arc<dyn Router>,
     pub(crate) pin_store: Option<TofuStore>,
 }
 
 impl Snapshot {
     /// Build every device's TLS config and the router for `config`. With a `previous`
-    /// snapshot (a reload), devices keep their status and unchanged limits, and the pin store
-    /// is re-read rather than reopened when it is the same file or database. A database store
-    /// reports its connection state and background errors to `events`.
+    /// snapshot (a reload), devices keep their status and unchanged limits (range devices at
+    /// their first use under the new config), and the pin store is re-read rather than
+    /// reopened when it is the same file or database. A database store reports its connection
+    /// state and background errors to `events`.
     pub(crate) async fn build(
         config: Config,
         previous: Option<&Snapshot>,
@@ -59,10 +62,17 @@ impl Snapshot {
             pin_store.as_ref(),
             previous.map_or(&[], |p| &p.devices),
         )?;
-        let router: Arc<dyn Router> = Arc::new(AddressRouter::new(&config, &devices));
+        let ranges = Arc::new(Ranges::new(
+            &config,
+            pin_store.as_ref(),
+            previous.map(|p| &*p.ranges),
+        )?);
+        let router = AddressRouter::new(&config, &devices).with_ranges(ranges.clone());
+        let router: Arc<dyn Router> = Arc::new(router);
         Ok(Snapshot {
             config,
             devices,
+            ranges,
             router,
             pin_store,
         })

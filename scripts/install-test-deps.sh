@@ -3,9 +3,11 @@
 # real, unmodified clients: curl (WS-Man/HTTP digest), amtterm (SOL over the
 # redirection protocol), script from bsdutils (gives amtterm the terminal it
 # insists on), stunnel4 (an independent TLS client for the simulator) and the
-# openssl command (s_client), which the simulator's profile tests run, and PostgreSQL
+# openssl command (s_client), which the simulator's profile tests run; PostgreSQL
 # (tests/shared_pin_store.rs starts its own servers from /usr/lib/postgresql/*/bin in
-# temporary directories, never the packaged service). What the
+# temporary directories, never the packaged service); and for the transparent-routing tests
+# (tests/transparent.rs), which build network namespaces, `ip` (iproute2) and `nft`
+# (nftables), installed only when the program is missing. What the
 # build itself needs (OpenSSL's development files) is scripts/install-build-deps.sh.
 #
 # Idempotent and non-interactive (scripts/apt-install.sh). Run as root (CI) or
@@ -29,9 +31,16 @@ if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
   "$(dirname "$0")/apt-install.sh" postgresql
 fi
 
+# By program: a host may have them from elsewhere (iptables-nft setups, a newer iproute2).
+for pair in ip:iproute2 nft:nftables; do
+  if ! command -v "${pair%%:*}" >/dev/null 2>&1; then
+    "$(dirname "$0")/apt-install.sh" "${pair#*:}"
+  fi
+done
+
 # Fail loudly if a package is installed but the program the tests spawn is still not on PATH
 # (Debian names the stunnel binary stunnel4; others stunnel).
-for program in curl amtterm script openssl; do
+for program in curl amtterm script openssl ip nft; do
   if ! command -v "$program" >/dev/null 2>&1; then
     echo "install-test-deps: $program not found on PATH" >&2
     exit 1

@@ -286,6 +286,24 @@ fn check_accepts_the_reference_config() {
 }
 
 #[test]
+fn check_accepts_the_transparent_config_naming_its_ranges_and_routing() {
+    let path = repo_path("config/transparent.toml");
+    let out = amtgw_check(&path, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = format!(
+        "{}: valid (1 device(s), 2 range(s), services: wsman (redirect), redirection (redirect), dash (redirect))",
+        path.display()
+    );
+    assert!(stdout.contains(&expected), "{stdout}");
+}
+
+#[test]
 fn check_rejects_an_invalid_config_naming_file_key_and_fix() {
     let path = repo_path("config/invalid/zero-max-connections.toml");
     let out = amtgw_check(&path, &[]);

@@ -241,3 +241,43 @@ async fn a_long_transfer_survives_reloads_that_add_remove_and_repin_devices() {
     .await;
     assert_eq!(gateway.metrics().await.failed("pin_mismatch"), 1.0);
 }
+
+/// A listener is made transparent before it binds: a reload that would turn a bound one into a
+/// `tproxy` listener is rejected, naming the fix, and changes nothing; between `redirect` and
+/// `alias` routing a reload applies.
+#[tokio::test]
+async fn a_reload_switching_a_bound_listener_to_tproxy_is_rejected_as_restart_needed() {
+    let address = common::loopback::private_loopback();
+    let routed = |routing: &str| {
+        Config::from_toml(
+            "<reload test>",
+            Path::new("."),
+            &format!(
+                r#"
+[admin]
+listen = "127.0.0.1:0"
+[services.wsman]
+listen_port = 16992
+bind = ["{address}"]
+routing = "{routing}"
+[services.redirection]
+enabled = false
+[services.dash]
+enabled = false
+"#
+            ),
+        )
+        .unwrap()
+    };
+    let gateway = TestGateway::start_config(routed("redirect")).await;
+    let rejected = gateway.reload.apply(routed("tproxy")).await.unwrap_err();
+    assert_eq!(rejected.kind(), "restart_needed", "{rejected}");
+    assert!(rejected.to_string().contains("restart amtgw"), "{rejected}");
+    let applied = gateway.reload.apply(routed("alias")).await.unwrap();
+    assert_eq!(applied.listeners_removed, 0, "{applied:?}");
+    let metrics = gateway.metrics().await;
+    let reloads = |result| metrics.value("amtgw_config_reloads_total", &[("result", result)]);
+    assert_eq!(reloads("restart_needed"), 1.0);
+    assert_eq!(reloads("ok"), 1.0);
+    gateway.stop().await;
+}

@@ -83,10 +83,15 @@ pub(crate) async fn pin_command(args: PinArgs) -> u8 {
         (None, Some(name)) => (name, StoreAction::Compare),
         (None, None) => return usage("give a device NAME, --all or --replace NAME with --config"),
     };
-    let Some(device) = config.device(name) else {
-        return usage(format!("{}: no device named {name:?}", config.source));
+    // A device of a range is named by its address.
+    let in_range = || config.range_device(name.parse().ok()?);
+    let Some(device) = config.device(name).cloned().or_else(in_range) else {
+        return usage(format!(
+            "{}: no device named {name:?}, and no range holds that address",
+            config.source
+        ));
     };
-    pin_device(&config, device, timeouts, action).await
+    pin_device(&config, &device, timeouts, action).await
 }
 
 fn usage(message: impl std::fmt::Display) -> u8 {

@@ -14,7 +14,7 @@ mod raw;
 mod validate;
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -49,6 +49,8 @@ pub struct Config {
     /// Enabled services only.
     pub services: Vec<ServiceSettings>,
     pub devices: Vec<DeviceSettings>,
+    /// `[[ranges]]`, in the order written.
+    pub ranges: Vec<RangeSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +85,9 @@ pub struct GatewaySettings {
     /// After a connection's last read, keep polling for this long instead of sleeping (zero:
     /// never). Trades CPU for latency where waking a sleeping CPU is slow (VMs).
     pub busy_poll: Duration,
+    /// Devices of `[[ranges]]` kept in memory at once; beyond it the least recently used one
+    /// without a connection is forgotten (its pin stays in the store).
+    pub max_range_devices: usize,
 }
 
 /// Per-device metric labels: off by default, because a fleet has 10,000+ devices and each
@@ -114,8 +119,42 @@ pub struct ServiceSettings {
     /// Addresses bound for this service besides each device's own `listen` address.
     pub bind: Vec<IpAddr>,
     pub idle_timeout: Duration,
-    /// Device for connections whose local address belongs to no device.
+    /// Device for connections whose local address belongs to no device (alias routing only).
     pub default_device: Option<String>,
+    /// How a connection's device is chosen.
+    pub routing: Routing,
+}
+
+/// How a service finds the device a console connection is for (`services.<svc>.routing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// The gateway address the console dialled is a device's `listen` alias (else the
+    /// service's `default_device`).
+    Alias,
+    /// Consoles dial the device's own address; a NAT `REDIRECT` rule (iptables or nftables)
+    /// diverts the connection to the gateway, which reads where it was going from the kernel
+    /// (`SO_ORIGINAL_DST`, `IP6T_SO_ORIGINAL_DST`).
+    Redirect,
+    /// Consoles dial the device's own address; a `TPROXY` rule hands the connection, addresses
+    /// untouched, to a transparent (`IP_TRANSPARENT`) listener, whose accepted socket's local
+    /// address is where it was going.
+    Tproxy,
+}
+
+impl Routing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Routing::Alias => "alias",
+            Routing::Redirect => "redirect",
+            Routing::Tproxy => "tproxy",
+        }
+    }
+
+    /// Whether the device is the address the console dialled (the network diverted the
+    /// connection), rather than an alias on the gateway.
+    pub fn by_original_destination(self) -> bool {
+        !matches!(self, Routing::Alias)
+    }
 }
 
 #[derive(Clone)]
@@ -156,6 +195,123 @@ impl fmt::Debug for DeviceSettings {
                 &self.max_connections_per_source,
             )
             .finish_non_exhaustive()
+    }
+}
+
+/// A `[[ranges]]` entry: every address in `cidr` is a device with these settings, created
+/// when a console first dials it and named by its address.
+#[derive(Clone)]
+pub struct RangeSettings {
+    pub cidr: Cidr,
+    /// TLS port per service (indexed by `Service::index`).
+    pub ports: [u16; 3],
+    /// `tofu` or `ca`, never `pin`.
+    pub tls: TlsSettings,
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
+}
+
+impl RangeSettings {
+    /// The settings of the device at `ip` (an address in the range): named by its address,
+    /// reached at it, its certificate checked against it in `ca` mode.
+    pub fn device(&self, ip: IpAddr) -> DeviceSettings {
+        DeviceSettings {
+            name: ip.to_string(),
+            host: Host::Ip(ip),
+            listen: None,
+            ports: self.ports,
+            server_name: ServerName::IpAddress(ip.into()),
+            tls: self.tls.clone(),
+            max_connections: self.max_connections,
+            max_connections_per_source: self.max_connections_per_source,
+        }
+    }
+}
+
+impl fmt::Debug for RangeSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RangeSettings")
+            .field("cidr", &self.cidr)
+            .field("ports", &self.ports)
+            .field("trust", &self.tls.trust)
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An IPv4 or IPv6 network: an address and a prefix length, host bits zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// `10.20.0.0/16`, `fd00:20::/64`; a bare address is a /32 or /128. The message of an
+    /// error says what is wrong and what to write instead.
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        let network: IpAddr = address.parse().map_err(|_| {
+            format!("`{text}` is not a network; write it like \"10.20.0.0/16\" or \"fd00:20::/64\"")
+        })?;
+        let bits = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => bits,
+            Some(prefix) => prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= bits)
+                .ok_or_else(|| format!("`{text}`: the prefix length must be 0 to {bits}"))?,
+        };
+        let cidr = Cidr { network, prefix };
+        let masked = cidr.masked(network);
+        if masked != network {
+            return Err(format!(
+                "`{text}` has bits set beyond its /{prefix} prefix; did you mean \"{masked}/{prefix}\"?"
+            ));
+        }
+        Ok(cidr)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        ip.is_ipv4() == self.network.is_ipv4() && self.masked(ip) == self.network
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// The network's first address.
+    pub fn network(&self) -> IpAddr {
+        self.network
+    }
+
+    /// `ip` with the bits beyond the prefix cleared (same family as the network).
+    fn masked(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
     }
 }
 
@@ -281,11 +437,24 @@ impl Config {
         self.devices.iter().find(|d| d.name == name)
     }
 
-    /// Whether any device trusts on first use (and so needs the pin store).
-    pub fn uses_pin_store(&self) -> bool {
-        self.devices
+    /// The settings of the device at `ip` if it is in a range and no listed device's host:
+    /// the most specific range's.
+    pub fn range_device(&self, ip: IpAddr) -> Option<DeviceSettings> {
+        let ip = ip.to_canonical();
+        if self.devices.iter().any(|d| d.host == Host::Ip(ip)) {
+            return None;
+        }
+        self.ranges
             .iter()
-            .any(|d| matches!(d.tls.trust, Trust::Tofu))
+            .filter(|r| r.cidr.contains(ip))
+            .max_by_key(|r| r.cidr.prefix())
+            .map(|r| r.device(ip))
+    }
+
+    /// Whether any device or range trusts on first use (and so needs the pin store).
+    pub fn uses_pin_store(&self) -> bool {
+        let tofu = |tls: &TlsSettings| matches!(tls.trust, Trust::Tofu);
+        self.devices.iter().any(|d| tofu(&d.tls)) || self.ranges.iter().any(|r| tofu(&r.tls))
     }
 
     /// Every file whose change should reload the gateway: the config itself, the admin token,
@@ -303,11 +472,16 @@ impl Config {
                 }
             }
         }
-        for device in &self.devices {
-            if let Trust::Ca { ca_file, .. } = &device.tls.trust {
+        let tls = self
+            .devices
+            .iter()
+            .map(|d| &d.tls)
+            .chain(self.ranges.iter().map(|r| &r.tls));
+        for tls in tls {
+            if let Trust::Ca { ca_file, .. } = &tls.trust {
                 files.push(ca_file.clone());
             }
-            if let Some(identity) = &device.tls.client_identity {
+            if let Some(identity) = &tls.client_identity {
                 files.push(identity.cert_path.clone());
                 files.push(identity.key_path.clone());
             }

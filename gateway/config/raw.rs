@@ -15,6 +15,7 @@ pub(crate) struct RawConfig {
     pub(crate) services: RawServices,
     pub(crate) defaults: RawTrust,
     pub(crate) devices: Vec<RawDevice>,
+    pub(crate) ranges: Vec<RawRange>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -38,6 +39,7 @@ pub(crate) struct RawGateway {
     pub(crate) expiry_warning: Option<String>,
     pub(crate) workers: Option<usize>,
     pub(crate) busy_poll: Option<String>,
+    pub(crate) max_range_devices: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -73,6 +75,7 @@ pub(crate) struct RawService {
     pub(crate) bind: Option<Vec<String>>,
     pub(crate) idle_timeout: Option<String>,
     pub(crate) default_device: Option<String>,
+    pub(crate) routing: Option<String>,
 }
 
 /// Trust settings: fleet-wide under `[defaults]`, overridable per device.
@@ -111,38 +114,78 @@ pub(crate) struct RawDevice {
     pub(crate) max_connections_per_source: Option<usize>,
 }
 
+/// A `[[ranges]]` entry: every address in `cidr` is a device with these settings.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawRange {
+    pub(crate) cidr: Option<String>,
+    pub(crate) ports: BTreeMap<String, u16>,
+    // The trust keys of `RawTrust` but pins (a range cannot be pinned), spelled out as in
+    // `RawDevice`.
+    pub(crate) trust: Option<String>,
+    pub(crate) ca_file: Option<String>,
+    pub(crate) client_cert: Option<String>,
+    pub(crate) client_key: Option<String>,
+    pub(crate) tls_versions: Option<Vec<String>>,
+    pub(crate) tls_backend: Option<String>,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) max_connections_per_source: Option<usize>,
+}
+
+impl RawRange {
+    /// The range's trust keys, each falling back to the fleet-wide `[defaults]`.
+    pub(crate) fn trust_over(&self, defaults: &RawTrust) -> RawTrust {
+        RawTrust {
+            trust: self.trust.clone(),
+            pins: None,
+            ca_file: self.ca_file.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+            tls_versions: self.tls_versions.clone(),
+            tls_backend: self.tls_backend.clone(),
+            max_connections: self.max_connections,
+            max_connections_per_source: self.max_connections_per_source,
+        }
+        .over(defaults)
+    }
+}
+
 impl RawDevice {
     /// This device's trust keys, each falling back to the fleet-wide `[defaults]`.
     pub(crate) fn trust_over(&self, defaults: &RawTrust) -> RawTrust {
+        RawTrust {
+            trust: self.trust.clone(),
+            pins: self.pins.clone(),
+            ca_file: self.ca_file.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+            tls_versions: self.tls_versions.clone(),
+            tls_backend: self.tls_backend.clone(),
+            max_connections: self.max_connections,
+            max_connections_per_source: self.max_connections_per_source,
+        }
+        .over(defaults)
+    }
+}
+
+impl RawTrust {
+    /// These keys, each falling back to `defaults`.
+    fn over(self, defaults: &RawTrust) -> RawTrust {
         // A device that picks a different trust mode than [defaults] takes none of the fleet's
         // pins or CA: otherwise a fleet-wide ca_file would forbid pinning any single device.
         let same_mode = self.trust.is_none() || self.trust == defaults.trust;
         RawTrust {
-            trust: self.trust.clone().or_else(|| defaults.trust.clone()),
+            trust: self.trust.or_else(|| defaults.trust.clone()),
             pins: self
                 .pins
-                .clone()
                 .or_else(|| defaults.pins.clone().filter(|_| same_mode)),
             ca_file: self
                 .ca_file
-                .clone()
                 .or_else(|| defaults.ca_file.clone().filter(|_| same_mode)),
-            client_cert: self
-                .client_cert
-                .clone()
-                .or_else(|| defaults.client_cert.clone()),
-            client_key: self
-                .client_key
-                .clone()
-                .or_else(|| defaults.client_key.clone()),
-            tls_versions: self
-                .tls_versions
-                .clone()
-                .or_else(|| defaults.tls_versions.clone()),
-            tls_backend: self
-                .tls_backend
-                .clone()
-                .or_else(|| defaults.tls_backend.clone()),
+            client_cert: self.client_cert.or_else(|| defaults.client_cert.clone()),
+            client_key: self.client_key.or_else(|| defaults.client_key.clone()),
+            tls_versions: self.tls_versions.or_else(|| defaults.tls_versions.clone()),
+            tls_backend: self.tls_backend.or_else(|| defaults.tls_backend.clone()),
             max_connections: self.max_connections.or(defaults.max_connections),
             max_connections_per_source: self
                 .max_connections_per_source

@@ -1,7 +1,7 @@
 //! `RawConfig` -> `Config`: every value parsed, every file read, every cross-field rule checked,
 //! each failure naming its key and the fix.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use figment::Figment;
 use rustls::RootCertStore;
 use rustls_pki_types::ServerName;
 
-use super::raw::{RawConfig, RawDevice, RawGateway, RawService, RawTrust};
+use super::raw::{RawConfig, RawDevice, RawGateway, RawRange, RawService, RawTrust};
 
 /// A device's `max_connections` unless configured. AMT firmware publishes no session limit;
 /// its web and redirection services handle a few TLS sessions at a time (one SOL, IDE-R and
@@ -20,8 +20,8 @@ use super::raw::{RawConfig, RawDevice, RawGateway, RawService, RawTrust};
 /// sessions in the firmware.
 const DEVICE_MAX_CONNECTIONS: usize = 8;
 use super::{
-    AdminToken, Config, ConfigError, DeviceSettings, GatewaySettings, Host, LogFormat,
-    MetricsSettings, ServiceSettings,
+    AdminToken, Cidr, Config, ConfigError, DeviceSettings, GatewaySettings, Host, LogFormat,
+    MetricsSettings, RangeSettings, Routing, ServiceSettings,
 };
 use crate::service::Service;
 use crate::tls::{
@@ -30,6 +30,11 @@ use crate::tls::{
 };
 
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9716";
+
+/// Devices of `[[ranges]]` kept in memory at once unless configured: each holds its TLS client
+/// and up to `session_cache_per_device` sessions (some KiB), so 4096 stay within tens of MiB,
+/// and a forgotten one costs only a full handshake at its next connection.
+const DEFAULT_MAX_RANGE_DEVICES: usize = 4096;
 
 pub(super) fn load(file: &str, base: &Path, figment: Figment) -> Result<Config, ConfigError> {
     let raw: RawConfig = figment.extract().map_err(|e| from_figment(file, e))?;
@@ -233,6 +238,10 @@ impl Validator<'_> {
                  services.redirection, services.dash",
             ));
         }
+        if services.iter().any(|s| s.routing.by_original_destination()) {
+            self.unique_hosts(&devices)?;
+        }
+        let ranges = self.ranges(&raw, &gateway, &services, &devices)?;
 
         Ok(Config {
             source: self.file.to_owned(),
@@ -243,7 +252,29 @@ impl Validator<'_> {
             metrics,
             services,
             devices,
+            ranges,
         })
+    }
+
+    /// With routing by original destination the address a console dialled selects the device,
+    /// so no two devices may share an IP address as their host.
+    fn unique_hosts(&self, devices: &[DeviceSettings]) -> Result<(), ConfigError> {
+        let mut hosts: HashMap<IpAddr, usize> = HashMap::new();
+        for (i, device) in devices.iter().enumerate() {
+            let Host::Ip(ip) = device.host else { continue };
+            if let Some(first) = hosts.insert(ip.to_canonical(), i) {
+                return Err(self.err(
+                    format!("devices[{i}].host"),
+                    format!(
+                        "{ip} is also the host of devices[{first}] ({}); a service routes by the \
+                         address the console dialled (routing = \"redirect\" or \"tproxy\"), so \
+                         each device needs its own address: merge the two entries",
+                        devices[first].name
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `admin.token_file`: read and trimmed; required when the admin listener is reachable
@@ -356,6 +387,10 @@ impl Validator<'_> {
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             )?,
             busy_poll: self.busy_poll(g.busy_poll.as_deref())?,
+            max_range_devices: self.positive(
+                "gateway.max_range_devices",
+                g.max_range_devices.unwrap_or(DEFAULT_MAX_RANGE_DEVICES),
+            )?,
         })
     }
 
@@ -377,13 +412,39 @@ impl Validator<'_> {
                 .map(|(i, text)| self.ip(&key(&format!("bind[{i}]")), text))
                 .collect::<Result<_, _>>()?,
         };
-        if let Some(name) = &raw.default_device
-            && !devices.iter().any(|d| &d.name == name)
-        {
-            return Err(self.err(
-                key("default_device"),
-                format!("no device is named `{name}`; name one of the [[devices]]"),
-            ));
+        let routing = match raw.routing.as_deref() {
+            None | Some("alias") => Routing::Alias,
+            Some("redirect") => Routing::Redirect,
+            Some("tproxy") => Routing::Tproxy,
+            Some(other) => {
+                return Err(self.err(
+                    key("routing"),
+                    format!(
+                        "`{other}` is not a routing mode; use \"alias\" (the default: a device's \
+                         listen address), \"redirect\" (NAT REDIRECT to the gateway) or \
+                         \"tproxy\" (TPROXY to a transparent listener)"
+                    ),
+                ));
+            }
+        };
+        if let Some(name) = &raw.default_device {
+            if routing.by_original_destination() {
+                return Err(self.err(
+                    key("default_device"),
+                    format!(
+                        "with routing = \"{}\" the device is the address the console dialled, \
+                         and a default device would receive every address that is no device's: \
+                         remove default_device (or use routing = \"alias\")",
+                        routing.as_str()
+                    ),
+                ));
+            }
+            if !devices.iter().any(|d| &d.name == name) {
+                return Err(self.err(
+                    key("default_device"),
+                    format!("no device is named `{name}`; name one of the [[devices]]"),
+                ));
+            }
         }
         Ok(Some(ServiceSettings {
             service,
@@ -396,6 +457,7 @@ impl Validator<'_> {
                 service.default_idle_timeout(),
             )?,
             default_device: raw.default_device.clone(),
+            routing,
         }))
     }
 
@@ -452,6 +514,37 @@ impl Validator<'_> {
             )
         })?;
 
+        let ports = self.ports(&format!("devices[{i}]"), &raw.ports, whole)?;
+        let trust = raw.trust_over(defaults);
+        let tls = self.tls(
+            &format!("devices[{i}]"),
+            &format!("device `{name}`"),
+            &trust,
+            gateway,
+        )?;
+        let (max_connections, max_connections_per_source) =
+            self.device_limits(&format!("devices[{i}]"), &trust)?;
+        Ok(DeviceSettings {
+            name,
+            host,
+            listen,
+            ports,
+            server_name,
+            tls,
+            max_connections,
+            max_connections_per_source,
+        })
+    }
+
+    /// A device's TLS port per service: its `ports` at `prefix`, else the service's
+    /// `device_port`.
+    fn ports(
+        &self,
+        prefix: &str,
+        raw: &BTreeMap<String, u16>,
+        whole: &RawConfig,
+    ) -> Result<[u16; 3], ConfigError> {
+        let key = |k: &str| format!("{prefix}.{k}");
         let mut ports = [0u16; 3];
         for service in Service::ALL {
             let configured = match service {
@@ -461,7 +554,7 @@ impl Validator<'_> {
             };
             ports[service.index()] = configured.unwrap_or(service.device_port());
         }
-        for (svc, port) in &raw.ports {
+        for (svc, port) in raw {
             let service = Service::ALL
                 .into_iter()
                 .find(|s| s.as_str() == svc)
@@ -479,45 +572,152 @@ impl Validator<'_> {
             }
             ports[service.index()] = *port;
         }
+        Ok(ports)
+    }
 
-        let trust = raw.trust_over(defaults);
-        let tls = self.tls(i, &name, &trust, gateway)?;
+    /// `max_connections` and `max_connections_per_source` of a device (or of each device of a
+    /// range) at `prefix`.
+    fn device_limits(&self, prefix: &str, trust: &RawTrust) -> Result<(usize, usize), ConfigError> {
         let max_connections = self.positive(
-            &key("max_connections"),
+            &format!("{prefix}.max_connections"),
             trust.max_connections.unwrap_or(DEVICE_MAX_CONNECTIONS),
         )?;
         let max_connections_per_source = self.positive(
-            &key("max_connections_per_source"),
+            &format!("{prefix}.max_connections_per_source"),
             trust
                 .max_connections_per_source
                 .unwrap_or((max_connections / 2).max(1)),
         )?;
-        Ok(DeviceSettings {
-            name,
-            host,
-            listen,
+        Ok((max_connections, max_connections_per_source))
+    }
+
+    /// One `[[ranges]]` entry: every address in it is a device with these settings.
+    fn range(
+        &self,
+        i: usize,
+        raw: &RawRange,
+        defaults: &RawTrust,
+        gateway: &GatewaySettings,
+        whole: &RawConfig,
+    ) -> Result<RangeSettings, ConfigError> {
+        let prefix = format!("ranges[{i}]");
+        let key = |k: &str| format!("{prefix}.{k}");
+        let text = raw.cidr.as_deref().ok_or_else(|| {
+            self.err(
+                key("cidr"),
+                "every range needs a cidr, like \"10.20.0.0/16\" or \"fd00:20::/64\"",
+            )
+        })?;
+        let cidr = Cidr::parse(text).map_err(|message| self.err(key("cidr"), message))?;
+        let trust = raw.trust_over(defaults);
+        let inherited = match raw.trust {
+            None => " (the range takes it from [defaults]; set trust on the range)",
+            Some(_) => "",
+        };
+        match trust.trust.as_deref() {
+            Some("pin") => {
+                return Err(self.err(
+                    key("trust"),
+                    format!(
+                        "range {cidr} cannot trust by pin{inherited}: a pin names one device's \
+                         certificate and a range is many devices; use trust = \"tofu\" (each \
+                         device's certificate learnt on first use) or trust = \"ca\" with ca_file, \
+                         or list the pinned devices under [[devices]] (listed devices win over \
+                         ranges)"
+                    ),
+                ));
+            }
+            None => {
+                return Err(self.err(
+                    key("trust"),
+                    format!(
+                        "range {cidr} has no trust mode: set trust = \"tofu\" (learn each \
+                         device's certificate on first use) or trust = \"ca\" with ca_file, on \
+                         the range or under [defaults]"
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+        let ports = self.ports(&prefix, &raw.ports, whole)?;
+        let tls = self.tls(&prefix, &format!("range {cidr}"), &trust, gateway)?;
+        let (max_connections, max_connections_per_source) = self.device_limits(&prefix, &trust)?;
+        Ok(RangeSettings {
+            cidr,
             ports,
-            server_name,
             tls,
             max_connections,
             max_connections_per_source,
         })
     }
 
+    /// Every `[[ranges]]` entry; declared only where some service routes by original
+    /// destination (the only way an address in a range is reached), each CIDR once, and no
+    /// listed device named like an address in one (range devices are named by address).
+    fn ranges(
+        &self,
+        raw: &RawConfig,
+        gateway: &GatewaySettings,
+        services: &[ServiceSettings],
+        devices: &[DeviceSettings],
+    ) -> Result<Vec<RangeSettings>, ConfigError> {
+        let mut ranges: Vec<RangeSettings> = Vec::with_capacity(raw.ranges.len());
+        for (i, range) in raw.ranges.iter().enumerate() {
+            let range = self.range(i, range, &raw.defaults, gateway, raw)?;
+            if let Some(first) = ranges.iter().position(|r| r.cidr == range.cidr) {
+                return Err(self.err(
+                    format!("ranges[{i}].cidr"),
+                    format!(
+                        "{} is also ranges[{first}]; declare each range once (a smaller range \
+                         inside a larger one is fine: the most specific wins)",
+                        range.cidr
+                    ),
+                ));
+            }
+            ranges.push(range);
+        }
+        if !ranges.is_empty() && !services.iter().any(|s| s.routing.by_original_destination()) {
+            return Err(self.err(
+                "ranges",
+                "a range's devices are reached only by the address consoles dial: set \
+                 routing = \"redirect\" or \"tproxy\" on a service (see the README's \
+                 \"Transparent routing\"), or remove [[ranges]]",
+            ));
+        }
+        for (i, device) in devices.iter().enumerate() {
+            let Ok(ip) = device.name.parse::<IpAddr>() else {
+                continue;
+            };
+            if let Some(range) = ranges.iter().find(|r| r.cidr.contains(ip)) {
+                return Err(self.err(
+                    format!("devices[{i}].name"),
+                    format!(
+                        "`{}` is an address in range {}, and devices in a range are named by \
+                         their address (in logs, metrics and the pin store); give the listed \
+                         device another name",
+                        device.name, range.cidr
+                    ),
+                ));
+            }
+        }
+        Ok(ranges)
+    }
+
+    /// The trust settings at `prefix` (`devices[3]`), for `what` (`` device `amt-3` ``).
     fn tls(
         &self,
-        i: usize,
-        name: &str,
+        prefix: &str,
+        what: &str,
         raw: &RawTrust,
         gateway: &GatewaySettings,
     ) -> Result<TlsSettings, ConfigError> {
-        let key = |k: &str| format!("devices[{i}].{k}");
+        let key = |k: &str| format!("{prefix}.{k}");
         let trust = match raw.trust.as_deref() {
             None => {
                 return Err(self.err(
                     key("trust"),
                     format!(
-                        "device `{name}` has no trust mode: set trust = \"pin\" with pins, \
+                        "{what} has no trust mode: set trust = \"pin\" with pins, \
                          trust = \"ca\" with ca_file, or trust = \"tofu\" (learn the pin on \
                          first use), on the device or under [defaults]"
                     ),
@@ -535,7 +735,7 @@ impl Validator<'_> {
                     return Err(self.err(
                         key("pins"),
                         format!(
-                            "device `{name}` trusts by pin but has no pins; add its certificate \
+                            "{what} trusts by pin but has no pins; add its certificate \
                              pin (amtgw prints it with `openssl x509 -fingerprint -sha256`, as \
                              cert-sha256:<hex>)"
                         ),
@@ -561,7 +761,7 @@ impl Validator<'_> {
                 let file = raw.ca_file.as_deref().ok_or_else(|| {
                     self.err(
                         key("ca_file"),
-                        format!("device `{name}` trusts by CA but no ca_file is set"),
+                        format!("{what} trusts by CA but no ca_file is set"),
                     )
                 })?;
                 let path = self.base.join(file);

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, info_span};
 
+use crate::config::Routing;
 use crate::fleet::Device;
 use crate::limits::{Source, SourceCounts};
 use crate::metrics::Metrics;
@@ -64,6 +65,11 @@ pub(crate) enum ConnectionError {
     Console(io::Error),
     #[error(transparent)]
     Route(#[from] RouteError),
+    /// `routing = "redirect"`, and the kernel could not say where the console was going.
+    #[error(
+        "routing = \"redirect\", but the kernel knows no original destination for this connection ({0}); is the NAT REDIRECT rule in place?"
+    )]
+    OriginalDestination(io::Error),
     #[error("max_connections ({max}) for device `{device}` reached")]
     DeviceLimit { device: String, max: usize },
     #[error("gateway is shutting down")]
@@ -96,6 +102,7 @@ impl ConnectionError {
             ConnectionError::ServiceDisabled { .. } => Reason::NoRoute,
             ConnectionError::Console(_) => Reason::ConsoleReset,
             ConnectionError::Route(e) => e.reason(),
+            ConnectionError::OriginalDestination(_) => Reason::NoRoute,
             ConnectionError::DeviceLimit { .. } => Reason::DeviceLimit,
             ConnectionError::ShuttingDown | ConnectionError::CutAtDrain => Reason::Shutdown,
             ConnectionError::ConsoleLeft | ConnectionError::ConsoleSilent => Reason::ConsoleClosed,
@@ -150,10 +157,24 @@ async fn connection(
         .service(service)
         .ok_or(ConnectionError::ServiceDisabled { service })?;
     let local = console.local_addr().map_err(ConnectionError::Console)?;
+    let original_destination = match settings.routing {
+        Routing::Alias => None,
+        Routing::Redirect => Some(
+            socket::original_destination(console, local)
+                .map_err(ConnectionError::OriginalDestination)?,
+        ),
+        // TPROXY leaves the addresses alone: the transparent listener accepted it as the
+        // device's address.
+        Routing::Tproxy => Some(local),
+    }
+    // A dual-stack listener reports IPv4 addresses as ::ffff:a.b.c.d.
+    .map(|to| SocketAddr::new(to.ip().to_canonical(), to.port()));
+    recorder.destination(original_destination);
     let device = snapshot.router.route(&RouteQuery {
         service,
         local,
         peer,
+        original_destination,
     })?;
     recorder.routed(&device);
     let _open = device.status.open_guard();

@@ -1,6 +1,7 @@
 //! What one connection tells operators: the connection metrics, the device's `/devices`
 //! status and per-device series, and one summary line when it closes.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
@@ -30,6 +31,8 @@ pub(super) struct Recorder<'a> {
     open: Gauge,
     device_series: Option<DeviceSeries>,
     upstream: UpstreamTimings,
+    /// Where the console was going, when the network diverted it to the gateway.
+    destination: Option<SocketAddr>,
     first_byte: Option<Duration>,
     to_device: u64,
     to_console: u64,
@@ -51,11 +54,17 @@ impl<'a> Recorder<'a> {
             open,
             device_series: None,
             upstream: UpstreamTimings::default(),
+            destination: None,
             first_byte: None,
             to_device: 0,
             to_console: 0,
             device_close_notify: None,
         }
+    }
+
+    /// The original destination, for the summary line (also when no device has it).
+    pub(super) fn destination(&mut self, destination: Option<SocketAddr>) {
+        self.destination = destination;
     }
 
     pub(super) fn routed(&mut self, device: &Device) {
@@ -267,6 +276,7 @@ impl<'a> Recorder<'a> {
                     $level,
                     outcome,
                     error,
+                    destination = self.destination.map(tracing::field::display),
                     device_addr = t.addr.map(tracing::field::display),
                     connect_ms = t.connect.map(ms),
                     handshake_ms = t.handshake.map(ms),

@@ -154,6 +154,10 @@ impl Spawned {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn transcript(&self) -> String {
         String::from_utf8_lossy(&self.seen).into_owned()
     }
@@ -240,9 +244,27 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Runs curl to completion (its own `--max-time` bounds it) off the async threads.
 pub async fn curl(args: Vec<String>) -> Output {
+    curl_in(None, args).await
+}
+
+/// `program` run inside the network namespace `netns` (`ip netns exec`), or here when `None`.
+pub fn command_in(netns: Option<&str>, program: &Path) -> Command {
+    match netns {
+        None => Command::new(program),
+        Some(netns) => {
+            let mut command = Command::new(require_program(&["ip"]));
+            command.args(["netns", "exec", netns]).arg(program);
+            command
+        }
+    }
+}
+
+/// [`curl`], inside the network namespace `netns` when one is given.
+pub async fn curl_in(netns: Option<&str>, args: Vec<String>) -> Output {
     let program = require_program(&["curl"]);
+    let mut command = command_in(netns, &program);
     tokio::task::spawn_blocking(move || {
-        Command::new(program)
+        command
             .args(["--silent", "--show-error", "--max-time", "10"])
             .args(&args)
             .stdin(Stdio::null())
@@ -259,6 +281,16 @@ pub fn wsman_url(addr: SocketAddr) -> String {
 
 /// `curl --fail` POSTing `body_file`; returns the response body.
 pub async fn curl_soap(addr: SocketAddr, body_file: String, extra: &[&str]) -> String {
+    curl_soap_in(None, addr, body_file, extra).await
+}
+
+/// [`curl_soap`], inside the network namespace `netns` when one is given.
+pub async fn curl_soap_in(
+    netns: Option<&str>,
+    addr: SocketAddr,
+    body_file: String,
+    extra: &[&str],
+) -> String {
     let mut args: Vec<String> = vec![
         "--fail".into(),
         "-H".into(),
@@ -268,7 +300,7 @@ pub async fn curl_soap(addr: SocketAddr, body_file: String, extra: &[&str]) -> S
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     args.push(wsman_url(addr));
-    let output = curl(args).await;
+    let output = curl_in(netns, args).await;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
@@ -284,8 +316,20 @@ pub async fn curl_identify(addr: SocketAddr) -> String {
 }
 
 pub async fn curl_get_settings(addr: SocketAddr) -> String {
+    curl_get_settings_in(None, addr).await
+}
+
+/// A WS-Man Get with digest authentication, inside the network namespace `netns` when one is
+/// given.
+pub async fn curl_get_settings_in(netns: Option<&str>, addr: SocketAddr) -> String {
     let credentials = format!("{DEMO_USERNAME}:{DEMO_PASSWORD}");
-    curl_soap(addr, get_settings_xml(), &["--digest", "-u", &credentials]).await
+    curl_soap_in(
+        netns,
+        addr,
+        get_settings_xml(),
+        &["--digest", "-u", &credentials],
+    )
+    .await
 }
 
 pub fn assert_identify_response(body: &str, via: &str) {
@@ -316,13 +360,22 @@ pub fn assert_general_settings(body: &str, host_name: &str, via: &str) {
 /// A whole amtterm SOL session against `addr`: log in, see the simulated console's prompt,
 /// type a line, see the console answer it, leave with ^]. Returns what amtterm printed.
 pub async fn amtterm_session(addr: SocketAddr, host_name: &str) -> String {
+    amtterm_session_in(None, addr, host_name).await
+}
+
+/// [`amtterm_session`], inside the network namespace `netns` when one is given.
+pub async fn amtterm_session_in(netns: Option<&str>, addr: SocketAddr, host_name: &str) -> String {
     require_program(&["amtterm"]);
     let script = require_program(&["script"]);
+    let netns = match netns {
+        Some(netns) => format!("ip netns exec {netns} "),
+        None => String::new(),
+    };
     // amtterm puts its stdin in raw mode and will not run without a terminal; `script` gives
     // it a pty and relays our pipes to it. -q quiet, -f flush at once, -e amtterm's exit
     // status, -c the command; the typescript goes to /dev/null (we read its stdout).
     let command = format!(
-        "exec amtterm -u {DEMO_USERNAME} -p '{DEMO_PASSWORD}' {ip} {port}",
+        "exec {netns}amtterm -u {DEMO_USERNAME} -p '{DEMO_PASSWORD}' {ip} {port}",
         ip = addr.ip(),
         port = addr.port()
     );

@@ -5,6 +5,7 @@
 
 pub mod clients;
 pub mod loopback;
+pub mod netns;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,5 +1,10 @@
 //! The devices the gateway serves, as used at run time: settings plus everything built once at
-//! load (the TLS connector, the connection limit).
+//! load (the TLS connector, the connection limit). The devices of `[[ranges]]` are built the
+//! same way, once each, when a console first dials them (`range`).
+
+mod range;
+
+pub use range::{RangeError, Ranges};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,12 +14,14 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{Config, DeviceSettings};
+use crate::config::{Cidr, Config, DeviceSettings};
 use crate::limits::SourceCounts;
 use crate::tls::{self, Backend, CertificateSummary, Connector, TlsError, TofuStore, Trust};
 
 pub struct Device {
     pub settings: DeviceSettings,
+    /// The range this device is an address of; `None` for a listed device.
+    pub range: Option<Cidr>,
     pub(crate) connector: Connector,
     /// The device's `max_connections`.
     pub(crate) limit: Arc<Semaphore>,
@@ -162,6 +169,7 @@ pub fn build(
             };
             Ok(Arc::new(Device {
                 settings: settings.clone(),
+                range: None,
                 connector,
                 limit,
                 status: old.map(|d| d.status.clone()).unwrap_or_default(),
@@ -177,11 +185,17 @@ pub fn build(
 /// One warning per load: the legacy backend is weaker (no forward secrecy with RSA key
 /// exchange, CBC suites, TLS 1.0), so its use must be visible, device by device.
 fn warn_of_legacy_devices(config: &Config) {
-    let legacy: Vec<&str> = config
+    let ranges = config
+        .ranges
+        .iter()
+        .filter(|r| r.tls.backend == Backend::Legacy)
+        .map(|r| r.cidr.to_string());
+    let legacy: Vec<String> = config
         .devices
         .iter()
         .filter(|d| d.tls.backend == Backend::Legacy)
-        .map(|d| d.name.as_str())
+        .map(|d| d.name.clone())
+        .chain(ranges)
         .collect();
     if !legacy.is_empty() {
         tracing::warn!(
@@ -195,7 +209,7 @@ fn warn_of_legacy_devices(config: &Config) {
 }
 
 /// The device's TLS client on its backend, with the verifier both backends share.
-fn connector(
+pub(crate) fn connector(
     settings: &DeviceSettings,
     provider: &Arc<rustls::crypto::CryptoProvider>,
     pin_store: Option<&TofuStore>,
