@@ -561,7 +561,7 @@ mod tests {
         assert_eq!(
             tables,
             [
-                "admin", "defaults", "devices", "gateway", "metrics", "services"
+                "admin", "defaults", "devices", "gateway", "metrics", "ranges", "services"
             ]
         );
         let gateway = SCHEMA.field("gateway").unwrap().as_ref().unwrap();
