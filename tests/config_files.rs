@@ -197,6 +197,7 @@ fn reference_config_values_reach_the_typed_config() {
     assert_eq!(config.gateway.max_connections, 10_000);
     assert_eq!(config.gateway.connect_timeout, Duration::from_secs(10));
     assert_eq!(config.gateway.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(config.gateway.shutdown_delay, Duration::from_secs(5));
     assert_eq!(config.gateway.shutdown_timeout, Duration::from_secs(30));
     assert_eq!(config.gateway.tcp_keepalive, Duration::from_secs(60));
     assert_eq!(config.gateway.session_cache_per_device, 8);
@@ -431,6 +432,7 @@ fn run_starts_among_the_variables_kubernetes_services_inject() {
         ("AMTGW_SERVICES__REDIRECTION__LISTEN_PORT", "0"),
         ("AMTGW_SERVICES__DASH__ENABLED", "false"),
         ("AMTGW_ADMIN__LISTEN", "127.0.0.1:0"),
+        ("AMTGW_GATEWAY__SHUTDOWN_DELAY", "0s"),
     ] {
         env.push((name.to_owned(), value.to_owned()));
     }
