@@ -236,9 +236,7 @@ impl Gateway {
     /// `gateway.shutdown_delay`: a load balancer or Kubernetes' endpoints need that long to
     /// stop sending new connections, and a connection sent meanwhile must still be served,
     /// not refused.
-    async fn withdraw(
-        &mut self,
-        listening: &mut BTreeMap<ListenerKey, Listening>, tasks: &Tasks) {
+    async fn withdraw(&mut self, listening: &mut BTreeMap<ListenerKey, Listening>, tasks: &Tasks) {
         self.lifecycle.withdraw();
         let delay = self.shared.snapshot.load().config.gateway.shutdown_delay;
         if delay.is_zero() {

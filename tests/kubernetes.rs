@@ -162,7 +162,10 @@ fn lay_out_config_volume(dir: &Path) -> PathBuf {
     for (source, section) in [(&configmap, "data"), (&secret, "stringData")] {
         for (name, value) in source[section].as_object().unwrap() {
             let clash = files.insert(name.clone(), value.as_str().unwrap().to_owned());
-            assert!(clash.is_none(), "{name} is in both the ConfigMap and the Secret");
+            assert!(
+                clash.is_none(),
+                "{name} is in both the ConfigMap and the Secret"
+            );
         }
     }
     for (name, content) in &files {

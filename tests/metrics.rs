@@ -378,8 +378,14 @@ async fn process_metrics_are_scraped_with_sane_values() {
 
     // Both formats name them as client libraries do; OpenMetrics with their units.
     let (_, classic) = raw_get(gateway.admin, "/metrics", "*/*").await;
-    assert!(classic.contains("# TYPE process_cpu_seconds_total counter"), "{classic}");
-    assert!(classic.contains("# TYPE process_open_fds gauge"), "{classic}");
+    assert!(
+        classic.contains("# TYPE process_cpu_seconds_total counter"),
+        "{classic}"
+    );
+    assert!(
+        classic.contains("# TYPE process_open_fds gauge"),
+        "{classic}"
+    );
     let (_, openmetrics) = raw_get(
         gateway.admin,
         "/metrics",
@@ -390,6 +396,9 @@ async fn process_metrics_are_scraped_with_sane_values() {
         openmetrics.contains("# UNIT process_resident_memory_bytes bytes"),
         "{openmetrics}"
     );
-    assert!(openmetrics.contains("process_cpu_seconds_total "), "{openmetrics}");
+    assert!(
+        openmetrics.contains("process_cpu_seconds_total "),
+        "{openmetrics}"
+    );
     drop(live);
 }

@@ -93,7 +93,11 @@ impl Running {
         let mut command = Command::new(env!("CARGO_BIN_EXE_amtgw"));
         command.arg("run").arg("--config").arg(&path);
         for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().to_ascii_uppercase().starts_with("AMTGW_") {
+            if name
+                .to_string_lossy()
+                .to_ascii_uppercase()
+                .starts_with("AMTGW_")
+            {
                 command.env_remove(name);
             }
         }
@@ -207,9 +211,15 @@ async fn after_sigterm_readyz_is_503_while_new_connections_are_still_served_unti
         .expect("shutting down: no new connections, draining")
         .await;
     gateway.refuses_connections().await;
-    assert_eq!(gateway.readyz_becomes(503).await, "draining: shutdown in progress\n");
+    assert_eq!(
+        gateway.readyz_becomes(503).await,
+        "draining: shutdown in progress\n"
+    );
     // The live session drains normally, and then the process exits 0.
-    assert_eq!(exchange(live, b"during drain").await.unwrap(), b"during drain");
+    assert_eq!(
+        exchange(live, b"during drain").await.unwrap(),
+        b"during drain"
+    );
     let status = gateway.process.wait_exit().await;
     assert_eq!(status.code(), Some(0), "{}", gateway.process.transcript());
 }
@@ -233,5 +243,10 @@ async fn the_delay_ends_by_itself_then_new_connections_are_refused() {
     gateway.refuses_connections().await;
     let status = gateway.process.wait_exit().await;
     assert_eq!(status.code(), Some(0), "{}", gateway.process.transcript());
-    assert!(!gateway.process.transcript().contains("shutdown delay skipped"));
+    assert!(
+        !gateway
+            .process
+            .transcript()
+            .contains("shutdown delay skipped")
+    );
 }

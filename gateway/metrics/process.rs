@@ -102,7 +102,8 @@ impl Collector for ProcessCollector {
         for (name, help, unit, value) in gauges {
             if let Some(value) = value {
                 let gauge = ConstGauge::new(value);
-                let metric = encoder.encode_descriptor(name, help, unit.as_ref(), gauge.metric_type())?;
+                let metric =
+                    encoder.encode_descriptor(name, help, unit.as_ref(), gauge.metric_type())?;
                 gauge.encode(metric)?;
             }
         }
@@ -212,14 +213,19 @@ mod tests {
                       Max open files            1024                 524288               files     \n";
         assert_eq!(parse_soft_nofile(limits), Some(1024));
         assert_eq!(
-            parse_soft_nofile("Max open files            unlimited            unlimited            files\n"),
+            parse_soft_nofile(
+                "Max open files            unlimited            unlimited            files\n"
+            ),
             None
         );
     }
 
     #[test]
     fn clock_ticks_agree_with_getconf() {
-        let Ok(out) = std::process::Command::new("getconf").arg("CLK_TCK").output() else {
+        let Ok(out) = std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+        else {
             eprintln!("skipped: no getconf");
             return;
         };
@@ -240,6 +246,9 @@ mod tests {
             .unwrap()
             .as_secs_f64();
         let start = stats.start_time_seconds.unwrap();
-        assert!(start <= now + 1.0 && start > now - 3600.0, "{start} vs {now}");
+        assert!(
+            start <= now + 1.0 && start > now - 3600.0,
+            "{start} vs {now}"
+        );
     }
 }
