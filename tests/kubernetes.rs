@@ -312,3 +312,41 @@ fn deployment_service_and_config_agree() {
     );
     assert_eq!(str_at(annotations, "/prometheus.io~1path"), "/metrics");
 }
+
+/// The README's Kubernetes section names every manifest and the versions validated against.
+#[test]
+fn readme_names_every_manifest_and_the_validated_kubernetes_versions() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = &readme[readme
+        .find("\n### Kubernetes\n")
+        .expect("no Kubernetes section")..];
+    let section = &section[..section[1..]
+        .find("\n## ")
+        .map_or(section.len(), |end| end + 1)];
+    for file in manifest_files() {
+        assert!(
+            section.contains(&format!("| `{}` |", file.display())),
+            "the README's Kubernetes section does not list {}",
+            file.display()
+        );
+    }
+    let minor = |v: &str| v.trim_end_matches(".0").to_owned();
+    let versions = format!(
+        "Kubernetes {} and {}",
+        minor(KUBERNETES_VERSIONS[0]),
+        minor(KUBERNETES_VERSIONS[1])
+    );
+    assert!(
+        section.contains(&versions),
+        "README does not say {versions}"
+    );
+    let script = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-kubernetes-validate.sh"),
+    )
+    .unwrap();
+    assert!(
+        script.contains(&versions),
+        "scripts/install-kubernetes-validate.sh does not say {versions}"
+    );
+}
