@@ -390,6 +390,28 @@ pins = ["cert-sha256:bd0829b6fd4ed46d16284cc20a4a7385d80a50936c9db64d09e0c1e4a21
 }
 
 #[test]
+fn shutdown_delay_may_be_zero_and_defaults_to_five_seconds() {
+    let minimal = std::fs::read_to_string(repo_path("config/minimal.toml")).unwrap();
+    let with = |delay: &str| {
+        Config::from_toml(
+            "minimal",
+            &repo_path("config"),
+            &format!("[gateway]\n{delay}\n{minimal}"),
+        )
+        .unwrap()
+        .gateway
+        .shutdown_delay
+    };
+    assert_eq!(with(""), Duration::from_secs(5));
+    assert_eq!(with("shutdown_delay = \"0s\""), Duration::ZERO);
+    assert_eq!(with("shutdown_delay = \"0\""), Duration::ZERO);
+    assert_eq!(
+        with("shutdown_delay = \"250ms\""),
+        Duration::from_millis(250)
+    );
+}
+
+#[test]
 fn environment_override_of_a_valid_value_is_applied() {
     // The counterpart of the two rejections above: a good override changes the loaded value.
     let path = repo_path("config/amtgw.example.toml");
