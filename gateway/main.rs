@@ -391,8 +391,9 @@ async fn demo(options: DemoOptions) -> anyhow::Result<bool> {
 }
 
 /// The gateway's report once it has drained. Another SIGTERM or SIGINT meanwhile ends
-/// `gateway.shutdown_delay` at once, as operators expect of a second Ctrl-C; SIGHUP is
-/// ignored, the configuration in force stays until the end.
+/// `gateway.shutdown_delay` at once, as operators expect of a second Ctrl-C. SIGHUP is
+/// ignored: a reload answered only during the delay would leave it hanging once the drain has
+/// begun (changed files are still picked up by the watcher during the delay).
 async fn stopped(
     mut run: tokio::task::JoinHandle<amtgw::DrainReport>,
     mut signals: Signals,
