@@ -5,6 +5,8 @@
 //! out), and the pieces agreeing with each other: ports, probes, grace period, security.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -204,6 +206,42 @@ fn amtgw_check_accepts_the_configmap_config_with_the_secret_files_beside_it() {
             config.display()
         )
     );
+}
+
+/// What the ConfigMap's and the Secret's comments say to do for devices in mutual-TLS mode,
+/// done: real PEM files in the Secret's two keys, the config's two lines uncommented.
+#[test]
+fn mutual_tls_as_the_comments_describe_it_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = lay_out_config_volume(dir.path());
+    let placeholder = Config::load_with_env(&path, &Environment::empty()).unwrap();
+    assert!(placeholder.devices[0].tls.client_identity.is_none());
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    let enabled = text
+        .replace(
+            "# client_cert = \"client-cert.pem\"",
+            "client_cert = \"client-cert.pem\"",
+        )
+        .replace(
+            "# client_key = \"client-key.pem\"",
+            "client_key = \"client-key.pem\"",
+        );
+    assert_ne!(
+        enabled, text,
+        "the config no longer has the commented client_cert lines"
+    );
+    std::fs::write(&path, enabled).unwrap();
+    let generated = tempfile::tempdir().unwrap();
+    let (cert, key) = common::TestCa::new("client CA")
+        .client("amtgw")
+        .write_pem(generated.path(), "client");
+    std::fs::copy(cert, dir.path().join("client-cert.pem")).unwrap();
+    std::fs::copy(key, dir.path().join("client-key.pem")).unwrap();
+    let config = Config::load_with_env(&path, &Environment::empty()).unwrap();
+    let identity = config.devices[0].tls.client_identity.as_ref().unwrap();
+    assert!(identity.cert_path.ends_with("client-cert.pem"));
+    assert!(identity.key_path.ends_with("client-key.pem"));
 }
 
 #[test]
