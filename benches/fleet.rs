@@ -15,6 +15,10 @@
 //!   use (which builds it); and the memory each range device takes (resident memory before and
 //!   after making them all).
 
+// The bench times processes and loops by the wall clock, outside any tokio runtime: the
+// one-clock rule (clippy.toml) is for the gateway's data path.
+#![allow(clippy::disallowed_types)]
+
 // The e2e bench's facts about processes and limits, not a second copy of them.
 #[path = "e2e/machine.rs"]
 #[allow(dead_code)]
