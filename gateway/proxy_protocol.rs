@@ -90,10 +90,15 @@ pub struct Header {
 /// What is wrong with a header. Every one refuses the connection (`proxy_header`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyHeaderError {
-    #[error("no PROXY protocol header: the connection starts with neither `PROXY ` nor the v2 signature")]
+    #[error(
+        "no PROXY protocol header: the connection starts with neither `PROXY ` nor the v2 signature"
+    )]
     Signature,
     #[error("a PROXY protocol {got} header, but this listener accepts {accepted} only")]
-    VersionNotAccepted { got: &'static str, accepted: &'static str },
+    VersionNotAccepted {
+        got: &'static str,
+        accepted: &'static str,
+    },
     #[error("PROXY protocol v2 header of version {0} (only 2 exists)")]
     V2Version(u8),
     #[error("PROXY protocol v2 command {0:#x}: neither LOCAL (0) nor PROXY (1)")]
@@ -106,9 +111,13 @@ pub enum ProxyHeaderError {
     V1TooLong,
     #[error("PROXY protocol v1 header: {0}")]
     V1Syntax(&'static str),
-    #[error("PROXY protocol v2 header of {len} address and TLV bytes, more than the {V2_MAX_PAYLOAD} accepted")]
+    #[error(
+        "PROXY protocol v2 header of {len} address and TLV bytes, more than the {V2_MAX_PAYLOAD} accepted"
+    )]
     V2TooLong { len: usize },
-    #[error("PROXY protocol v2 header: {len} bytes cannot hold the addresses of its family ({need})")]
+    #[error(
+        "PROXY protocol v2 header: {len} bytes cannot hold the addresses of its family ({need})"
+    )]
     V2Truncated { len: usize, need: usize },
     #[error("PROXY protocol v2 header: a TLV runs past the header's end")]
     Tlv,
@@ -203,9 +212,9 @@ pub fn parse(bytes: &[u8], accept: Accept) -> Result<(Header, usize), ProxyHeade
             return Err(ProxyHeaderError::V1Syntax("incomplete: no CRLF"));
         }
         Length::Incomplete => {
-            let need = bytes
-                .get(14..16)
-                .map_or(V2_FIXED_LEN, |l| V2_FIXED_LEN + usize::from(u16::from_be_bytes([l[0], l[1]])));
+            let need = bytes.get(14..16).map_or(V2_FIXED_LEN, |l| {
+                V2_FIXED_LEN + usize::from(u16::from_be_bytes([l[0], l[1]]))
+            });
             return Err(ProxyHeaderError::V2Truncated {
                 len: bytes.len(),
                 need,
@@ -234,8 +243,7 @@ fn parse_v1(line: &[u8]) -> Result<Header, ProxyHeaderError> {
     if line == b"UNKNOWN" || line.starts_with(b"UNKNOWN ") {
         return Ok(header(Addresses::Local));
     }
-    let text = std::str::from_utf8(line)
-        .map_err(|_| ProxyHeaderError::V1Syntax("not ASCII"))?;
+    let text = std::str::from_utf8(line).map_err(|_| ProxyHeaderError::V1Syntax("not ASCII"))?;
     let fields: Vec<&str> = text.split(' ').collect();
     let [protocol, source, destination, source_port, destination_port] = fields[..] else {
         return Err(ProxyHeaderError::V1Syntax(
@@ -243,12 +251,13 @@ fn parse_v1(line: &[u8]) -> Result<Header, ProxyHeaderError> {
         ));
     };
     let (source, destination): (IpAddr, IpAddr) = match protocol {
-        "TCP4" => (
-            ipv4(source)?.into(),
-            ipv4(destination)?.into(),
-        ),
+        "TCP4" => (ipv4(source)?.into(), ipv4(destination)?.into()),
         "TCP6" => (ipv6(source)?.into(), ipv6(destination)?.into()),
-        _ => return Err(ProxyHeaderError::V1Syntax("protocol is neither TCP4, TCP6 nor UNKNOWN")),
+        _ => {
+            return Err(ProxyHeaderError::V1Syntax(
+                "protocol is neither TCP4, TCP6 nor UNKNOWN",
+            ));
+        }
     };
     Ok(header(Addresses::Proxied {
         source: SocketAddr::new(source, port(source_port)?),
@@ -298,12 +307,13 @@ fn parse_v2(header: &[u8]) -> Result<Header, ProxyHeaderError> {
         0x21 => 36,
         other => return Err(ProxyHeaderError::Family(other)),
     };
-    let (addresses, tlvs) = payload
-        .split_at_checked(need)
-        .ok_or(ProxyHeaderError::V2Truncated {
-            len: payload.len(),
-            need,
-        })?;
+    let (addresses, tlvs) =
+        payload
+            .split_at_checked(need)
+            .ok_or(ProxyHeaderError::V2Truncated {
+                len: payload.len(),
+                need,
+            })?;
     skip_tlvs(tlvs)?;
     let (source, destination): (IpAddr, IpAddr) = match family {
         0x11 => (
@@ -344,7 +354,7 @@ fn skip_tlvs(mut tlvs: &[u8]) -> Result<(), ProxyHeaderError> {
 /// Why no header was read from a connection.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadHeaderError {
-    #[error("invalid PROXY protocol header ({}): {0}", .0.kind())]
+    #[error("invalid PROXY protocol header ({}): {}", .0.kind(), .0)]
     Header(#[from] ProxyHeaderError),
     #[error("no complete PROXY protocol header within {after:?} (gateway.proxy_header_timeout)")]
     Timeout { after: Duration },
@@ -517,9 +527,20 @@ mod tests {
         for (what, bytes, version, addresses) in cases {
             let mut with_more = bytes.clone();
             with_more.extend_from_slice(b"POST /wsman HTTP/1.1\r\n");
-            for accept in [Accept::Any, if version == Version::V1 { Accept::V1 } else { Accept::V2 }] {
+            for accept in [
+                Accept::Any,
+                if version == Version::V1 {
+                    Accept::V1
+                } else {
+                    Accept::V2
+                },
+            ] {
                 let parsed = parse(&with_more, accept).unwrap_or_else(|e| panic!("{what}: {e}"));
-                assert_eq!(parsed, (Header { version, addresses }, bytes.len()), "{what}");
+                assert_eq!(
+                    parsed,
+                    (Header { version, addresses }, bytes.len()),
+                    "{what}"
+                );
                 assert_eq!(
                     header_len(&with_more, accept),
                     Ok(Length::Complete(bytes.len())),
@@ -555,38 +576,159 @@ mod tests {
         let mut version_3 = v2(1, 0x11, &v4_block());
         version_3[12] = 0x31;
         let cases: Vec<(&str, Vec<u8>, Accept, &str)> = vec![
-            ("an HTTP request", b"POST /wsman HTTP/1.1\r\n\r\n".to_vec(), Accept::Any, "signature"),
-            ("lower-case v1", b"proxy TCP4 1.2.3.4 1.2.3.5 1 2\r\n".to_vec(), Accept::Any, "signature"),
-            ("a v2 signature off by one byte", {
-                let mut h = v2(1, 0x11, &v4_block());
-                h[11] = b'X';
-                h
-            }, Accept::Any, "signature"),
-            ("v2 on a v1 listener", v2(1, 0x11, &v4_block()), Accept::V1, "version_not_accepted"),
-            ("v1 on a v2 listener", b"PROXY UNKNOWN\r\n".to_vec(), Accept::V2, "version_not_accepted"),
-            ("v1 without CRLF in 107 bytes", v1_too_long, Accept::Any, "v1_too_long"),
-            ("v1 TCP4 with an IPv6 address", b"PROXY TCP4 ::1 10.0.0.1 1 2\r\n".to_vec(), Accept::Any, "v1_syntax"),
-            ("v1 TCP6 with an IPv4 address", b"PROXY TCP6 10.0.0.1 ::1 1 2\r\n".to_vec(), Accept::Any, "v1_syntax"),
-            ("v1 UDP4", b"PROXY UDP4 10.0.0.1 10.0.0.2 1 2\r\n".to_vec(), Accept::Any, "v1_syntax"),
-            ("v1 double space", b"PROXY TCP4 10.0.0.1  10.0.0.2 1 2\r\n".to_vec(), Accept::Any, "v1_syntax"),
-            ("v1 port +1", b"PROXY TCP4 10.0.0.1 10.0.0.2 +1 2\r\n".to_vec(), Accept::Any, "v1_syntax"),
-            ("v1 port 65536", b"PROXY TCP4 10.0.0.1 10.0.0.2 65536 2\r\n".to_vec(), Accept::Any, "v1_syntax"),
-            ("v1 missing port", b"PROXY TCP4 10.0.0.1 10.0.0.2 1\r\n".to_vec(), Accept::Any, "v1_syntax"),
-            ("v1 bare LF inside", b"PROXY TCP4 10.0.0.1\n10.0.0.2 1 2\r\n".to_vec(), Accept::Any, "v1_syntax"),
-            ("v1 non-ASCII", b"PROXY TCP4 10.0.0.\xff 10.0.0.2 1 2\r\n".to_vec(), Accept::Any, "v1_syntax"),
+            (
+                "an HTTP request",
+                b"POST /wsman HTTP/1.1\r\n\r\n".to_vec(),
+                Accept::Any,
+                "signature",
+            ),
+            (
+                "lower-case v1",
+                b"proxy TCP4 1.2.3.4 1.2.3.5 1 2\r\n".to_vec(),
+                Accept::Any,
+                "signature",
+            ),
+            (
+                "a v2 signature off by one byte",
+                {
+                    let mut h = v2(1, 0x11, &v4_block());
+                    h[11] = b'X';
+                    h
+                },
+                Accept::Any,
+                "signature",
+            ),
+            (
+                "v2 on a v1 listener",
+                v2(1, 0x11, &v4_block()),
+                Accept::V1,
+                "version_not_accepted",
+            ),
+            (
+                "v1 on a v2 listener",
+                b"PROXY UNKNOWN\r\n".to_vec(),
+                Accept::V2,
+                "version_not_accepted",
+            ),
+            (
+                "v1 without CRLF in 107 bytes",
+                v1_too_long,
+                Accept::Any,
+                "v1_too_long",
+            ),
+            (
+                "v1 TCP4 with an IPv6 address",
+                b"PROXY TCP4 ::1 10.0.0.1 1 2\r\n".to_vec(),
+                Accept::Any,
+                "v1_syntax",
+            ),
+            (
+                "v1 TCP6 with an IPv4 address",
+                b"PROXY TCP6 10.0.0.1 ::1 1 2\r\n".to_vec(),
+                Accept::Any,
+                "v1_syntax",
+            ),
+            (
+                "v1 UDP4",
+                b"PROXY UDP4 10.0.0.1 10.0.0.2 1 2\r\n".to_vec(),
+                Accept::Any,
+                "v1_syntax",
+            ),
+            (
+                "v1 double space",
+                b"PROXY TCP4 10.0.0.1  10.0.0.2 1 2\r\n".to_vec(),
+                Accept::Any,
+                "v1_syntax",
+            ),
+            (
+                "v1 port +1",
+                b"PROXY TCP4 10.0.0.1 10.0.0.2 +1 2\r\n".to_vec(),
+                Accept::Any,
+                "v1_syntax",
+            ),
+            (
+                "v1 port 65536",
+                b"PROXY TCP4 10.0.0.1 10.0.0.2 65536 2\r\n".to_vec(),
+                Accept::Any,
+                "v1_syntax",
+            ),
+            (
+                "v1 missing port",
+                b"PROXY TCP4 10.0.0.1 10.0.0.2 1\r\n".to_vec(),
+                Accept::Any,
+                "v1_syntax",
+            ),
+            (
+                "v1 bare LF inside",
+                b"PROXY TCP4 10.0.0.1\n10.0.0.2 1 2\r\n".to_vec(),
+                Accept::Any,
+                "v1_syntax",
+            ),
+            (
+                "v1 non-ASCII",
+                b"PROXY TCP4 10.0.0.\xff 10.0.0.2 1 2\r\n".to_vec(),
+                Accept::Any,
+                "v1_syntax",
+            ),
             ("v2 version 3", version_3, Accept::Any, "v2_version"),
-            ("v2 command 2", v2(2, 0x11, &v4_block()), Accept::Any, "command"),
-            ("v2 UDP over IPv4", v2(1, 0x12, &v4_block()), Accept::Any, "family"),
+            (
+                "v2 command 2",
+                v2(2, 0x11, &v4_block()),
+                Accept::Any,
+                "command",
+            ),
+            (
+                "v2 UDP over IPv4",
+                v2(1, 0x12, &v4_block()),
+                Accept::Any,
+                "family",
+            ),
             ("v2 AF_UNIX", v2(1, 0x31, &[0; 216]), Accept::Any, "family"),
-            ("v2 family 0x41", v2(1, 0x41, &v4_block()), Accept::Any, "family"),
-            ("v2 length beyond the bound", oversized_v2, Accept::Any, "v2_too_long"),
-            ("v2 IPv4 in 11 bytes", v2(1, 0x11, &v4_block()[..11]), Accept::Any, "v2_truncated"),
-            ("v2 IPv6 in the IPv4 block's length", v2(1, 0x21, &v4_block()), Accept::Any, "v2_truncated"),
-            ("v2 TLV header cut", v2(1, 0x11, &[v4_block(), vec![0x01, 0x00]].concat()), Accept::Any, "tlv"),
-            ("v2 TLV value past the end", v2(1, 0x11, &[v4_block(), vec![0x01, 0x00, 0x05, b'h']].concat()), Accept::Any, "tlv"),
+            (
+                "v2 family 0x41",
+                v2(1, 0x41, &v4_block()),
+                Accept::Any,
+                "family",
+            ),
+            (
+                "v2 length beyond the bound",
+                oversized_v2,
+                Accept::Any,
+                "v2_too_long",
+            ),
+            (
+                "v2 IPv4 in 11 bytes",
+                v2(1, 0x11, &v4_block()[..11]),
+                Accept::Any,
+                "v2_truncated",
+            ),
+            (
+                "v2 IPv6 in the IPv4 block's length",
+                v2(1, 0x21, &v4_block()),
+                Accept::Any,
+                "v2_truncated",
+            ),
+            (
+                "v2 TLV header cut",
+                v2(1, 0x11, &[v4_block(), vec![0x01, 0x00]].concat()),
+                Accept::Any,
+                "tlv",
+            ),
+            (
+                "v2 TLV value past the end",
+                v2(
+                    1,
+                    0x11,
+                    &[v4_block(), vec![0x01, 0x00, 0x05, b'h']].concat(),
+                ),
+                Accept::Any,
+                "tlv",
+            ),
         ];
         for (what, bytes, accept, kind) in cases {
-            let error = parse(&bytes, accept).err().unwrap_or_else(|| panic!("{what}: parsed"));
+            let error = parse(&bytes, accept)
+                .err()
+                .unwrap_or_else(|| panic!("{what}: parsed"));
             assert_eq!(error.kind(), kind, "{what}: {error}");
         }
     }

@@ -111,7 +111,10 @@ async fn send(gateway: &TestGateway, bytes: &[u8]) -> Vec<u8> {
 /// Exactly one failure on wsman, of `reason`.
 async fn failed_once_with(gateway: &TestGateway, reason: &str) -> Metrics {
     let metrics = gateway
-        .metrics_settled(|m| m.sample("amtgw_connections_failed_total", &[("service", "wsman")]).is_some())
+        .metrics_settled(|m| {
+            m.sample("amtgw_connections_failed_total", &[("service", "wsman")])
+                .is_some()
+        })
         .await;
     assert_eq!(metrics.failed(reason), 1.0, "{}", metrics.0);
     let failures = metrics.value("amtgw_connections_failed_total", &[("service", "wsman")]);
@@ -133,11 +136,18 @@ async fn the_device_receives_exactly_the_bytes_after_a_v2_header() {
     let answer = send(&gateway, &[header, payload.clone()].concat()).await;
     assert_eq!(answer, payload);
     let metrics = gateway
-        .metrics_settled(|m| m.sample("amtgw_connections_closed_total", &[("outcome", "ok")]).is_some())
+        .metrics_settled(|m| {
+            m.sample("amtgw_connections_closed_total", &[("outcome", "ok")])
+                .is_some()
+        })
         .await;
     let headers = metrics.value(
         "amtgw_proxy_headers_total",
-        &[("service", "wsman"), ("version", "v2"), ("addresses", "proxied")],
+        &[
+            ("service", "wsman"),
+            ("version", "v2"),
+            ("addresses", "proxied"),
+        ],
     );
     assert_eq!(headers, 1.0, "{}", metrics.0);
     let relayed = metrics.value(
@@ -169,7 +179,10 @@ async fn a_header_written_in_pieces_is_read_whole_and_nothing_more() {
 async fn a_local_header_keeps_the_sockets_addresses() {
     let gateway = echo_gateway("", BEHIND_LB).await;
     let answer = send(&gateway, &[v2_local(), b"ping".to_vec()].concat()).await;
-    assert_eq!(answer, b"ping", "routed by the socket's address: the default device");
+    assert_eq!(
+        answer, b"ping",
+        "routed by the socket's address: the default device"
+    );
     let metrics = gateway
         .metrics_settled(|m| m.sample("amtgw_proxy_headers_total", &[]).is_some())
         .await;
@@ -185,7 +198,10 @@ async fn a_connection_without_a_header_is_refused_as_proxy_header() {
     let gateway = echo_gateway("", BEHIND_LB).await;
     assert_eq!(send(&gateway, b"POST /wsman HTTP/1.1\r\n\r\n").await, b"");
     let metrics = failed_once_with(&gateway, "proxy_header").await;
-    assert!(metrics.absent("amtgw_device_connect_duration_seconds", &[]), "the device was never dialled");
+    assert!(
+        metrics.absent("amtgw_device_connect_duration_seconds", &[]),
+        "the device was never dialled"
+    );
 }
 
 #[tokio::test]
@@ -212,9 +228,15 @@ async fn a_connection_from_outside_proxy_protocol_from_is_refused_unread() {
     let service = BEHIND_LB.replace("127.0.0.0/8", "127.0.0.2/32");
     let gateway = echo_gateway("", &service).await;
     let header = v2_header(addr("192.0.2.7:40000"), gateway.addr(Service::Wsman));
-    assert_eq!(send(&gateway, &[header, b"ping".to_vec()].concat()).await, b"");
+    assert_eq!(
+        send(&gateway, &[header, b"ping".to_vec()].concat()).await,
+        b""
+    );
     let metrics = failed_once_with(&gateway, "proxy_untrusted").await;
-    assert!(metrics.absent("amtgw_proxy_headers_total", &[]), "the header was not read");
+    assert!(
+        metrics.absent("amtgw_proxy_headers_total", &[]),
+        "the header was not read"
+    );
 }
 
 #[tokio::test]
@@ -229,12 +251,23 @@ async fn per_source_limits_count_the_headers_source() {
         .unwrap();
     let mut echoed = [0u8; 3];
     first.read_exact(&mut echoed).await.unwrap();
-    assert_eq!(&echoed, b"one", "the first connection of 192.0.2.7 is relayed");
+    assert_eq!(
+        &echoed, b"one",
+        "the first connection of 192.0.2.7 is relayed"
+    );
 
     let same_console = [v2_header(addr("192.0.2.7:40001"), to), b"two".to_vec()].concat();
-    assert_eq!(send(&gateway, &same_console).await, b"", "a second from 192.0.2.7");
+    assert_eq!(
+        send(&gateway, &same_console).await,
+        b"",
+        "a second from 192.0.2.7"
+    );
     let other_console = [v2_header(addr("192.0.2.8:40000"), to), b"three".to_vec()].concat();
-    assert_eq!(send(&gateway, &other_console).await, b"three", "192.0.2.8 has its own share");
+    assert_eq!(
+        send(&gateway, &other_console).await,
+        b"three",
+        "192.0.2.8 has its own share"
+    );
     failed_once_with(&gateway, "source_limit").await;
     drop(first);
 }
@@ -246,14 +279,23 @@ proxy_protocol_from = ["127.0.0.0/8"]"#;
     let gateway = echo_gateway("", service).await;
     // The alias is an address on the balancer: the gateway does not bind it.
     assert!(
-        gateway.addrs.iter().all(|b| b.addr.ip() != addr("127.0.0.3:0").ip()),
+        gateway
+            .addrs
+            .iter()
+            .all(|b| b.addr.ip() != addr("127.0.0.3:0").ip()),
         "{:?}",
         gateway.addrs
     );
     let to_alias = v2_header(addr("192.0.2.7:40000"), addr("127.0.0.3:16992"));
-    assert_eq!(send(&gateway, &[to_alias, b"hi".to_vec()].concat()).await, b"hi");
+    assert_eq!(
+        send(&gateway, &[to_alias, b"hi".to_vec()].concat()).await,
+        b"hi"
+    );
     let elsewhere = v2_header(addr("192.0.2.7:40001"), addr("127.0.0.4:16992"));
-    assert_eq!(send(&gateway, &[elsewhere, b"hi".to_vec()].concat()).await, b"");
+    assert_eq!(
+        send(&gateway, &[elsewhere, b"hi".to_vec()].concat()).await,
+        b""
+    );
     failed_once_with(&gateway, "no_route").await;
 }
 
@@ -266,7 +308,10 @@ proxy_protocol_from = ["127.0.0.0/8"]"#;
     // The gateway's own address: a loop, which only the header can have said (no NAT rule
     // diverted this connection, so the kernel knows no original destination).
     let to_itself = v2_header(addr("192.0.2.7:40000"), addr("127.0.0.1:16992"));
-    assert_eq!(send(&gateway, &[to_itself, b"hi".to_vec()].concat()).await, b"");
+    assert_eq!(
+        send(&gateway, &[to_itself, b"hi".to_vec()].concat()).await,
+        b""
+    );
     failed_once_with(&gateway, "loop").await;
 }
 
@@ -280,17 +325,21 @@ async fn amtgw_run(dir: &std::path::Path, toml: &str) -> (Spawned, SocketAddr) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_amtgw"));
     command.args(["run", "--config", path.to_str().unwrap()]);
     for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().to_ascii_uppercase().starts_with("AMTGW_") {
+        if name
+            .to_string_lossy()
+            .to_ascii_uppercase()
+            .starts_with("AMTGW_")
+        {
             command.env_remove(name);
         }
     }
     command.env("RUST_LOG", "info").env("NO_COLOR", "1");
     let mut gateway = Spawned::start(&mut command);
-    gateway.expect("admin listening").await;
+    gateway.expect("listening service=\"wsman\"").await;
     let transcript = gateway.transcript();
     let wsman = transcript
         .lines()
-        .find(|l| l.contains("listening") && l.contains("service=\"wsman\""))
+        .find(|l| l.contains("listening service=\"wsman\""))
         .and_then(|l| l.split("addr=").nth(1))
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("no wsman listener in:\n{transcript}"))
@@ -340,7 +389,14 @@ pins = ["{pin}"]
     let body = curl_soap(
         wsman,
         get_settings_xml(),
-        &["--haproxy-protocol", "--interface", "127.0.0.5", "--digest", "-u", &credentials],
+        &[
+            "--haproxy-protocol",
+            "--interface",
+            "127.0.0.5",
+            "--digest",
+            "-u",
+            &credentials,
+        ],
     )
     .await;
     assert_general_settings(&body, "amt-sim-lb", "curl --haproxy-protocol");
@@ -351,12 +407,20 @@ pins = ["{pin}"]
     let mut conn = TcpStream::connect(wsman).await.unwrap();
     let header = v2_header(addr("192.0.2.7:40000"), wsman);
     conn.write_all(&header).await.unwrap();
-    let answer = exchange(conn, b"GET /wsman HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    assert!(answer.starts_with(b"HTTP/1.1 "), "{}", String::from_utf8_lossy(&answer));
-    gateway.expect("peer=192.0.2.7:40000").await;
+    let answer = exchange(
+        conn,
+        b"GET /wsman HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 "),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // The balancer is `via`, the console from the header `peer`.
     gateway.expect("via=127.0.0.1:").await;
+    gateway.expect("peer=192.0.2.7:40000").await;
 
     // Without a header: refused, the log saying why.
     let refused = curl(vec![wsman_url(wsman)]).await;

@@ -508,8 +508,9 @@ impl Validator<'_> {
                 .iter()
                 .enumerate()
                 .map(|(i, text)| {
-                    Cidr::parse(text)
-                        .map_err(|message| self.err(key(&format!("proxy_protocol_from[{i}]")), message))
+                    Cidr::parse(text).map_err(|message| {
+                        self.err(key(&format!("proxy_protocol_from[{i}]")), message)
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()?,
             _ => {

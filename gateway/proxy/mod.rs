@@ -126,7 +126,14 @@ impl ConnectionError {
 pub(crate) async fn serve(console: TcpStream, peer: SocketAddr, id: u64, ctx: Context) {
     let service = ctx.service;
     let empty = tracing::field::Empty;
-    let span = info_span!("conn", id, service = service.as_str(), peer = empty, via = empty, device = empty);
+    let span = info_span!(
+        "conn",
+        id,
+        service = service.as_str(),
+        peer = empty,
+        via = empty,
+        device = empty
+    );
     // Behind a load balancer the socket's peer is the balancer (`via`); the console (`peer`)
     // is known once its header is read.
     let behind_balancer = ctx
@@ -179,7 +186,8 @@ async fn connection(
                 service,
             });
         }
-        let read = proxy_protocol::read_header(console, behind.accept, gateway.proxy_header_timeout);
+        let read =
+            proxy_protocol::read_header(console, behind.accept, gateway.proxy_header_timeout);
         let header = tokio::select! {
             header = read => header.map_err(ConnectionError::ProxyHeader)?,
             () = ctx.lifecycle.stopping() => return Err(ConnectionError::ShuttingDown),
