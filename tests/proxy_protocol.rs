@@ -12,6 +12,7 @@ use std::process::Command;
 
 use amtgw::Service;
 use common::clients::*;
+use common::loopback;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -427,4 +428,87 @@ pins = ["{pin}"]
     assert!(!refused.status.success());
     gateway.expect("outcome=\"proxy_header\"").await;
     gateway.expect("no PROXY protocol header").await;
+}
+
+/// HAProxy, installed by scripts/install-test-deps.sh, as the load balancer a console (curl)
+/// dials: it connects to amtgw from 127.0.0.1 with `send-proxy-v2`, naming curl's address.
+#[tokio::test]
+async fn haproxy_send_proxy_v2_in_front_names_the_console() {
+    let haproxy = require_program(&["haproxy"]);
+    let sim = start_sim("amt-sim-haproxy").await;
+    let pin = amtgw::tls::Pin::of_certificate(&sim.certificate()).to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+[gateway]
+workers = 1
+
+[admin]
+listen = "127.0.0.1:0"
+
+[services.wsman]
+listen_port = 0
+default_device = "sim"
+proxy_protocol = "v2"
+proxy_protocol_from = ["127.0.0.1/32"]
+
+[services.redirection]
+enabled = false
+
+[services.dash]
+enabled = false
+
+[[devices]]
+name = "sim"
+host = "127.0.0.1"
+ports = {{ wsman = {port} }}
+trust = "pin"
+pins = ["{pin}"]
+"#,
+        port = sim.wsman_addr().port()
+    );
+    let (mut gateway, wsman) = amtgw_run(dir.path(), &toml).await;
+
+    // HAProxy binds its own address: one of this process's own (common::loopback).
+    let frontend = SocketAddr::from((loopback::private_loopback(), 16992));
+    let haproxy_cfg = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &haproxy_cfg,
+        format!(
+            "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\
+             frontend consoles\n    bind {frontend}\n    default_backend amtgw_wsman\n\
+             backend amtgw_wsman\n    source 127.0.0.1\n    server amtgw1 {wsman} send-proxy-v2\n"
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(haproxy);
+    command.arg("-db").arg("-f").arg(&haproxy_cfg);
+    let _haproxy = Spawned::start(&mut command);
+    // HAProxy prints nothing once it listens: wait until its frontend accepts.
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+    while TcpStream::connect(frontend).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "HAProxy never listened on {frontend}"
+        );
+        tokio::task::yield_now().await;
+    }
+
+    let credentials = format!("{}:{}", amtgw_sim::DEMO_USERNAME, amtgw_sim::DEMO_PASSWORD);
+    let body = curl_soap(
+        frontend,
+        get_settings_xml(),
+        &["--interface", "127.0.0.6", "--digest", "-u", &credentials],
+    )
+    .await;
+    assert_general_settings(&body, "amt-sim-haproxy", "curl through HAProxy");
+    // (The readiness probe reached amtgw too, from 127.0.0.1: a header and nothing else.)
+    gateway.expect("peer=127.0.0.6:").await;
+    gateway.expect("outcome=\"ok\"").await;
+    let transcript = gateway.transcript();
+    let line = transcript
+        .lines()
+        .find(|l| l.contains("peer=127.0.0.6:"))
+        .unwrap();
+    assert!(line.contains("via=127.0.0.1:"), "{line}");
 }
