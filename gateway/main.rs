@@ -19,7 +19,7 @@ use tracing_subscriber::EnvFilter;
 use amtgw::config::{Environment, LogFormat};
 #[cfg(feature = "sim")]
 use amtgw::demo::{Demo, DemoOptions};
-use amtgw::shutdown::{Signal, Signals};
+use amtgw::shutdown::{DelaySkip, Signal, Signals};
 use amtgw::workers::Workers;
 use amtgw::{Config, Gateway, ReloadHandle};
 
@@ -322,11 +322,13 @@ async fn serve(config: Config) -> anyhow::Result<bool> {
         .with_workers(workers);
     announce(&gateway);
     let reload = gateway.reload_handle();
+    let skip = gateway.delay_skip();
     let shutdown = CancellationToken::new();
+    let mut signals = Signals::install().context("cannot install signal handlers")?;
     let run = tokio::spawn(gateway.run(shutdown.clone()));
-    until_stopped(Some(&reload), None::<fn()>).await?;
+    until_stopped(&mut signals, Some(&reload), None::<fn()>).await?;
     shutdown.cancel();
-    let report = run.await.context("gateway task failed")?;
+    let report = stopped(run, signals, skip).await?;
     tracing::info!(cut = report.cut, "stopped");
     Ok(report.drained())
 }
@@ -363,10 +365,13 @@ async fn demo(options: DemoOptions) -> anyhow::Result<bool> {
     let gateway = gateway.with_workers(workers);
     let shutdown = CancellationToken::new();
     let reload = gateway.reload_handle();
+    let skip = gateway.delay_skip();
+    let mut signals = Signals::install().context("cannot install signal handlers")?;
     let run = tokio::spawn(gateway.run(shutdown.clone()));
     let unprovisioned = &devices[amtgw::demo::TOFU_DEVICE];
     let name = amtgw::demo::DEVICE_NAMES[amtgw::demo::TOFU_DEVICE];
     until_stopped(
+        &mut signals,
         Some(&reload),
         Some(|| match unprovisioned.unprovision() {
             Ok(()) => println!(
@@ -377,7 +382,7 @@ async fn demo(options: DemoOptions) -> anyhow::Result<bool> {
     )
     .await?;
     shutdown.cancel();
-    let report = run.await.context("gateway task failed")?;
+    let report = stopped(run, signals, skip).await?;
     for device in devices {
         device.shutdown().await;
     }
@@ -385,14 +390,37 @@ async fn demo(options: DemoOptions) -> anyhow::Result<bool> {
     Ok(report.drained())
 }
 
+/// The gateway's report once it has drained. Another SIGTERM or SIGINT meanwhile ends
+/// `gateway.shutdown_delay` at once, as operators expect of a second Ctrl-C. SIGHUP is
+/// ignored: a reload answered only during the delay would leave it hanging once the drain has
+/// begun (changed files are still picked up by the watcher during the delay).
+async fn stopped(
+    mut run: tokio::task::JoinHandle<amtgw::DrainReport>,
+    mut signals: Signals,
+    skip: DelaySkip,
+) -> anyhow::Result<amtgw::DrainReport> {
+    loop {
+        tokio::select! {
+            report = &mut run => return report.context("gateway task failed"),
+            signal = signals.next() => match signal {
+                Signal::Stop(signal) => {
+                    tracing::info!(signal, "stopping now: the shutdown delay, if any is left, is skipped");
+                    skip.skip();
+                }
+                Signal::Reload => tracing::info!("SIGHUP ignored: shutting down"),
+            },
+        }
+    }
+}
+
 /// Until SIGTERM or SIGINT: SIGHUP reloads through `reload` (the outcome is logged and counted
 /// there), SIGUSR1 runs `on_usr1` when there is one.
 async fn until_stopped(
+    signals: &mut Signals,
     reload: Option<&ReloadHandle>,
     mut on_usr1: Option<impl FnMut()>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut signals = Signals::install().context("cannot install signal handlers")?;
     let mut usr1 = match on_usr1 {
         Some(_) => Some(signal(SignalKind::user_defined1()).context("installing SIGUSR1")?),
         None => None,

@@ -7,9 +7,11 @@
 # (tests/shared_pin_store.rs starts its own servers from /usr/lib/postgresql/*/bin in
 # temporary directories, never the packaged service); and for the transparent-routing tests
 # (tests/transparent.rs), which build network namespaces, `ip` (iproute2) and `nft`
-# (nftables), installed only when the program is missing; and HAProxy, the load balancer in
-# front of amtgw in tests/proxy_protocol.rs (send-proxy-v2), likewise. What the
-# build itself needs (OpenSSL's development files) is scripts/install-build-deps.sh.
+# (nftables), installed only when the program is missing; HAProxy, the load balancer in front
+# of amtgw in tests/proxy_protocol.rs (send-proxy-v2), likewise; and kubernetes-validate from
+# PyPI (tests/kubernetes.rs validates deploy/kubernetes/ with it, offline), in a virtualenv of
+# its own (scripts/install-kubernetes-validate.sh). What the build itself needs (OpenSSL's
+# development files) is scripts/install-build-deps.sh.
 #
 # Idempotent and non-interactive (scripts/apt-install.sh). Run as root (CI) or
 # with sudo available.
@@ -38,6 +40,9 @@ for pair in ip:iproute2 nft:nftables haproxy:haproxy; do
     "$(dirname "$0")/apt-install.sh" "${pair#*:}"
   fi
 done
+
+# Python packages never go into the system's Python: a venv under the user's cache.
+"$(dirname "$0")/install-kubernetes-validate.sh"
 
 # Fail loudly if a package is installed but the program the tests spawn is still not on PATH
 # (Debian names the stunnel binary stunnel4; others stunnel).
