@@ -34,6 +34,7 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod probe;
+pub mod proxy_protocol;
 pub mod reason;
 pub mod relay;
 pub mod reload;

@@ -144,14 +144,17 @@ pub(crate) fn listener_keys(config: &Config) -> BTreeSet<ListenerKey> {
         };
         // Consoles of a service routed by original destination dial the devices' own
         // addresses: an alias would only be one more address to reach the gateway itself.
+        // Behind a load balancer (PROXY protocol) the aliases are addresses consoles dial on
+        // the balancer; the header's destination carries them, and the gateway need not own
+        // them.
         let aliases: Vec<IpAddr> = match settings.routing {
-            Routing::Alias => config
+            Routing::Alias if settings.proxy_protocol.is_none() => config
                 .devices
                 .iter()
                 .filter_map(|d| d.listen)
                 .filter(|alias| !covered(alias))
                 .collect(),
-            Routing::Redirect | Routing::Tproxy => Vec::new(),
+            Routing::Alias | Routing::Redirect | Routing::Tproxy => Vec::new(),
         };
         addresses.extend(aliases);
         keys.extend(addresses.into_iter().map(|ip| ListenerKey {

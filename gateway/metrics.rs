@@ -76,8 +76,19 @@ pub struct HandshakeOutcomeLabels {
     pub tls_backend: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProxyHeaderLabels {
+    pub service: Service,
+    /// `v1` or `v2`.
+    pub version: &'static str,
+    /// `proxied` (a console's addresses, used from then on) or `local` (the load balancer's own
+    /// connection: v2 LOCAL or AF_UNSPEC, v1 UNKNOWN; the socket's addresses are used).
+    pub addresses: &'static str,
+}
+
 pub struct Metrics {
     pub(crate) accepted: Family<ServiceLabels, Counter>,
+    pub(crate) proxy_headers: Family<ProxyHeaderLabels, Counter>,
     pub(crate) established: Family<ServiceLabels, Counter>,
     pub(crate) failed: Family<ReasonLabels, Counter>,
     pub(crate) closed: Family<OutcomeLabels, Counter>,
@@ -138,6 +149,7 @@ impl Metrics {
         let devices = DeviceMetrics::register(registry, settings);
         let metrics = Metrics {
             accepted: Family::default(),
+            proxy_headers: Family::default(),
             established: Family::default(),
             failed: Family::default(),
             closed: Family::default(),
@@ -169,6 +181,11 @@ impl Metrics {
             "connections_accepted",
             "Console connections accepted",
             metrics.accepted.clone(),
+        );
+        r.register(
+            "proxy_headers",
+            "PROXY protocol headers read from load balancers, by version and whether they carried a console's addresses",
+            metrics.proxy_headers.clone(),
         );
         r.register(
             "connections_established",

@@ -57,6 +57,8 @@ reasons! {
     DeviceReset => "device_reset",
     PinStoreFailed => "pin_store_failed",
     SourceLimit => "source_limit",
+    ProxyUntrusted => "proxy_untrusted",
+    ProxyHeader => "proxy_header",
     ConsoleTimeout => "console_timeout",
     ConsoleClosed => "console_closed",
     ConsoleReset => "console_reset",
@@ -80,6 +82,8 @@ impl Reason {
                 | Reason::SourceLimit
                 | Reason::NoRoute
                 | Reason::Loop
+                | Reason::ProxyUntrusted
+                | Reason::ProxyHeader
                 | Reason::ConsoleTimeout
         )
     }

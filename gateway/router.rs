@@ -12,9 +12,10 @@
 //!   (`loop`), one that is no device's is refused (`no_route`): the gateway is never an open
 //!   relay.
 //!
-//! Host-header routing fits by a query carrying the request head peeked from the console, and
-//! PROXY protocol by filling `peer` and `original_destination` from its header. The data path
-//! only ever sees `Router::route`.
+//! Host-header routing fits by a query carrying the request head peeked from the console.
+//! Behind a load balancer (PROXY protocol) the proxy fills `peer`, `local` and, for routing by
+//! original destination, `original_destination` from the header, so the router never knows a
+//! balancer was there. The data path only ever sees `Router::route`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -33,8 +34,10 @@ use crate::service::Service;
 #[derive(Debug, Clone, Copy)]
 pub struct RouteQuery {
     pub service: Service,
-    /// The gateway address the console connected to.
+    /// The gateway address the console connected to; behind a load balancer, the PROXY
+    /// header's destination (the address the console dialled on the balancer).
     pub local: SocketAddr,
+    /// The console; behind a load balancer, the PROXY header's source.
     pub peer: SocketAddr,
     /// The address the console dialled, when the network diverted the connection to the
     /// gateway (`routing = "redirect"` or `"tproxy"`): the device's own address. `None` for

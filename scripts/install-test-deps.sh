@@ -7,9 +7,10 @@
 # (tests/shared_pin_store.rs starts its own servers from /usr/lib/postgresql/*/bin in
 # temporary directories, never the packaged service); and for the transparent-routing tests
 # (tests/transparent.rs), which build network namespaces, `ip` (iproute2) and `nft`
-# (nftables), installed only when the program is missing; and kubernetes-validate from PyPI
-# (tests/kubernetes.rs validates deploy/kubernetes/ with it, offline), in a virtualenv of its
-# own (scripts/install-kubernetes-validate.sh). What the build itself needs (OpenSSL's
+# (nftables), installed only when the program is missing; HAProxy, the load balancer in front
+# of amtgw in tests/proxy_protocol.rs (send-proxy-v2), likewise; and kubernetes-validate from
+# PyPI (tests/kubernetes.rs validates deploy/kubernetes/ with it, offline), in a virtualenv of
+# its own (scripts/install-kubernetes-validate.sh). What the build itself needs (OpenSSL's
 # development files) is scripts/install-build-deps.sh.
 #
 # Idempotent and non-interactive (scripts/apt-install.sh). Run as root (CI) or
@@ -34,7 +35,7 @@ if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
 fi
 
 # By program: a host may have them from elsewhere (iptables-nft setups, a newer iproute2).
-for pair in ip:iproute2 nft:nftables; do
+for pair in ip:iproute2 nft:nftables haproxy:haproxy; do
   if ! command -v "${pair%%:*}" >/dev/null 2>&1; then
     "$(dirname "$0")/apt-install.sh" "${pair#*:}"
   fi
@@ -45,7 +46,7 @@ done
 
 # Fail loudly if a package is installed but the program the tests spawn is still not on PATH
 # (Debian names the stunnel binary stunnel4; others stunnel).
-for program in curl amtterm script openssl ip nft; do
+for program in curl amtterm script openssl ip nft haproxy; do
   if ! command -v "$program" >/dev/null 2>&1; then
     echo "install-test-deps: $program not found on PATH" >&2
     exit 1

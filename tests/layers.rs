@@ -121,6 +121,8 @@ fn the_bottom_layers_use_only_what_the_issue_allows() {
         // Signals and the drain state know nothing of reloads or the gateway.
         ("shutdown", &[]),
         ("service", &[]),
+        // The PROXY protocol parser is pure bytes (and fuzzed alone).
+        ("proxy_protocol", &[]),
         // The runtime state: config, fleet, router and metrics (and what those are built of).
         (
             "state",
@@ -130,8 +132,22 @@ fn the_bottom_layers_use_only_what_the_issue_allows() {
         (
             "proxy",
             &[
-                "config", "expiry", "fleet", "limits", "metrics", "reason", "refusals", "relay",
-                "router", "service", "shutdown", "socket", "state", "tls", "upstream",
+                "config",
+                "expiry",
+                "fleet",
+                "limits",
+                "metrics",
+                "proxy_protocol",
+                "reason",
+                "refusals",
+                "relay",
+                "router",
+                "service",
+                "shutdown",
+                "socket",
+                "state",
+                "tls",
+                "upstream",
             ],
         ),
     ];

@@ -23,6 +23,7 @@ use figment::providers::{Format, Toml};
 use rustls_pki_types::ServerName;
 
 pub use self::env::Environment;
+pub use crate::proxy_protocol::Accept;
 use crate::service::Service;
 use crate::tls::PinStoreSettings;
 // The trust settings live with the code that uses them; re-exported so `config::Trust` and
@@ -92,6 +93,8 @@ pub struct GatewaySettings {
     /// Devices of `[[ranges]]` kept in memory at once; beyond it the least recently used one
     /// without a connection is forgotten (its pin stays in the store).
     pub max_range_devices: usize,
+    /// How long a listener expecting PROXY protocol waits for the complete header.
+    pub proxy_header_timeout: Duration,
 }
 
 /// Per-device metric labels: off by default, because a fleet has 10,000+ devices and each
@@ -127,6 +130,26 @@ pub struct ServiceSettings {
     pub default_device: Option<String>,
     /// How a connection's device is chosen.
     pub routing: Routing,
+    /// Connections come through an L4 load balancer that writes a PROXY protocol header
+    /// first (`proxy_protocol`, `proxy_protocol_from`).
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// A listener behind a load balancer: every connection must come from one of `from` and
+/// start with a header of an accepted version, whose addresses stand for the connection's.
+#[derive(Debug, Clone)]
+pub struct ProxyProtocol {
+    pub accept: Accept,
+    /// The load balancers' networks. A header is believed only from them: anyone else could
+    /// claim any console address (and any device to reach).
+    pub from: Vec<Cidr>,
+}
+
+impl ProxyProtocol {
+    /// Whether a connection from `ip` may carry a header.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.from.iter().any(|cidr| cidr.contains(ip))
+    }
 }
 
 /// How a service finds the device a console connection is for (`services.<svc>.routing`).

@@ -41,6 +41,7 @@ pub(crate) struct RawGateway {
     pub(crate) workers: Option<usize>,
     pub(crate) busy_poll: Option<String>,
     pub(crate) max_range_devices: Option<usize>,
+    pub(crate) proxy_header_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -77,6 +78,8 @@ pub(crate) struct RawService {
     pub(crate) idle_timeout: Option<String>,
     pub(crate) default_device: Option<String>,
     pub(crate) routing: Option<String>,
+    pub(crate) proxy_protocol: Option<String>,
+    pub(crate) proxy_protocol_from: Option<Vec<String>>,
 }
 
 /// Trust settings: fleet-wide under `[defaults]`, overridable per device.

@@ -21,8 +21,9 @@ use super::raw::{RawConfig, RawDevice, RawGateway, RawRange, RawService, RawTrus
 const DEVICE_MAX_CONNECTIONS: usize = 8;
 use super::{
     AdminToken, Cidr, Config, ConfigError, DeviceSettings, GatewaySettings, Host, LogFormat,
-    MetricsSettings, RangeSettings, Routing, ServiceSettings,
+    MetricsSettings, ProxyProtocol, RangeSettings, Routing, ServiceSettings,
 };
+use crate::proxy_protocol::Accept;
 use crate::service::Service;
 use crate::tls::{
     Backend, ClientIdentity, PasswordSource, Pin, PinStoreSettings, PostgresSettings, TlsSettings,
@@ -399,6 +400,11 @@ impl Validator<'_> {
                 "gateway.max_range_devices",
                 g.max_range_devices.unwrap_or(DEFAULT_MAX_RANGE_DEVICES),
             )?,
+            proxy_header_timeout: self.duration(
+                "gateway.proxy_header_timeout",
+                g.proxy_header_timeout.as_deref(),
+                Duration::from_secs(5),
+            )?,
         })
     }
 
@@ -454,6 +460,7 @@ impl Validator<'_> {
                 ));
             }
         }
+        let proxy_protocol = self.proxy_protocol(service, raw)?;
         Ok(Some(ServiceSettings {
             service,
             listen_port: raw.listen_port.unwrap_or(service.legacy_port()),
@@ -466,7 +473,64 @@ impl Validator<'_> {
             )?,
             default_device: raw.default_device.clone(),
             routing,
+            proxy_protocol,
         }))
+    }
+
+    /// `proxy_protocol` and `proxy_protocol_from`: both or neither. No default for the
+    /// trusted networks: a header is believed only from sources named for it.
+    fn proxy_protocol(
+        &self,
+        service: Service,
+        raw: &RawService,
+    ) -> Result<Option<ProxyProtocol>, ConfigError> {
+        let key = |k: &str| format!("services.{service}.{k}");
+        let accept = match raw.proxy_protocol.as_deref() {
+            None | Some("off") => None,
+            Some("v1") => Some(Accept::V1),
+            Some("v2") => Some(Accept::V2),
+            Some("any") => Some(Accept::Any),
+            Some(other) => {
+                return Err(self.err(
+                    key("proxy_protocol"),
+                    format!(
+                        "`{other}` is not a PROXY protocol setting; use \"v1\", \"v2\", \"any\" \
+                         (either, told apart by their first bytes) or \"off\" (the default)"
+                    ),
+                ));
+            }
+        };
+        let Some(accept) = accept else {
+            if raw.proxy_protocol_from.is_some() {
+                return Err(self.err(
+                    key("proxy_protocol_from"),
+                    "names the load balancers allowed to send a PROXY protocol header, but \
+                     proxy_protocol is off: set proxy_protocol = \"v1\", \"v2\" or \"any\", or \
+                     remove proxy_protocol_from",
+                ));
+            }
+            return Ok(None);
+        };
+        let from = match &raw.proxy_protocol_from {
+            Some(list) if !list.is_empty() => list
+                .iter()
+                .enumerate()
+                .map(|(i, text)| {
+                    Cidr::parse(text).map_err(|message| {
+                        self.err(key(&format!("proxy_protocol_from[{i}]")), message)
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            _ => {
+                return Err(self.err(
+                    key("proxy_protocol_from"),
+                    "proxy_protocol is on, so the load balancers' networks must be named: a \
+                     header from anyone else could claim any console address; list them, like \
+                     proxy_protocol_from = [\"10.0.0.0/24\"]",
+                ));
+            }
+        };
+        Ok(Some(ProxyProtocol { accept, from }))
     }
 
     fn device(

@@ -18,6 +18,7 @@ use crate::config::Routing;
 use crate::fleet::Device;
 use crate::limits::{Source, SourceCounts};
 use crate::metrics::Metrics;
+use crate::proxy_protocol::{self, Addresses, ReadHeaderError};
 use crate::reason::Reason;
 use crate::refusals::Refusals;
 use crate::relay::{MAX_READ_SIZE, Peer, Relay, RelayError};
@@ -55,6 +56,14 @@ pub(crate) enum ConnectionError {
         max: usize,
         key: &'static str,
     },
+    /// The listener expects PROXY protocol, and the connection comes from outside
+    /// `proxy_protocol_from`: its header would be believed from anyone.
+    #[error(
+        "{from} is no load balancer of services.{service}.proxy_protocol_from, so its PROXY protocol header cannot be believed"
+    )]
+    ProxyUntrusted { from: SocketAddr, service: Service },
+    #[error(transparent)]
+    ProxyHeader(ReadHeaderError),
     #[error("the console sent nothing for {after:?} (gateway.console_first_byte_timeout)")]
     ConsoleTimeout { after: Duration },
     /// A reload disabled the service whose listener accepted the connection.
@@ -98,6 +107,8 @@ impl ConnectionError {
         match self {
             ConnectionError::Limit { .. } => Reason::Limit,
             ConnectionError::SourceLimit { .. } => Reason::SourceLimit,
+            ConnectionError::ProxyUntrusted { .. } => Reason::ProxyUntrusted,
+            ConnectionError::ProxyHeader(_) => Reason::ProxyHeader,
             ConnectionError::ConsoleTimeout { .. } => Reason::ConsoleTimeout,
             ConnectionError::ServiceDisabled { .. } => Reason::NoRoute,
             ConnectionError::Console(_) => Reason::ConsoleReset,
@@ -114,8 +125,25 @@ impl ConnectionError {
 
 pub(crate) async fn serve(console: TcpStream, peer: SocketAddr, id: u64, ctx: Context) {
     let service = ctx.service;
-    let span =
-        info_span!("conn", id, service = service.as_str(), %peer, device = tracing::field::Empty);
+    let empty = tracing::field::Empty;
+    let span = info_span!(
+        "conn",
+        id,
+        service = service.as_str(),
+        peer = empty,
+        via = empty,
+        device = empty
+    );
+    // Behind a load balancer the socket's peer is the balancer (`via`); the console (`peer`)
+    // is known once its header is read.
+    let behind_balancer = ctx
+        .snapshot
+        .service(service)
+        .is_some_and(|s| s.proxy_protocol.is_some());
+    span.record(
+        if behind_balancer { "via" } else { "peer" },
+        tracing::field::display(peer),
+    );
     async move {
         let mut recorder = Recorder::accepted(&ctx);
         let mut console = console;
@@ -144,6 +172,39 @@ async fn connection(
             .map_err(|_| ConnectionError::Limit {
                 max: gateway.max_connections,
             })?;
+    let settings = snapshot
+        .service(service)
+        .ok_or(ConnectionError::ServiceDisabled { service })?;
+    let mut local = console.local_addr().map_err(ConnectionError::Console)?;
+    let mut peer = peer;
+    // The address the console dialled, as a load balancer's header gives it.
+    let mut header_destination = None;
+    if let Some(behind) = &settings.proxy_protocol {
+        if !behind.trusts(peer.ip()) {
+            return Err(ConnectionError::ProxyUntrusted {
+                from: peer,
+                service,
+            });
+        }
+        let read =
+            proxy_protocol::read_header(console, behind.accept, gateway.proxy_header_timeout);
+        let header = tokio::select! {
+            header = read => header.map_err(ConnectionError::ProxyHeader)?,
+            () = ctx.lifecycle.stopping() => return Err(ConnectionError::ShuttingDown),
+        };
+        recorder.proxy_header(&header);
+        // LOCAL (the balancer's own health check) keeps the socket's addresses.
+        if let Addresses::Proxied {
+            source,
+            destination,
+        } = header.addresses
+        {
+            peer = canonical(source);
+            local = canonical(destination);
+            header_destination = Some(local);
+            tracing::Span::current().record("peer", tracing::field::display(peer));
+        }
+    }
     let source = Source::of(peer.ip());
     let _from_source = ctx
         .sources
@@ -153,23 +214,21 @@ async fn connection(
             max: gateway.max_connections_per_source,
             key: "gateway.max_connections_per_source",
         })?;
-    let settings = snapshot
-        .service(service)
-        .ok_or(ConnectionError::ServiceDisabled { service })?;
-    let local = console.local_addr().map_err(ConnectionError::Console)?;
-    let original_destination = match settings.routing {
-        Routing::Alias => None,
-        Routing::Redirect => Some(
+    let original_destination = match (settings.routing, header_destination) {
+        (Routing::Alias, _) => None,
+        // Behind a load balancer the kernel knows only the balancer's connection: the
+        // header says where the console was going.
+        (Routing::Redirect | Routing::Tproxy, Some(destination)) => Some(destination),
+        (Routing::Redirect, None) => Some(
             socket::original_destination(console, local)
                 .map_err(ConnectionError::OriginalDestination)?,
         ),
         // TPROXY leaves the addresses alone: the transparent listener accepted it as the
         // device's address.
-        Routing::Tproxy => Some(local),
+        (Routing::Tproxy, None) => Some(local),
     }
-    // A dual-stack listener reports IPv4 addresses as ::ffff:a.b.c.d.
-    .map(|to| SocketAddr::new(to.ip().to_canonical(), to.port()));
-    recorder.destination(original_destination);
+    .map(canonical);
+    recorder.destination(original_destination.or(header_destination));
     let device = snapshot.router.route(&RouteQuery {
         service,
         local,
@@ -235,6 +294,11 @@ async fn connection(
         }
     }
     Ok(relayed?)
+}
+
+/// A dual-stack listener reports IPv4 addresses as ::ffff:a.b.c.d, and so may a v1 TCP6 header.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// A place under the device's own `max_connections`.

@@ -13,8 +13,9 @@ use crate::expiry::expires_within;
 use crate::fleet::{Device, HandshakeRecord};
 use crate::metrics::{
     ConnectionObserver, DeviceSeries, HandshakeLabels, HandshakeOutcomeLabels, OutcomeLabels,
-    ReasonLabels, ServiceLabels,
+    ProxyHeaderLabels, ReasonLabels, ServiceLabels,
 };
+use crate::proxy_protocol::{Addresses, Header};
 use crate::reason::Reason;
 use crate::relay::{Relay, RelayObserver};
 use crate::tls::DeviceStream;
@@ -60,6 +61,19 @@ impl<'a> Recorder<'a> {
             to_console: 0,
             device_close_notify: None,
         }
+    }
+
+    /// A load balancer's PROXY protocol header was read.
+    pub(super) fn proxy_header(&self, header: &Header) {
+        let labels = ProxyHeaderLabels {
+            service: self.ctx.service,
+            version: header.version.as_str(),
+            addresses: match header.addresses {
+                Addresses::Proxied { .. } => "proxied",
+                Addresses::Local => "local",
+            },
+        };
+        self.ctx.metrics.proxy_headers.get_or_create(&labels).inc();
     }
 
     /// The original destination, for the summary line (also when no device has it).
