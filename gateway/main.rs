@@ -396,6 +396,9 @@ fn init_logging(format: LogFormat) {
 async fn serve(config: Config) -> anyhow::Result<bool> {
     let source = config.source.clone();
     let notifier = notifier();
+    // Before anything is announced: a SIGTERM sent as soon as "amtgw starting" is logged must
+    // drain, not kill the process with the default action.
+    let signals = Signals::install().context("cannot install signal handlers")?;
     let workers = start_workers(&config)?;
     let gateway = Gateway::bind(config)
         .await
@@ -415,7 +418,7 @@ async fn serve(config: Config) -> anyhow::Result<bool> {
             tokio::spawn(watchdog(notifier.clone(), every));
         }
     }
-    until_stopped(Some(&reload), None::<fn()>, notifier.as_deref()).await?;
+    until_stopped(signals, Some(&reload), None::<fn()>, notifier.as_deref()).await?;
     if let Some(notifier) = &notifier {
         // The drain may take shutdown_timeout; a margin for the rest of the exit.
         tell(notifier.stopping(drain + std::time::Duration::from_secs(5)));
@@ -475,6 +478,7 @@ fn announce(gateway: &Gateway) {
 
 #[cfg(feature = "sim")]
 async fn demo(options: DemoOptions) -> anyhow::Result<bool> {
+    let signals = Signals::install().context("cannot install signal handlers")?;
     let demo = Demo::start(&options).await.context("starting the demo")?;
     announce(&demo.gateway);
     println!("{}", demo.instructions());
@@ -492,6 +496,7 @@ async fn demo(options: DemoOptions) -> anyhow::Result<bool> {
     let unprovisioned = &devices[amtgw::demo::TOFU_DEVICE];
     let name = amtgw::demo::DEVICE_NAMES[amtgw::demo::TOFU_DEVICE];
     until_stopped(
+        signals,
         Some(&reload),
         Some(|| match unprovisioned.unprovision() {
             Ok(()) => println!(
@@ -515,12 +520,12 @@ async fn demo(options: DemoOptions) -> anyhow::Result<bool> {
 /// there; systemd, when it runs us, hears RELOADING before and READY after), SIGUSR1 runs
 /// `on_usr1` when there is one.
 async fn until_stopped(
+    mut signals: Signals,
     reload: Option<&ReloadHandle>,
     mut on_usr1: Option<impl FnMut()>,
     notifier: Option<&Notifier>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut signals = Signals::install().context("cannot install signal handlers")?;
     let mut usr1 = match on_usr1 {
         Some(_) => Some(signal(SignalKind::user_defined1()).context("installing SIGUSR1")?),
         None => None,

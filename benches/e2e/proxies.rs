@@ -27,8 +27,7 @@ pub(crate) fn nginx_stream(nginx: &Path) -> Option<StreamModule> {
     let flags: Vec<&str> = configure.split_whitespace().collect();
     if flags.contains(&"--with-stream") {
         Some(StreamModule::BuiltIn)
-    } else if flags.contains(&"--with-stream=dynamic") && Path::new(NGINX_STREAM_MODULE).is_file()
-    {
+    } else if flags.contains(&"--with-stream=dynamic") && Path::new(NGINX_STREAM_MODULE).is_file() {
         Some(StreamModule::Loaded(NGINX_STREAM_MODULE))
     } else {
         None
