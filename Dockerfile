@@ -24,7 +24,10 @@
 #         -p 16992:16992 -p 16994:16994 -p 623:623 -p 127.0.0.1:9716:9716 \
 #         amtgw:0.1.0
 #
-# `podman stop` (SIGTERM) drains open sessions and exits 0.
+# `podman stop` (SIGTERM) drains open sessions and exits 0: /readyz turns 503, the listeners
+# serve on for gateway.shutdown_delay (5 s; "0s" with no load balancer in front), then live
+# sessions get gateway.shutdown_timeout (30 s). podman kills after 10 s unless told otherwise
+# (`podman stop -t 40`).
 #
 # Inside a container 127.0.0.1 is the container's own loopback, so amtgw's default bind
 # addresses are unreachable from outside. The mounted config must listen on all interfaces:

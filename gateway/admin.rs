@@ -43,7 +43,7 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub struct AdminState {
     pub(crate) registry: Registry,
     pub(crate) shared: Arc<Shared>,
-    /// For `/readyz`: not ready once draining.
+    /// For `/readyz`: not ready once shutdown has begun.
     pub(crate) lifecycle: Lifecycle,
     pub(crate) limits: AdminLimits,
 }
@@ -206,6 +206,10 @@ async fn respond(state: &AdminState, request: Request<Incoming>) -> Response<Ful
         "/readyz" if state.lifecycle.is_draining() => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "draining: shutdown in progress\n",
+        ),
+        "/readyz" if state.lifecycle.is_withdrawn() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining: shutdown in progress; still accepting until gateway.shutdown_delay ends\n",
         ),
         "/readyz" => text(StatusCode::OK, "ready\n"),
         "/devices" => {

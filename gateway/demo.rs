@@ -369,6 +369,8 @@ fn demo_config(options: &DemoOptions, devices: &[SimDevice], dash_enabled: bool)
 [gateway]
 pin_store = "{PIN_STORE}"
 watch_interval = "250ms"
+# No load balancer follows the demo's /readyz: Ctrl-C drains at once.
+shutdown_delay = "0s"
 
 [admin]
 listen = "{admin}"

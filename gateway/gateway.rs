@@ -20,7 +20,7 @@ use crate::listener::{self, BindError, BoundAddress, ListenerContext, ListenerKe
 use crate::metrics::Metrics;
 use crate::refusals::{self, Refusals};
 use crate::reload::{self, ReloadError, ReloadHandle, ReloadSummary, Request};
-use crate::shutdown::Lifecycle;
+use crate::shutdown::{DelaySkip, Lifecycle};
 use crate::state::{Shared, Snapshot, SnapshotError};
 use crate::watch::{self, FileStamps};
 use crate::workers::Workers;
@@ -67,6 +67,8 @@ pub struct Gateway {
     sources: Arc<SourceCounts>,
     refusals: Arc<Refusals>,
     lifecycle: Lifecycle,
+    /// Ends `gateway.shutdown_delay` early (a second stop signal).
+    skip: DelaySkip,
     /// The watched files as they were when the config was loaded: the watcher's baseline, so
     /// an edit made before `run` starts is not missed.
     watched: FileStamps,
@@ -112,6 +114,7 @@ impl Gateway {
             sources: Arc::default(),
             refusals: Arc::default(),
             lifecycle,
+            skip: DelaySkip::default(),
             watched,
             pending,
             admin,
@@ -174,12 +177,19 @@ impl Gateway {
         self
     }
 
+    /// Ends `gateway.shutdown_delay` early once `run`'s shutdown has begun (or, used before,
+    /// makes the shutdown skip it): the drain starts at once.
+    pub fn delay_skip(&self) -> DelaySkip {
+        self.skip.clone()
+    }
+
     /// A handle to reload the running gateway (SIGHUP, the file watcher, tests).
     pub fn reload_handle(&self) -> ReloadHandle {
         self.handle.clone()
     }
 
-    /// Serve until `shutdown` is cancelled, then drain.
+    /// Serve until `shutdown` is cancelled; then, not ready any more, serve on for
+    /// `gateway.shutdown_delay` (or until [`Gateway::delay_skip`] is used), then drain.
     pub async fn run(mut self, shutdown: CancellationToken) -> DrainReport {
         let tasks = Tasks {
             connections: TaskTracker::new(),
@@ -214,12 +224,45 @@ impl Gateway {
             }
         }
 
+        self.withdraw(&mut listening, &tasks).await;
         let report = self.drain(&tasks).await;
         background.cancel();
         if let Some(task) = admin_task {
             let _ = task.await;
         }
         report
+    }
+
+    /// Not ready (`/readyz` 503) but serving exactly as before, reloads included, for
+    /// `gateway.shutdown_delay`: a load balancer or Kubernetes' endpoints need that long to
+    /// stop sending new connections, and a connection sent meanwhile must still be served,
+    /// not refused.
+    async fn withdraw(&mut self, listening: &mut BTreeMap<ListenerKey, Listening>, tasks: &Tasks) {
+        self.lifecycle.withdraw();
+        let delay = self.shared.snapshot.load().config.gateway.shutdown_delay;
+        if delay.is_zero() {
+            return;
+        }
+        tracing::info!(
+            delay_s = delay.as_secs_f64(),
+            open = tasks.connections.len(),
+            "shutting down: /readyz is 503; still accepting until the delay ends (a second SIGTERM or SIGINT ends it)"
+        );
+        let until = tokio::time::sleep(delay);
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                () = &mut until => return,
+                () = self.skip.skipped() => {
+                    tracing::info!("shutdown delay skipped");
+                    return;
+                }
+                Some(mut request) = self.requests.recv() => {
+                    let result = self.reload(request.config.take(), listening, tasks).await;
+                    request.answer(&self.shared.metrics, result);
+                }
+            }
+        }
     }
 
     /// Stop accepting, cancel connections still setting up, let relaying sessions finish

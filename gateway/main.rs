@@ -21,7 +21,7 @@ use tracing_subscriber::EnvFilter;
 use amtgw::config::{Environment, LogFormat};
 #[cfg(feature = "sim")]
 use amtgw::demo::{Demo, DemoOptions};
-use amtgw::shutdown::{Signal, Signals};
+use amtgw::shutdown::{DelaySkip, Signal, Signals};
 use amtgw::systemd::{self, Notifier};
 use amtgw::workers::Workers;
 use amtgw::{Config, Gateway, ReloadHandle};
@@ -398,7 +398,7 @@ async fn serve(config: Config) -> anyhow::Result<bool> {
     let notifier = notifier();
     // Before anything is announced: a SIGTERM sent as soon as "amtgw starting" is logged must
     // drain, not kill the process with the default action.
-    let signals = Signals::install().context("cannot install signal handlers")?;
+    let mut signals = Signals::install().context("cannot install signal handlers")?;
     let workers = start_workers(&config)?;
     let gateway = Gateway::bind(config)
         .await
@@ -406,8 +406,11 @@ async fn serve(config: Config) -> anyhow::Result<bool> {
         .with_workers(workers);
     announce(&gateway);
     let reload = gateway.reload_handle();
+    let skip = gateway.delay_skip();
     let shutdown = CancellationToken::new();
-    let drain = gateway.config().gateway.shutdown_timeout;
+    // What stopping may take: the delay (listeners still serving), then the drain.
+    let stopping =
+        gateway.config().gateway.shutdown_delay + gateway.config().gateway.shutdown_timeout;
     let devices = gateway.config().devices.len();
     let run = tokio::spawn(gateway.run(shutdown.clone()));
     // Every listener is bound (in `bind`), so connections queue from now on.
@@ -418,13 +421,19 @@ async fn serve(config: Config) -> anyhow::Result<bool> {
             tokio::spawn(watchdog(notifier.clone(), every));
         }
     }
-    until_stopped(signals, Some(&reload), None::<fn()>, notifier.as_deref()).await?;
+    until_stopped(
+        &mut signals,
+        Some(&reload),
+        None::<fn()>,
+        notifier.as_deref(),
+    )
+    .await?;
     if let Some(notifier) = &notifier {
-        // The drain may take shutdown_timeout; a margin for the rest of the exit.
-        tell(notifier.stopping(drain + std::time::Duration::from_secs(5)));
+        // A margin for the rest of the exit.
+        tell(notifier.stopping(stopping + std::time::Duration::from_secs(5)));
     }
     shutdown.cancel();
-    let report = run.await.context("gateway task failed")?;
+    let report = stopped(run, signals, skip).await?;
     tracing::info!(cut = report.cut, "stopped");
     Ok(report.drained())
 }
@@ -478,7 +487,7 @@ fn announce(gateway: &Gateway) {
 
 #[cfg(feature = "sim")]
 async fn demo(options: DemoOptions) -> anyhow::Result<bool> {
-    let signals = Signals::install().context("cannot install signal handlers")?;
+    let mut signals = Signals::install().context("cannot install signal handlers")?;
     let demo = Demo::start(&options).await.context("starting the demo")?;
     announce(&demo.gateway);
     println!("{}", demo.instructions());
@@ -492,11 +501,12 @@ async fn demo(options: DemoOptions) -> anyhow::Result<bool> {
     let gateway = gateway.with_workers(workers);
     let shutdown = CancellationToken::new();
     let reload = gateway.reload_handle();
+    let skip = gateway.delay_skip();
     let run = tokio::spawn(gateway.run(shutdown.clone()));
     let unprovisioned = &devices[amtgw::demo::TOFU_DEVICE];
     let name = amtgw::demo::DEVICE_NAMES[amtgw::demo::TOFU_DEVICE];
     until_stopped(
-        signals,
+        &mut signals,
         Some(&reload),
         Some(|| match unprovisioned.unprovision() {
             Ok(()) => println!(
@@ -508,7 +518,7 @@ async fn demo(options: DemoOptions) -> anyhow::Result<bool> {
     )
     .await?;
     shutdown.cancel();
-    let report = run.await.context("gateway task failed")?;
+    let report = stopped(run, signals, skip).await?;
     for device in devices {
         device.shutdown().await;
     }
@@ -516,11 +526,34 @@ async fn demo(options: DemoOptions) -> anyhow::Result<bool> {
     Ok(report.drained())
 }
 
+/// The gateway's report once it has drained. Another SIGTERM or SIGINT meanwhile ends
+/// `gateway.shutdown_delay` at once, as operators expect of a second Ctrl-C. SIGHUP is
+/// ignored: a reload answered only during the delay would leave it hanging once the drain has
+/// begun (changed files are still picked up by the watcher during the delay).
+async fn stopped(
+    mut run: tokio::task::JoinHandle<amtgw::DrainReport>,
+    mut signals: Signals,
+    skip: DelaySkip,
+) -> anyhow::Result<amtgw::DrainReport> {
+    loop {
+        tokio::select! {
+            report = &mut run => return report.context("gateway task failed"),
+            signal = signals.next() => match signal {
+                Signal::Stop(signal) => {
+                    tracing::info!(signal, "stopping now: the shutdown delay, if any is left, is skipped");
+                    skip.skip();
+                }
+                Signal::Reload => tracing::info!("SIGHUP ignored: shutting down"),
+            },
+        }
+    }
+}
+
 /// Until SIGTERM or SIGINT: SIGHUP reloads through `reload` (the outcome is logged and counted
 /// there; systemd, when it runs us, hears RELOADING before and READY after), SIGUSR1 runs
 /// `on_usr1` when there is one.
 async fn until_stopped(
-    mut signals: Signals,
+    signals: &mut Signals,
     reload: Option<&ReloadHandle>,
     mut on_usr1: Option<impl FnMut()>,
     notifier: Option<&Notifier>,

@@ -16,6 +16,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
+mod process;
+
 use crate::config::MetricsSettings;
 use crate::reason::Reason;
 use crate::service::Service;
@@ -161,6 +163,8 @@ impl Metrics {
             connections_max: Gauge::default(),
             devices,
         };
+        // Unprefixed: the `process_*` names every client library exports.
+        registry.register_collector(Box::new(process::ProcessCollector::new()));
         let r = registry.sub_registry_with_prefix("amtgw");
         r.register(
             "build",

@@ -1,8 +1,10 @@
 //! Shutdown: SIGTERM or SIGINT starts a graceful drain; SIGHUP is reported as a reload request.
 //!
-//! Sequence: `/readyz` turns 503 -> listeners stop accepting -> connections still connecting
-//! or handshaking are cancelled -> relaying sessions drain until `gateway.shutdown_timeout` ->
-//! the rest are cut.
+//! Sequence: `/readyz` turns 503 -> listeners keep accepting and serving for
+//! `gateway.shutdown_delay` (load balancers and Kubernetes endpoints take that long to stop
+//! sending new connections; a second SIGTERM/SIGINT ends the delay early) -> listeners stop
+//! accepting -> connections still connecting or handshaking are cancelled -> relaying sessions
+//! drain until `gateway.shutdown_timeout` -> the rest are cut.
 
 use std::io;
 use std::sync::Arc;
@@ -47,12 +49,29 @@ impl Signals {
     }
 }
 
+/// Ends a running gateway's `gateway.shutdown_delay` early, so the drain starts at once (what a
+/// second SIGTERM or SIGINT does). Taken from the gateway before it runs; skipping before the
+/// shutdown began makes the coming shutdown skip its delay.
+#[derive(Clone, Default)]
+pub struct DelaySkip(CancellationToken);
+
+impl DelaySkip {
+    pub fn skip(&self) {
+        self.0.cancel()
+    }
+
+    pub(crate) async fn skipped(&self) {
+        self.0.cancelled().await
+    }
+}
+
 /// The shared state of the gateway's shutdown, cloned into every connection.
 #[derive(Clone, Default)]
 pub(crate) struct Lifecycle {
     stop: CancellationToken,
     abort: CancellationToken,
-    draining: Arc<AtomicBool>,
+    /// Set at the first stop request, before the delay: `/readyz` answers 503 from then on.
+    withdrawn: Arc<AtomicBool>,
 }
 
 impl Lifecycle {
@@ -64,8 +83,13 @@ impl Lifecycle {
         self.abort.cancelled().await
     }
 
+    /// Not ready any more (`/readyz` 503), while everything keeps serving.
+    pub(crate) fn withdraw(&self) {
+        self.withdrawn.store(true, Ordering::Release);
+    }
+
     pub(crate) fn begin_drain(&self) {
-        self.draining.store(true, Ordering::Release);
+        self.withdraw();
         self.stop.cancel();
     }
 
@@ -73,7 +97,13 @@ impl Lifecycle {
         self.abort.cancel();
     }
 
+    /// Whether shutdown has begun: in the delay before the drain, or draining.
+    pub(crate) fn is_withdrawn(&self) -> bool {
+        self.withdrawn.load(Ordering::Acquire)
+    }
+
+    /// Whether the listeners have stopped accepting.
     pub(crate) fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        self.stop.is_cancelled()
     }
 }

@@ -13,6 +13,8 @@
 #   nft              nftables    the transparent-routing rules
 #   systemd-analyze  systemd     `systemd-analyze verify` of deploy/systemd (tests/systemd.rs)
 #   promtool         prometheus  checks deploy/prometheus's rules (tests/monitoring.rs)
+# and kubernetes-validate from PyPI (tests/kubernetes.rs validates deploy/kubernetes/ with it,
+# offline), in a virtualenv of its own (scripts/install-kubernetes-validate.sh).
 # What the build itself needs (OpenSSL's development files) is scripts/install-build-deps.sh.
 #
 # Idempotent and non-interactive. Run as root (CI) or with sudo available.
@@ -36,6 +38,9 @@ if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
     "${as_root[@]}" tee /etc/postgresql-common/createcluster.d/amtgw-tests.conf >/dev/null
   "$(dirname "$0")/apt-install.sh" postgresql
 fi
+
+# Python packages never go into the system's Python: a venv under the user's cache.
+"$(dirname "$0")/install-kubernetes-validate.sh"
 
 # Fail loudly if a package is installed but the program the tests spawn is still not on PATH
 # (Debian names the stunnel binary stunnel4; others stunnel).

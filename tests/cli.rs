@@ -40,7 +40,7 @@ fn help_exit_codes(help: &str) -> BTreeSet<u8> {
     help.lines()
         .skip_while(|line| !line.starts_with("Exit codes:"))
         .skip(1)
-        .map_while(|line| line.trim_start().split_whitespace().next()?.parse().ok())
+        .map_while(|line| line.split_whitespace().next()?.parse().ok())
         .collect()
 }
 

@@ -197,6 +197,7 @@ fn reference_config_values_reach_the_typed_config() {
     assert_eq!(config.gateway.max_connections, 10_000);
     assert_eq!(config.gateway.connect_timeout, Duration::from_secs(10));
     assert_eq!(config.gateway.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(config.gateway.shutdown_delay, Duration::from_secs(5));
     assert_eq!(config.gateway.shutdown_timeout, Duration::from_secs(30));
     assert_eq!(config.gateway.tcp_keepalive, Duration::from_secs(60));
     assert_eq!(config.gateway.session_cache_per_device, 8);
@@ -389,6 +390,28 @@ pins = ["cert-sha256:bd0829b6fd4ed46d16284cc20a4a7385d80a50936c9db64d09e0c1e4a21
 }
 
 #[test]
+fn shutdown_delay_may_be_zero_and_defaults_to_five_seconds() {
+    let minimal = std::fs::read_to_string(repo_path("config/minimal.toml")).unwrap();
+    let with = |delay: &str| {
+        Config::from_toml(
+            "minimal",
+            &repo_path("config"),
+            &format!("[gateway]\n{delay}\n{minimal}"),
+        )
+        .unwrap()
+        .gateway
+        .shutdown_delay
+    };
+    assert_eq!(with(""), Duration::from_secs(5));
+    assert_eq!(with("shutdown_delay = \"0s\""), Duration::ZERO);
+    assert_eq!(with("shutdown_delay = \"0\""), Duration::ZERO);
+    assert_eq!(
+        with("shutdown_delay = \"250ms\""),
+        Duration::from_millis(250)
+    );
+}
+
+#[test]
 fn environment_override_of_a_valid_value_is_applied() {
     // The counterpart of the two rejections above: a good override changes the loaded value.
     let path = repo_path("config/amtgw.example.toml");
@@ -431,6 +454,7 @@ fn run_starts_among_the_variables_kubernetes_services_inject() {
         ("AMTGW_SERVICES__REDIRECTION__LISTEN_PORT", "0"),
         ("AMTGW_SERVICES__DASH__ENABLED", "false"),
         ("AMTGW_ADMIN__LISTEN", "127.0.0.1:0"),
+        ("AMTGW_GATEWAY__SHUTDOWN_DELAY", "0s"),
     ] {
         env.push((name.to_owned(), value.to_owned()));
     }

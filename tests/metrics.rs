@@ -332,3 +332,75 @@ async fn certificates_inside_the_expiry_window_are_counted() {
         0.0
     );
 }
+
+/// The process's own resources under the names every Prometheus client library uses, read
+/// at scrape time (here the test process, which runs the gateway in-process).
+#[tokio::test]
+async fn process_metrics_are_scraped_with_sane_values() {
+    let identity = amt_self_signed(false, false);
+    let pin = identity.cert_pin();
+    let device = echo_device(DeviceTls::new(identity)).await;
+    let gateway = TestGateway::start(&one_device_config(
+        device,
+        &format!("trust = \"pin\"\npins = [\"{pin}\"]"),
+    ))
+    .await;
+    let before = gateway.metrics().await;
+    let open = before.value("process_open_fds", &[]);
+    let max = before.value("process_max_fds", &[]);
+    assert!(open > 0.0 && open <= max, "open {open}, max {max}");
+    assert!(before.value("process_resident_memory_bytes", &[]) > 1024.0 * 1024.0);
+    assert!(
+        before.value("process_virtual_memory_bytes", &[])
+            >= before.value("process_resident_memory_bytes", &[])
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = before.value("process_start_time_seconds", &[]);
+    assert!(
+        started <= now + 1.0 && started > now - 3600.0,
+        "started {started}, now {now}"
+    );
+    // CPU time in seconds, not clock ticks: at most the wall time since start on every CPU.
+    let cpu = before.value("process_cpu_seconds_total", &[]);
+    let cpus = std::thread::available_parallelism().unwrap().get() as f64;
+    assert!(cpu >= 0.0 && cpu <= (now - started + 1.0) * cpus, "{cpu}");
+
+    // Read anew at each scrape. (Descriptor counts are not compared: the other tests of this
+    // binary open and close theirs in the same process meanwhile.)
+    let mut live = gateway.connect(Service::Wsman).await;
+    live.write_all(b"hold").await.unwrap();
+    let mut buf = [0u8; 4];
+    live.read_exact(&mut buf).await.unwrap();
+    let during = gateway.metrics().await;
+    assert!(during.value("process_open_fds", &[]) >= 4.0, "{}", during.0);
+    assert!(during.value("process_cpu_seconds_total", &[]) >= cpu);
+
+    // Both formats name them as client libraries do; OpenMetrics with their units.
+    let (_, classic) = raw_get(gateway.admin, "/metrics", "*/*").await;
+    assert!(
+        classic.contains("# TYPE process_cpu_seconds_total counter"),
+        "{classic}"
+    );
+    assert!(
+        classic.contains("# TYPE process_open_fds gauge"),
+        "{classic}"
+    );
+    let (_, openmetrics) = raw_get(
+        gateway.admin,
+        "/metrics",
+        "application/openmetrics-text; version=1.0.0",
+    )
+    .await;
+    assert!(
+        openmetrics.contains("# UNIT process_resident_memory_bytes bytes"),
+        "{openmetrics}"
+    );
+    assert!(
+        openmetrics.contains("process_cpu_seconds_total "),
+        "{openmetrics}"
+    );
+    drop(live);
+}

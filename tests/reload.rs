@@ -25,6 +25,7 @@ fn device_toml(name: &str, alias: &str, device: SocketAddr, pins: &[&str]) -> St
 const HEAD: &str = r#"
 [gateway]
 watch_interval = "50ms"
+shutdown_delay = "0s"
 shutdown_timeout = "5s"
 [admin]
 listen = "127.0.0.1:0"

@@ -1,12 +1,19 @@
-//! Graceful shutdown: stop accepting, keep relaying live sessions until the deadline, then cut.
+//! Graceful shutdown: not ready but still serving for `gateway.shutdown_delay`, then stop
+//! accepting, keep relaying live sessions until the deadline, then cut.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
 use amtgw::Service;
+use common::clients::Spawned;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 async fn echo_gateway(shutdown_timeout: &str) -> TestGateway {
     let identity = amt_self_signed(false, false);
@@ -93,5 +100,190 @@ async fn cuts_sessions_still_open_at_the_deadline_with_a_warning() {
     assert_eq!(
         closed[0]["level"], "WARN",
         "a cut session is a failure: {text}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// `amtgw run` as a process, stopped by signals as Kubernetes and systemd stop it
+
+/// One `amtgw run` process relaying wsman to a pinned echo device.
+struct Running {
+    process: Spawned,
+    wsman: SocketAddr,
+    admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    async fn start(shutdown_delay: &str) -> Running {
+        let identity = amt_self_signed(false, false);
+        let pin = identity.cert_pin();
+        let device = echo_device(DeviceTls::new(identity)).await;
+        let config = one_device_config(device, &format!("trust = \"pin\"\npins = [\"{pin}\"]"))
+            .replace(
+                "shutdown_delay = \"0s\"",
+                &format!("shutdown_delay = \"{shutdown_delay}\"\nlog_format = \"json\""),
+            );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("amtgw.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_amtgw"));
+        command.arg("run").arg("--config").arg(&path);
+        for (name, _) in std::env::vars_os() {
+            if name
+                .to_string_lossy()
+                .to_ascii_uppercase()
+                .starts_with("AMTGW_")
+            {
+                command.env_remove(name);
+            }
+        }
+        command.env("RUST_LOG", "info");
+        let mut process = Spawned::start(&mut command);
+        // The accept loop's line comes after the admin listener's.
+        process.expect("\"listening\"").await;
+        let (mut wsman, mut admin) = (None, None);
+        for line in process.transcript().lines() {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let addr = event["addr"].as_str().and_then(|a| a.parse().ok());
+            match event["message"].as_str() {
+                Some("listening") => wsman = addr,
+                Some(m) if m.starts_with("admin listening") => admin = addr,
+                _ => {}
+            }
+        }
+        Running {
+            wsman: wsman.expect("no wsman listener logged"),
+            admin: admin.expect("no admin listener logged"),
+            process,
+            _dir: dir,
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([signal, &self.process.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
+    /// Poll `/readyz` until it answers `status` (10 s at most).
+    async fn readyz_becomes(&self, status: u16) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (now, body) = http_get(self.admin, "/readyz").await;
+            if now == status {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/readyz stayed {now} ({body}); log:\n{}",
+                self.process.transcript()
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A new console connection is relayed to the device and back.
+    async fn served(&self, what: &[u8]) {
+        let conn = TcpStream::connect(self.wsman).await.unwrap();
+        assert_eq!(exchange(conn, what).await.unwrap(), what);
+    }
+
+    /// New connections are refused: the listener is closed (polled, 10 s at most, since the
+    /// accept loops close just after the drain is logged).
+    async fn refuses_connections(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match TcpStream::connect(self.wsman).await {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+                other => assert!(
+                    Instant::now() < deadline,
+                    "still accepting after the drain began: {other:?}"
+                ),
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Kubernetes sends SIGTERM while it takes the pod out of the Service's endpoints: until every
+/// node has followed, connections keep arriving and must be served. A second SIGTERM skips the
+/// rest of the delay.
+#[tokio::test]
+async fn after_sigterm_readyz_is_503_while_new_connections_are_still_served_until_a_second_signal()
+{
+    let mut gateway = Running::start("60s").await;
+    assert_eq!(gateway.readyz_becomes(200).await, "ready\n");
+    let mut live = TcpStream::connect(gateway.wsman).await.unwrap();
+    live.write_all(b"before").await.unwrap();
+    let mut buf = [0u8; 6];
+    live.read_exact(&mut buf).await.unwrap();
+
+    gateway.signal("-TERM");
+    let body = gateway.readyz_becomes(503).await;
+    assert!(body.contains("draining"), "{body}");
+    gateway
+        .process
+        .expect("shutting down: /readyz is 503; still accepting")
+        .await;
+    // Not ready, and still serving: a connection sent by a load balancer that has not yet
+    // followed is relayed, and the live session goes on.
+    gateway.served(b"during the delay").await;
+    gateway.served(b"and again").await;
+    assert_eq!(http_get(gateway.admin, "/healthz").await.0, 200);
+    live.write_all(b"still").await.unwrap();
+    let mut buf = [0u8; 5];
+    live.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"still");
+
+    // The operator's second signal: the drain starts now, not in a minute.
+    gateway.signal("-INT");
+    gateway.process.expect("shutdown delay skipped").await;
+    gateway
+        .process
+        .expect("shutting down: no new connections, draining")
+        .await;
+    gateway.refuses_connections().await;
+    assert_eq!(
+        gateway.readyz_becomes(503).await,
+        "draining: shutdown in progress\n"
+    );
+    // The live session drains normally, and then the process exits 0.
+    assert_eq!(
+        exchange(live, b"during drain").await.unwrap(),
+        b"during drain"
+    );
+    let status = gateway.process.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "{}", gateway.process.transcript());
+}
+
+#[tokio::test]
+async fn the_delay_ends_by_itself_then_new_connections_are_refused() {
+    let mut gateway = Running::start("1s").await;
+    gateway.served(b"before").await;
+    let signalled = Instant::now();
+    gateway.signal("-TERM");
+    gateway.readyz_becomes(503).await;
+    gateway
+        .process
+        .expect("shutting down: no new connections, draining")
+        .await;
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(1),
+        "the drain began {:?} after SIGTERM, before the delay ended",
+        signalled.elapsed()
+    );
+    gateway.refuses_connections().await;
+    let status = gateway.process.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "{}", gateway.process.transcript());
+    assert!(
+        !gateway
+            .process
+            .transcript()
+            .contains("shutdown delay skipped")
     );
 }

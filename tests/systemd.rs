@@ -203,7 +203,7 @@ impl Drop for Notified {
 
 /// WS-Man on an ephemeral port with a default device nobody listens for (a connection is
 /// served, then refused at the device's connect), admin on an ephemeral port, JSON logs; the
-/// watcher slow enough that only SIGHUP reloads.
+/// watcher slow enough that only SIGHUP reloads; no shutdown delay.
 fn config_text(gateway: &str) -> String {
     format!(
         r#"
@@ -211,6 +211,7 @@ fn config_text(gateway: &str) -> String {
 log_format = "json"
 workers = 1
 watch_interval = "1h"
+shutdown_delay = "0s"
 {gateway}
 [admin]
 listen = "127.0.0.1:0"
@@ -309,7 +310,7 @@ async fn run_notifies_ready_reloading_and_stopping() {
     gateway.signal("TERM");
     let stopping = gateway.next(&mut pings);
     assert_eq!(field(&stopping, "STOPPING"), Some("1"), "{stopping}");
-    // The drain's length (shutdown_timeout, 30 s by default) and a margin.
+    // The delay (0 s here) and the drain (shutdown_timeout, 30 s by default), and a margin.
     let extend: u64 = field(&stopping, "EXTEND_TIMEOUT_USEC")
         .unwrap()
         .parse()

@@ -118,7 +118,7 @@ impl Proxy {
                 let mut c = format!(
                     "[gateway]\nmax_connections = 50000\nmax_connections_per_source = 50000\n\
                      connect_timeout = \"5s\"\n\
-                     handshake_timeout = \"5s\"\nshutdown_timeout = \"1s\"\n{busy_poll}\n\
+                     handshake_timeout = \"5s\"\nshutdown_delay = \"0s\"\nshutdown_timeout = \"1s\"\n{busy_poll}\n\
                      [admin]\nenabled = false\n\n{legacy}",
                 );
                 for (service, (listen, _), device) in [

@@ -64,6 +64,10 @@ pub struct GatewaySettings {
     pub console_first_byte_timeout: Duration,
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
+    /// After SIGTERM/SIGINT, how long the listeners keep accepting and serving while
+    /// `/readyz` already answers 503, so load balancers stop sending before they close.
+    /// Zero: they close at once.
+    pub shutdown_delay: Duration,
     /// How long live sessions may drain after SIGTERM/SIGINT before they are cut.
     pub shutdown_timeout: Duration,
     /// TCP keepalive idle time on both legs; dead peers behind NAT are found even when idle.

@@ -26,6 +26,7 @@ pub(crate) struct RawGateway {
     pub(crate) console_first_byte_timeout: Option<String>,
     pub(crate) connect_timeout: Option<String>,
     pub(crate) handshake_timeout: Option<String>,
+    pub(crate) shutdown_delay: Option<String>,
     pub(crate) shutdown_timeout: Option<String>,
     pub(crate) tcp_keepalive: Option<String>,
     pub(crate) session_cache_per_device: Option<usize>,

@@ -35,6 +35,9 @@ const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9716";
 /// and up to `session_cache_per_device` sessions (some KiB), so 4096 stay within tens of MiB,
 /// and a forgotten one costs only a full handshake at its next connection.
 const DEFAULT_MAX_RANGE_DEVICES: usize = 4096;
+/// Long enough for a load balancer that health-checks every second or two, or Kubernetes'
+/// endpoint updates, to stop sending new connections; short enough not to hold up a restart.
+const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 
 pub(super) fn load(file: &str, base: &Path, figment: Figment) -> Result<Config, ConfigError> {
     let raw: RawConfig = figment.extract().map_err(|e| from_figment(file, e))?;
@@ -357,6 +360,11 @@ impl Validator<'_> {
                 "gateway.handshake_timeout",
                 g.handshake_timeout.as_deref(),
                 Duration::from_secs(10),
+            )?,
+            shutdown_delay: self.duration_or_zero(
+                "gateway.shutdown_delay",
+                g.shutdown_delay.as_deref(),
+                DEFAULT_SHUTDOWN_DELAY,
             )?,
             shutdown_timeout: self.duration(
                 "gateway.shutdown_timeout",
@@ -1045,6 +1053,19 @@ impl Validator<'_> {
             return Err(self.err(key, "must be longer than zero"));
         }
         Ok(value)
+    }
+
+    /// Like `duration`, where zero means "not at all".
+    fn duration_or_zero(
+        &self,
+        key: &str,
+        text: Option<&str>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match text.map(humantime::parse_duration) {
+            Some(Ok(value)) if value.is_zero() => Ok(Duration::ZERO),
+            _ => self.duration(key, text, default),
+        }
     }
 
     /// Zero turns busy polling off; more than a millisecond would keep a core spinning through

@@ -117,7 +117,9 @@ impl TofuStore {
                 let path = store.path().to_owned();
                 blocking(&path, move || store.learn(&device, &presented)).await
             }
-            TofuStore::Postgres(store) => store.learn(device, presented).await,
+            // Boxed: every connection's future would otherwise carry the database query's
+            // state inline, which costs memory per idle connection for a rare event.
+            TofuStore::Postgres(store) => Box::pin(store.learn(device, presented)).await,
         }
     }
 

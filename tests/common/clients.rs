@@ -70,6 +70,7 @@ pub async fn gateway_with(sim: &SimDevice, device_toml: &str, gateway_toml: &str
 [gateway]
 connect_timeout = "5s"
 handshake_timeout = "5s"
+shutdown_delay = "0s"
 shutdown_timeout = "5s"
 {gateway_toml}
 

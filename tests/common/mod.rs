@@ -480,6 +480,7 @@ pub fn one_device_config(device: SocketAddr, trust_toml: &str) -> String {
 [gateway]
 connect_timeout = "2s"
 handshake_timeout = "2s"
+shutdown_delay = "0s"
 shutdown_timeout = "5s"
 
 [admin]
