@@ -311,9 +311,10 @@ impl Demo {
         }
         let config = self.state.config.display();
         let tofu = DEVICE_NAMES[TOFU_DEVICE];
+        let amtgw = own_command();
         let _ = writeln!(
             out,
-            "\nDevice trust (the demo's config and pin store are in {}):\n  amtgw pin --config {config} --all\n  kill -USR1 {pid}      # unprovision {tofu}: new key, so it is refused until re-pinned\n  amtgw pin --config {config} --replace {tofu}",
+            "\nDevice trust (the demo's config and pin store are in {}):\n  {amtgw} pin --config {config} --all\n  kill -USR1 {pid}      # unprovision {tofu}: new key, so it is refused until re-pinned\n  {amtgw} pin --config {config} --replace {tofu}",
             self.state.dir.display(),
             pid = std::process::id(),
         );
@@ -328,6 +329,33 @@ impl Demo {
         }
         let _ = writeln!(out, "\nCtrl-C stops the demo.");
         out
+    }
+}
+
+/// How to run this very program from another terminal: `amtgw` when that is what PATH finds,
+/// else its own path (after `cargo run`, target/release/amtgw is on no PATH).
+fn own_command() -> String {
+    let Ok(exe) = std::env::current_exe().and_then(std::fs::canonicalize) else {
+        return "amtgw".to_owned();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path)
+            .filter_map(|dir| std::fs::canonicalize(dir.join("amtgw")).ok())
+            .next()
+            .is_some_and(|found| found == exe)
+    });
+    if on_path {
+        return "amtgw".to_owned();
+    }
+    let path = exe.display().to_string();
+    // Quoted for the shell when it holds anything a shell would split or expand.
+    if path
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+:,@".contains(c))
+    {
+        path
+    } else {
+        format!("'{}'", path.replace('\'', r"'\''"))
     }
 }
 

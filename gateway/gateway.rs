@@ -88,6 +88,7 @@ impl Gateway {
         let metrics = Arc::new(Metrics::register(&mut registry, config.metrics.clone()));
         let snapshot = Snapshot::build(config, None, metrics.clone()).await?;
         expiry::record_client_certificates(&metrics, &snapshot.config);
+        metrics.set_connection_limit(snapshot.config.gateway.max_connections);
         let mut pending = Vec::new();
         for key in listener::listener_keys(&snapshot.config) {
             pending.push((key, listener::bind_key(key).await?));
@@ -391,6 +392,9 @@ impl Gateway {
 
         let mut summary = ReloadSummary::of_devices(&current, &next);
         expiry::record_client_certificates(&self.shared.metrics, &next.config);
+        self.shared
+            .metrics
+            .set_connection_limit(next.config.gateway.max_connections);
         if let Some(workers) = &self.workers
             && workers.len() != next.config.gateway.workers
         {

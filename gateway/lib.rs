@@ -42,6 +42,7 @@ pub mod router;
 pub mod service;
 pub mod shutdown;
 pub mod state;
+pub mod systemd;
 pub mod tls;
 pub mod upstream;
 pub mod workers;

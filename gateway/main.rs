@@ -1,6 +1,8 @@
 //! The `amtgw` command: parses the CLI, loads the config, sets up logging, and hands over to
-//! the library. Exit codes: 0 success (all sessions drained), 1 runtime failure or sessions cut
-//! at the drain deadline, 64 invalid configuration or usage.
+//! the library. Exit codes, one scheme for every subcommand: 0 success (for `run`, every session
+//! drained), 1 runtime failure or sessions cut at the drain deadline, 2 usage (clap's own code
+//! for malformed arguments, and arguments that parse but name nothing usable), 78 invalid
+//! configuration (sysexits' `EX_CONFIG`).
 //!
 //! Subcommands with output of their own live beside this file in `cli/` (`amtgw pin`:
 //! `cli/pin.rs`); they belong to the binary, not to the library.
@@ -12,7 +14,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -20,6 +22,7 @@ use amtgw::config::{Environment, LogFormat};
 #[cfg(feature = "sim")]
 use amtgw::demo::{Demo, DemoOptions};
 use amtgw::shutdown::{DelaySkip, Signal, Signals};
+use amtgw::systemd::{self, Notifier};
 use amtgw::workers::Workers;
 use amtgw::{Config, Gateway, ReloadHandle};
 
@@ -27,7 +30,47 @@ mod cli {
     pub(crate) mod pin;
 }
 
-const EX_USAGE: u8 = 64;
+/// Arguments that parse but cannot be used; the same code clap exits with for malformed ones.
+#[cfg(feature = "sim")]
+const EX_USAGE: u8 = 2;
+/// An invalid configuration (file or `AMTGW_` variables): sysexits' `EX_CONFIG`, which is also
+/// what systemd's `RestartPreventExitStatus=` in deploy/systemd/amtgw.service names.
+const EX_CONFIG: u8 = 78;
+
+/// The exit codes, environment and signals, for `run --help` and `check --help`.
+const RUN_HELP: &str = "\
+Configuration: the TOML file, then AMTGW_ environment variables over it. `__` separates keys:
+  AMTGW_GATEWAY__MAX_CONNECTIONS=5000   AMTGW_SERVICES__WSMAN__BIND='[\"0.0.0.0\"]'
+A variable counts only when its first segment names a top-level table (GATEWAY, ADMIN, METRICS,
+SERVICES, DEFAULTS, DEVICES, RANGES); other AMTGW_ variables (Kubernetes' AMTGW_SERVICE_HOST...)
+are ignored. AMTGW_CONFIG is the --config default.
+
+Environment:
+  RUST_LOG        log filter (default: info), e.g. RUST_LOG=debug or RUST_LOG=amtgw::proxy=debug
+  NOTIFY_SOCKET   set by systemd (Type=notify): READY, RELOADING, STOPPING and WATCHDOG are sent
+                  there (WATCHDOG_USEC: every half of it)
+
+Signals:
+  SIGHUP          reload the configuration; a bad one is rejected and the running one stays
+  SIGTERM, SIGINT drain: refuse new connections, let sessions finish until
+                  gateway.shutdown_timeout, then cut the rest
+
+Exit codes:
+  0   stopped, every session drained
+  1   runtime failure (e.g. an address cannot be bound), or sessions cut at the drain deadline
+  2   usage: malformed arguments
+  78  invalid configuration (file, key and fix on stderr; nothing was bound)";
+
+const CHECK_HELP: &str = "\
+Reads the file, applies AMTGW_ environment variables over it (`__` separates keys:
+AMTGW_GATEWAY__MAX_CONNECTIONS=5000; AMTGW_CONFIG is the --config default), validates every key
+and reads every certificate, key and CA file it names. Binds nothing. Warnings about AMTGW_
+variables that look misspelt go to stderr. RUST_LOG plays no part.
+
+Exit codes:
+  0   valid (one line on stdout: devices, ranges and services)
+  2   usage: malformed arguments
+  78  invalid configuration (file, key and fix on stderr)";
 
 #[derive(Parser)]
 #[command(name = "amtgw", version, about = "TLS gateway for Intel AMT fleets")]
@@ -39,13 +82,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
+    #[command(after_help = RUN_HELP)]
     Run {
         /// Configuration file (TOML).
         #[arg(long, short, env = "AMTGW_CONFIG")]
         config: PathBuf,
     },
-    /// Validate a configuration file and exit: 0 if valid, 64 with the reason if not.
+    /// Validate a configuration file and exit: 0 if valid, 78 with the reason if not.
+    #[command(after_help = CHECK_HELP)]
     Check {
+        /// Configuration file (TOML).
         #[arg(long, short, env = "AMTGW_CONFIG")]
         config: PathBuf,
     },
@@ -92,9 +138,9 @@ PIN column: match, MISMATCH, - (trust = \"ca\": not pinned), new (tofu, nothing 
 learned (tofu, stored by --write), replaced (--replace).
 
 Exit codes: 0 every device probed was reachable and no pin mismatched; 1 a device was
-unreachable, its handshake failed, a pin mismatched or the pin store failed; 64 invalid
-configuration, unknown NAME, or --write/--replace for a device that is not tofu; 2 malformed
-arguments.")]
+unreachable, its handshake failed, a pin mismatched or the pin store failed; 2 malformed
+arguments, unknown NAME, or --write/--replace for a device that is not tofu; 78 invalid
+configuration.")]
     Pin {
         /// HOST[:PORT] to probe; with --config, the NAME of a configured device.
         #[arg(
@@ -123,6 +169,20 @@ arguments.")]
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<std::time::Duration>,
     },
+    /// Print a shell completion script for SHELL (bash, zsh, fish, elvish, powershell), e.g.
+    /// `amtgw completions bash > /usr/share/bash-completion/completions/amtgw`.
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of amtgw, or with --dir write amtgw.1 and one amtgw-COMMAND.1
+    /// per command there, e.g. `amtgw man --dir /usr/local/share/man/man1`.
+    #[command(hide = true)]
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -145,7 +205,7 @@ fn main() -> ExitCode {
                         eprintln!("warning: {warning}");
                     }
                     eprintln!("error: {e}");
-                    return ExitCode::from(EX_USAGE);
+                    return ExitCode::from(EX_CONFIG);
                 }
             };
             init_logging(config.gateway.log_format);
@@ -207,7 +267,27 @@ fn main() -> ExitCode {
                 Err(e) => report(Err(e)),
             }
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "amtgw", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man { dir } => report(man_pages(dir.as_deref()).map(|()| true)),
     }
+}
+
+/// The man pages, from the same clap definitions as `--help`: amtgw(1) on stdout, or in `dir`
+/// amtgw.1 and amtgw-COMMAND.1 for each command users see.
+fn man_pages(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let command = Cli::command();
+    let Some(dir) = dir else {
+        return clap_mangen::Man::new(command)
+            .render(&mut std::io::stdout())
+            .context("writing the man page");
+    };
+    // One page per command users see, each titled by its full name as git's are
+    // (amtgw-run(1)); hidden commands (these two) get none.
+    clap_mangen::generate_to(command, dir)
+        .with_context(|| format!("writing man pages to {}", dir.display()))
 }
 
 #[cfg(feature = "sim")]
@@ -278,7 +358,7 @@ fn check(path: &std::path::Path, env: &Environment) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(EX_USAGE)
+            ExitCode::from(EX_CONFIG)
         }
     }
 }
@@ -315,6 +395,10 @@ fn init_logging(format: LogFormat) {
 /// Bind, serve until SIGTERM/SIGINT, drain. `Ok(true)` when every session drained.
 async fn serve(config: Config) -> anyhow::Result<bool> {
     let source = config.source.clone();
+    let notifier = notifier();
+    // Before anything is announced: a SIGTERM sent as soon as "amtgw starting" is logged must
+    // drain, not kill the process with the default action.
+    let mut signals = Signals::install().context("cannot install signal handlers")?;
     let workers = start_workers(&config)?;
     let gateway = Gateway::bind(config)
         .await
@@ -324,13 +408,64 @@ async fn serve(config: Config) -> anyhow::Result<bool> {
     let reload = gateway.reload_handle();
     let skip = gateway.delay_skip();
     let shutdown = CancellationToken::new();
-    let mut signals = Signals::install().context("cannot install signal handlers")?;
+    // What stopping may take: the delay (listeners still serving), then the drain.
+    let stopping =
+        gateway.config().gateway.shutdown_delay + gateway.config().gateway.shutdown_timeout;
+    let devices = gateway.config().devices.len();
     let run = tokio::spawn(gateway.run(shutdown.clone()));
-    until_stopped(&mut signals, Some(&reload), None::<fn()>).await?;
+    // Every listener is bound (in `bind`), so connections queue from now on.
+    if let Some(notifier) = &notifier {
+        tell(notifier.ready(&format!("serving {devices} device(s)")));
+        if let Some(every) = systemd::watchdog_interval() {
+            tracing::info!(every_ms = every.as_millis() as u64, "systemd watchdog on");
+            tokio::spawn(watchdog(notifier.clone(), every));
+        }
+    }
+    until_stopped(
+        &mut signals,
+        Some(&reload),
+        None::<fn()>,
+        notifier.as_deref(),
+    )
+    .await?;
+    if let Some(notifier) = &notifier {
+        // A margin for the rest of the exit.
+        tell(notifier.stopping(stopping + std::time::Duration::from_secs(5)));
+    }
     shutdown.cancel();
     let report = stopped(run, signals, skip).await?;
     tracing::info!(cut = report.cut, "stopped");
     Ok(report.drained())
+}
+
+/// systemd's notification socket, when amtgw runs under it as `Type=notify`.
+fn notifier() -> Option<Arc<Notifier>> {
+    match Notifier::from_env() {
+        Ok(notifier) => notifier.map(Arc::new),
+        Err(e) => {
+            tracing::warn!(kind = e.kind(), error = %e, "not notifying systemd");
+            None
+        }
+    }
+}
+
+/// A failed notification is logged, never fatal: the gateway serves either way, and systemd
+/// will act on the missing message (a start or watchdog timeout) by itself.
+fn tell(result: Result<(), systemd::NotifyError>) {
+    if let Err(e) = result {
+        tracing::warn!(kind = e.kind(), error = %e, "systemd notification failed");
+    }
+}
+
+/// Ping systemd's watchdog from the main runtime: if it stops being scheduled (a wedged
+/// reload, a blocked control loop), the pings stop and systemd restarts the service.
+async fn watchdog(notifier: Arc<Notifier>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        tell(notifier.watchdog());
+    }
 }
 
 fn start_workers(config: &Config) -> anyhow::Result<Arc<Workers>> {
@@ -352,6 +487,7 @@ fn announce(gateway: &Gateway) {
 
 #[cfg(feature = "sim")]
 async fn demo(options: DemoOptions) -> anyhow::Result<bool> {
+    let mut signals = Signals::install().context("cannot install signal handlers")?;
     let demo = Demo::start(&options).await.context("starting the demo")?;
     announce(&demo.gateway);
     println!("{}", demo.instructions());
@@ -366,7 +502,6 @@ async fn demo(options: DemoOptions) -> anyhow::Result<bool> {
     let shutdown = CancellationToken::new();
     let reload = gateway.reload_handle();
     let skip = gateway.delay_skip();
-    let mut signals = Signals::install().context("cannot install signal handlers")?;
     let run = tokio::spawn(gateway.run(shutdown.clone()));
     let unprovisioned = &devices[amtgw::demo::TOFU_DEVICE];
     let name = amtgw::demo::DEVICE_NAMES[amtgw::demo::TOFU_DEVICE];
@@ -379,6 +514,7 @@ async fn demo(options: DemoOptions) -> anyhow::Result<bool> {
             ),
             Err(e) => tracing::warn!(error = %e, "unprovision failed"),
         }),
+        None,
     )
     .await?;
     shutdown.cancel();
@@ -414,11 +550,13 @@ async fn stopped(
 }
 
 /// Until SIGTERM or SIGINT: SIGHUP reloads through `reload` (the outcome is logged and counted
-/// there), SIGUSR1 runs `on_usr1` when there is one.
+/// there; systemd, when it runs us, hears RELOADING before and READY after), SIGUSR1 runs
+/// `on_usr1` when there is one.
 async fn until_stopped(
     signals: &mut Signals,
     reload: Option<&ReloadHandle>,
     mut on_usr1: Option<impl FnMut()>,
+    notifier: Option<&Notifier>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut usr1 = match on_usr1 {
@@ -443,7 +581,18 @@ async fn until_stopped(
                 }
                 (Signal::Reload, Some(reload)) => {
                     tracing::info!("SIGHUP: reloading the configuration");
-                    let _ = reload.reload().await;
+                    if let Some(notifier) = notifier {
+                        tell(notifier.reloading());
+                    }
+                    let result = reload.reload().await;
+                    if let Some(notifier) = notifier {
+                        // READY whatever the result: the last good configuration serves on.
+                        let status = match &result {
+                            Ok(_) => "configuration reloaded".to_owned(),
+                            Err(e) => format!("reload rejected ({}); the previous configuration serves", e.kind()),
+                        };
+                        tell(notifier.ready(&status));
+                    }
                 }
                 (Signal::Reload, None) => {
                     tracing::info!("SIGHUP ignored: this configuration is not reloadable")

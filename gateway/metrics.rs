@@ -107,6 +107,10 @@ pub struct Metrics {
     pub(crate) pin_store_connected: Family<PinStoreLabels, Gauge>,
     pub(crate) expiring: Family<ExpiringLabels, Gauge>,
     pub(crate) last_reload_success: Gauge,
+    /// 1 when the last reload was applied (or none was tried), 0 when it was rejected.
+    pub(crate) last_reload_successful: Gauge,
+    /// `gateway.max_connections` in force, for alerts on how close `connections_open` is.
+    pub(crate) connections_max: Gauge,
     pub devices: DeviceMetrics,
 }
 
@@ -167,6 +171,8 @@ impl Metrics {
             pin_store_connected: Family::default(),
             expiring: Family::default(),
             last_reload_success: Gauge::default(),
+            last_reload_successful: Gauge::default(),
+            connections_max: Gauge::default(),
             devices,
         };
         // Unprefixed: the `process_*` names every client library exports.
@@ -207,6 +213,11 @@ impl Metrics {
             "Console connections open now",
             metrics.open.clone(),
         );
+        r.register(
+            "connections_max",
+            "gateway.max_connections: console connections allowed open at once, all services",
+            metrics.connections_max.clone(),
+        );
         r.register_with_unit(
             "relayed",
             "Bytes relayed, by direction",
@@ -219,8 +230,17 @@ impl Metrics {
             metrics.handshakes.clone(),
         );
         r.register_with_unit(
+            "connect_duration",
+            "TCP connect time to the device, DNS included",
+            Unit::Seconds,
+            metrics.connect_seconds.clone(),
+        );
+        // The name before 0.2, inside the amtgw_device_ namespace the README keeps for
+        // per-device series: the same histogram (one set of atomics, two names) until it goes
+        // in the release after.
+        r.register_with_unit(
             "device_connect_duration",
-            "TCP connect time to the device",
+            "Deprecated: amtgw_connect_duration_seconds, under its old name for one release",
             Unit::Seconds,
             metrics.connect_seconds.clone(),
         );
@@ -278,9 +298,15 @@ impl Metrics {
             "When the configuration was last loaded successfully, unix seconds",
             metrics.last_reload_success.clone(),
         );
+        r.register(
+            "config_last_reload_successful",
+            "1 if the last configuration reload was applied (or none was tried yet), 0 if it was rejected",
+            metrics.last_reload_successful.clone(),
+        );
         metrics
             .last_reload_success
             .set(crate::tls::unix_now() as i64);
+        metrics.last_reload_successful.set(1);
         // Both kinds exported from the start: an alert on `> 0` must not see "no data" as
         // "nothing expiring" before the first warning.
         for kind in ["client", "device"] {
@@ -299,6 +325,14 @@ impl Metrics {
         if rejected.is_none() {
             self.last_reload_success.set(crate::tls::unix_now() as i64);
         }
+        self.last_reload_successful
+            .set(i64::from(rejected.is_none()));
+    }
+
+    /// `gateway.max_connections` of the configuration in force (at start and every reload).
+    pub(crate) fn set_connection_limit(&self, max_connections: usize) {
+        self.connections_max
+            .set(i64::try_from(max_connections).unwrap_or(i64::MAX));
     }
 
     pub(crate) fn observe_pin_store_error(&self, kind: &'static str) {

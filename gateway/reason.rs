@@ -89,7 +89,8 @@ impl Reason {
     }
 
     /// Whether the connection ended the way connections routinely do (the console went away,
-    /// the gateway is stopping): logged at INFO. Every other reason is worth a WARN.
+    /// the gateway is stopping and cancelled it before it reached a device): logged at INFO.
+    /// Every other reason is worth a WARN, and so is a session cut at the drain deadline.
     pub const fn is_routine(self) -> bool {
         matches!(self, Reason::ConsoleReset | Reason::Shutdown)
     }

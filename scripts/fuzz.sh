@@ -26,7 +26,7 @@ SANITIZER=${FUZZ_SANITIZER:-none}
 
 usage() {
     sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2
-    exit 64
+    exit 2
 }
 
 ensure_cargo_fuzz() {

@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Installs the Debian packages needed to build amtgw at all: OpenSSL's headers and libraries for
-# the legacy TLS backend (openssl-sys; libssl-dev also carries the static libraries the
-# container image links) and pkg-config, which openssl-sys uses to find them. .ci/run calls it
-# before clippy, scripts/test.sh before the tests.
+# Installs what building amtgw needs from Debian, when it is missing (never upgrading anything:
+# scripts/apt-install.sh):
+#   pkg-config   the program, which openssl-sys uses to find OpenSSL
+#   libssl-dev   OpenSSL's headers and libraries for the legacy TLS backend (also the static
+#                libraries the container image links); looked for as pkg-config's `openssl`
+#                module, so an OpenSSL installed otherwise (OPENSSL_DIR, another package) counts
+# .ci/run calls it before clippy, scripts/test.sh before the tests.
 #
 # Usage: scripts/install-build-deps.sh
 set -euo pipefail
-"$(dirname "$0")/apt-install.sh" libssl-dev pkg-config
+wanted=(pkg-config=pkg-config)
+if [[ -z "${OPENSSL_DIR:-}" ]] && ! pkg-config --exists openssl 2>/dev/null; then
+  wanted+=(libssl-dev)
+fi
+"$(dirname "$0")/apt-install.sh" "${wanted[@]}"

@@ -1,25 +1,31 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the interop tests (tests/interop.rs) drive as
-# real, unmodified clients: curl (WS-Man/HTTP digest), amtterm (SOL over the
-# redirection protocol), script from bsdutils (gives amtterm the terminal it
-# insists on), stunnel4 (an independent TLS client for the simulator) and the
-# openssl command (s_client), which the simulator's profile tests run; PostgreSQL
-# (tests/shared_pin_store.rs starts its own servers from /usr/lib/postgresql/*/bin in
-# temporary directories, never the packaged service); and for the transparent-routing tests
-# (tests/transparent.rs), which build network namespaces, `ip` (iproute2) and `nft`
-# (nftables), installed only when the program is missing; HAProxy, the load balancer in front
-# of amtgw in tests/proxy_protocol.rs (send-proxy-v2), likewise; and kubernetes-validate from
-# PyPI (tests/kubernetes.rs validates deploy/kubernetes/ with it, offline), in a virtualenv of
-# its own (scripts/install-kubernetes-validate.sh). What the build itself needs (OpenSSL's
-# development files) is scripts/install-build-deps.sh.
+# Installs, from Debian, each program the tests drive that is not already there (looked for by
+# program, never upgrading anything: scripts/apt-install.sh). Program, and the package
+# installed when it is missing:
+#   curl             curl        WS-Man/HTTP digest client (tests/interop.rs, demo, ...)
+#   amtterm          amtterm     serial-over-LAN client
+#   script           bsdutils    gives amtterm the terminal it insists on
+#   stunnel4|stunnel stunnel4    an independent TLS client for the simulator
+#   openssl          openssl     s_client, which the simulator's profile tests run
+#   initdb           postgresql  /usr/lib/postgresql/*/bin (tests/shared_pin_store.rs starts
+#                                its own servers in temporary directories, never the service)
+#   ip               iproute2    network namespaces (tests/transparent.rs)
+#   nft              nftables    the transparent-routing rules
+#   systemd-analyze  systemd     `systemd-analyze verify` of deploy/systemd (tests/systemd.rs)
+#   promtool         prometheus  checks deploy/prometheus's rules (tests/monitoring.rs)
+#   haproxy          haproxy     the load balancer in front of amtgw (tests/proxy_protocol.rs)
+# and kubernetes-validate from PyPI (tests/kubernetes.rs validates deploy/kubernetes/ with it,
+# offline), in a virtualenv of its own (scripts/install-kubernetes-validate.sh).
+# What the build itself needs (OpenSSL's development files) is scripts/install-build-deps.sh.
 #
-# Idempotent and non-interactive (scripts/apt-install.sh). Run as root (CI) or
-# with sudo available.
+# Idempotent and non-interactive. Run as root (CI) or with sudo available.
 #
 # Usage: scripts/install-test-deps.sh
 set -euo pipefail
 
-"$(dirname "$0")/apt-install.sh" curl amtterm stunnel4 bsdutils openssl
+"$(dirname "$0")/apt-install.sh" curl=curl amtterm=amtterm 'stunnel4|stunnel=stunnel4' \
+  script=bsdutils openssl=openssl ip=iproute2 nft=nftables systemd-analyze=systemd \
+  promtool=prometheus haproxy=haproxy
 
 # PostgreSQL: the server binaries, whichever major version Debian ships. Installed only when no
 # version is there. Debian's package would create and start a "main" cluster; the tests need
@@ -34,19 +40,12 @@ if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
   "$(dirname "$0")/apt-install.sh" postgresql
 fi
 
-# By program: a host may have them from elsewhere (iptables-nft setups, a newer iproute2).
-for pair in ip:iproute2 nft:nftables haproxy:haproxy; do
-  if ! command -v "${pair%%:*}" >/dev/null 2>&1; then
-    "$(dirname "$0")/apt-install.sh" "${pair#*:}"
-  fi
-done
-
 # Python packages never go into the system's Python: a venv under the user's cache.
 "$(dirname "$0")/install-kubernetes-validate.sh"
 
 # Fail loudly if a package is installed but the program the tests spawn is still not on PATH
 # (Debian names the stunnel binary stunnel4; others stunnel).
-for program in curl amtterm script openssl ip nft haproxy; do
+for program in curl amtterm script openssl ip nft systemd-analyze promtool haproxy; do
   if ! command -v "$program" >/dev/null 2>&1; then
     echo "install-test-deps: $program not found on PATH" >&2
     exit 1

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command (README quick start; CI runs exactly this after fmt and clippy).
-# Installs the Debian packages the interop tests drive (curl, amtterm, stunnel4), then runs every
-# test of both packages (amtgw and the simulator, amtgw-sim); `--all-targets` also runs each
-# benchmark once as a smoke test.
+# Installs what the build, the tests and the benchmark smoke need and is missing (by program,
+# never upgrading anything: the three scripts below list what and from which package), then
+# runs every test of both packages (amtgw and the simulator, amtgw-sim); `--all-targets` also
+# runs each benchmark once as a smoke test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-build-deps.sh

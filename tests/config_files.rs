@@ -308,7 +308,7 @@ fn check_accepts_the_transparent_config_naming_its_ranges_and_routing() {
 fn check_rejects_an_invalid_config_naming_file_key_and_fix() {
     let path = repo_path("config/invalid/zero-max-connections.toml");
     let out = amtgw_check(&path, &[]);
-    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(out.status.code(), Some(78));
     assert!(out.stdout.is_empty());
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim_end(),
@@ -324,7 +324,7 @@ fn environment_override_is_validated_like_the_file() {
     let path = repo_path("config/amtgw.example.toml");
     let out = amtgw_check(&path, &[("AMTGW_GATEWAY__MAX_CONNECTIONS", "0")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(stderr.contains("key `gateway.max_connections`"), "{stderr}");
     assert!(stderr.contains("must be at least 1"), "{stderr}");
 }
@@ -334,7 +334,7 @@ fn environment_override_of_the_wrong_type_names_the_variable() {
     let path = repo_path("config/amtgw.example.toml");
     let out = amtgw_check(&path, &[("AMTGW_GATEWAY__MAX_CONNECTIONS", "plenty")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(stderr.contains("key `gateway.max_connections`"), "{stderr}");
     assert!(
         stderr.contains("AMTGW_GATEWAY__MAX_CONNECTIONS"),
@@ -351,7 +351,7 @@ fn environment_override_rejected_by_the_validator_names_the_variable() {
         &[("AMTGW_SERVICES__WSMAN__BIND", r#"["localhost"]"#)],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(stderr.contains("key `services.wsman.bind[0]`"), "{stderr}");
     assert!(stderr.contains("AMTGW_SERVICES__WSMAN__BIND"), "{stderr}");
 }
@@ -513,7 +513,7 @@ fn typo_inside_a_table_is_still_an_error_naming_the_variable_and_the_keys() {
     let path = repo_path("config/minimal.toml");
     let out = amtgw_check(&path, &[("AMTGW_GATEWAY__MAX_CONECTIONS", "5")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(
         stderr.contains("key `gateway.max_conections`: unknown key `max_conections`"),
         "{stderr}"
@@ -533,7 +533,7 @@ fn empty_key_segment_in_a_variable_is_an_error() {
     let path = repo_path("config/minimal.toml");
     let out = amtgw_check(&path, &[("AMTGW_GATEWAY____WORKERS", "2")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(
         stderr.contains(
             "key `gateway`: environment variable AMTGW_GATEWAY____WORKERS has an empty key"
@@ -548,7 +548,7 @@ fn environment_value_with_a_backslash_after_a_non_ascii_character_is_read_not_a_
     let path = repo_path("config/minimal.toml");
     let out = amtgw_check(&path, &[("AMTGW_GATEWAY__LOG_FORMAT", "\"é\\tjson\"")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(
         stderr.contains("key `gateway.log_format`: `é\tjson` is not a log format"),
         "{stderr}"
@@ -564,7 +564,7 @@ fn deeply_nested_environment_value_is_an_error_not_a_stack_overflow() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         out.status.code(),
-        Some(64),
+        Some(78),
         "{}",
         &stderr[..stderr.len().min(300)]
     );

@@ -125,7 +125,23 @@ fn demo_serves_repins_and_exits_cleanly_on_sigterm() {
         .nth(1)
         .unwrap()
         .to_owned();
-    let (code, table) = amtgw(&["pin", "--config", &config, "--all"]);
+    // The printed command works as printed: the test's binary is on no PATH, like
+    // target/release/amtgw after `cargo run`, so it names the binary by its path.
+    let command = printed
+        .lines()
+        .find(|line| line.contains(" pin --config ") && line.ends_with("--all"))
+        .unwrap_or_else(|| panic!("no pin --all command in:\n{printed}"));
+    let words: Vec<&str> = command.split_whitespace().collect();
+    assert_eq!(
+        std::fs::canonicalize(words[0]).unwrap(),
+        std::fs::canonicalize(env!("CARGO_BIN_EXE_amtgw")).unwrap(),
+        "{command}"
+    );
+    let output = Command::new(words[0]).args(&words[1..]).output().unwrap();
+    let (code, table) = (
+        output.status.code().unwrap(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    );
     assert_eq!(code, 0, "{table}");
     assert_eq!(pin_row(&table, "amt-sim-01")[3..5], ["pin", "match"]);
     assert_eq!(

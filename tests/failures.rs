@@ -378,7 +378,7 @@ async fn a_silent_console_is_closed_without_the_device_ever_being_contacted() {
     let metrics = gateway.metrics().await;
     assert_eq!(metrics.failed("console_timeout"), 1.0, "{}", metrics.0);
     assert!(dialled.try_recv().is_err(), "the device was never dialled");
-    assert!(metrics.absent("amtgw_device_connect_duration_seconds", &[]));
+    assert!(metrics.absent("amtgw_connect_duration_seconds", &[]));
 }
 
 #[tokio::test]

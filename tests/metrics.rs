@@ -83,6 +83,8 @@ async fn a_session_fills_every_latency_histogram_and_counter() {
         ),
         16.0
     );
+    assert_eq!(m.value("amtgw_connect_duration_seconds_count", &ok), 1.0);
+    // The deprecated name of the same histogram, exported for one more release.
     assert_eq!(
         m.value("amtgw_device_connect_duration_seconds_count", &ok),
         1.0

@@ -71,6 +71,12 @@ async fn reload_adds_and_removes_devices_with_their_alias_listeners() {
     assert_eq!(summary.devices_removed, ["a"]);
     assert_eq!(summary.listeners_removed, 1);
     let new_listener = summary.listeners_added[0].addr;
+    assert_eq!(
+        summary.to_string(),
+        format!(
+            "devices added: b; removed: a; listeners added: wsman {new_listener}; listeners removed: 1"
+        )
+    );
     assert_eq!(new_listener.ip().to_string(), "127.0.0.3");
     assert_eq!(
         exchange(TcpStream::connect(new_listener).await.unwrap(), b"b")
@@ -88,6 +94,40 @@ async fn reload_adds_and_removes_devices_with_their_alias_listeners() {
     );
     let refused = TcpStream::connect(old_listener).await.unwrap_err();
     assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+}
+
+#[tokio::test]
+async fn a_device_whose_port_and_pins_changed_is_reported_and_reached_there() {
+    let (a, pin_a) = pinned_echo().await;
+    let (b, pin_b) = pinned_echo().await;
+    let gateway =
+        TestGateway::start_config(config(&device_toml("a", "127.0.0.2", a, &[&pin_a]))).await;
+    let listener = gateway.addr_on(Service::Wsman, "127.0.0.2");
+    // The same device, moved to another port with a new certificate (b's echo device).
+    let summary = gateway
+        .reload
+        .apply(config(&device_toml("a", "127.0.0.2", b, &[&pin_b])))
+        .await
+        .unwrap();
+    assert_eq!(
+        summary.devices_changed,
+        [("a".to_owned(), vec!["ports", "trust"])]
+    );
+    assert_eq!(summary.to_string(), "changed: a (ports, trust)");
+    assert_eq!(
+        exchange(TcpStream::connect(listener).await.unwrap(), b"moved")
+            .await
+            .unwrap(),
+        b"moved"
+    );
+    // Nothing changed: said so.
+    let summary = gateway
+        .reload
+        .apply(config(&device_toml("a", "127.0.0.2", b, &[&pin_b])))
+        .await
+        .unwrap();
+    assert_eq!(summary.to_string(), "no device or listener changed");
+    gateway.stop().await;
 }
 
 #[tokio::test]

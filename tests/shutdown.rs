@@ -54,8 +54,32 @@ async fn drains_live_sessions_and_refuses_new_ones() {
     assert!(report.drained(), "{report:?}");
 }
 
+/// The log, as JSON lines, of everything on this thread (a current-thread test runtime, no
+/// data-path workers: the gateway's connections log here too).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[tokio::test]
-async fn cuts_sessions_still_open_at_the_deadline() {
+async fn cuts_sessions_still_open_at_the_deadline_with_a_warning() {
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
     let gateway = echo_gateway("200ms").await;
     let mut live = gateway.connect(Service::Wsman).await;
     live.write_all(b"x").await.unwrap();
@@ -64,6 +88,19 @@ async fn cuts_sessions_still_open_at_the_deadline() {
     let report = gateway.stop().await;
     assert_eq!(report.cut, 1);
     expect_closed(live).await;
+
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let closed: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["message"] == "connection closed")
+        .collect();
+    assert_eq!(closed.len(), 1, "{text}");
+    assert_eq!(closed[0]["outcome"], "shutdown", "{text}");
+    assert_eq!(
+        closed[0]["level"], "WARN",
+        "a cut session is a failure: {text}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

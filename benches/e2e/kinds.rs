@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::machine::{command_output, pinned_cpus};
-use crate::proxies::NGINX_STREAM_MODULE;
+use crate::proxies::nginx_stream;
 
 /// A program the harness runs as a proxy.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -46,9 +46,9 @@ impl Program {
             .iter()
             .flat_map(|n| dirs.iter().map(move |d| d.join(n)))
             .find(|p| p.is_file());
-        // Debian's nginx loads the stream module from libnginx-mod-stream; without it there is
+        // An nginx without the stream module (built in, or Debian's libnginx-mod-stream) has
         // nothing to compare.
-        found.filter(|_| self != Program::Nginx || Path::new(NGINX_STREAM_MODULE).is_file())
+        found.filter(|p| self != Program::Nginx || nginx_stream(p).is_some())
     }
 
     fn version(self, program: &Path) -> String {

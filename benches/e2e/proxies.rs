@@ -12,9 +12,33 @@ use tokio::net::TcpStream;
 
 use crate::STEP_TIMEOUT;
 use crate::kinds::{Kind, Program, amtgw_busy_poll, haproxy_busy_polling_threads};
-use crate::machine::{PROXY_CPU, command_on_cpu, open_files_limits, running_as_root, tree};
+use crate::machine::{
+    PROXY_CPU, command_on_cpu, command_output, open_files_limits, running_as_root, tree,
+};
 
-pub(crate) const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+/// Debian's dynamic stream module (libnginx-mod-stream).
+const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
+/// How an nginx binary has its stream module, read from `nginx -V`: compiled in
+/// (`--with-stream`, as nginx.org's packages build it), or as Debian's loadable module
+/// (`--with-stream=dynamic`, the file from libnginx-mod-stream). `None`: it has none.
+pub(crate) fn nginx_stream(nginx: &Path) -> Option<StreamModule> {
+    let configure = command_output(&nginx.to_string_lossy(), &["-V"])?;
+    let flags: Vec<&str> = configure.split_whitespace().collect();
+    if flags.contains(&"--with-stream") {
+        Some(StreamModule::BuiltIn)
+    } else if flags.contains(&"--with-stream=dynamic") && Path::new(NGINX_STREAM_MODULE).is_file() {
+        Some(StreamModule::Loaded(NGINX_STREAM_MODULE))
+    } else {
+        None
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StreamModule {
+    BuiltIn,
+    Loaded(&'static str),
+}
 
 /// The next listening address for a proxy: this process's private loopback address (the
 /// proxies bind it themselves, so they cannot be handed a bound socket), a port of its own.
@@ -181,8 +205,12 @@ impl Proxy {
                 } else {
                     ""
                 };
+                let load = match nginx_stream(program) {
+                    Some(StreamModule::Loaded(module)) => format!("load_module {module};\n"),
+                    Some(StreamModule::BuiltIn) | None => String::new(),
+                };
                 let mut c = format!(
-                    "load_module {NGINX_STREAM_MODULE};\n{user}\
+                    "{load}{user}\
                      worker_processes 2;\nworker_rlimit_nofile {files};\n\
                      pid {dir}/{stem}.pid;\nerror_log {log} error;\n\
                      events {{ worker_connections {per_worker}; }}\n\

@@ -35,10 +35,14 @@ pub(crate) const DEFAULT_CONCURRENCY: usize = 32;
 /// Connect and handshake timeout of `amtgw pin HOST[:PORT]`, the gateway's own defaults.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Exit codes, as documented in `amtgw pin --help`.
+/// Exit codes, as documented in `amtgw pin --help` (the scheme of every amtgw command; see
+/// main.rs).
 const EXIT_OK: u8 = 0;
 const EXIT_FAILED: u8 = 1;
-const EXIT_USAGE: u8 = 64;
+/// Arguments that parse but ask for something that is not there: clap's code for usage errors.
+const EXIT_USAGE: u8 = 2;
+/// The configuration file is invalid (sysexits' EX_CONFIG), as for `amtgw check`.
+const EXIT_CONFIG: u8 = 78;
 
 /// `amtgw pin`'s arguments as parsed by the CLI; clap enforces which combinations are allowed.
 #[derive(Debug, Clone)]
@@ -64,7 +68,10 @@ pub(crate) async fn pin_command(args: PinArgs) -> u8 {
     };
     let config = match Config::load(path) {
         Ok(config) => config,
-        Err(e) => return usage(e),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_CONFIG;
+        }
     };
     let mut timeouts = Timeouts::of(&config);
     if let Some(limit) = args.timeout {

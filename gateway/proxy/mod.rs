@@ -497,7 +497,7 @@ pins = ["{pin}"]
         assert_eq!(pipeline.exchange(b"x").await, b"");
         let failed = r#"amtgw_connections_failed_total{service="wsman",reason="limit"}"#;
         assert_eq!(pipeline.sample(failed), Some(1.0));
-        let connect = r#"amtgw_device_connect_duration_seconds_count{"#;
+        let connect = r#"amtgw_connect_duration_seconds_count{"#;
         assert_eq!(
             pipeline.sample(connect),
             None,

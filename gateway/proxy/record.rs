@@ -265,9 +265,14 @@ impl<'a> Recorder<'a> {
             .duration_seconds
             .get_or_create(&labels)
             .observe(duration.as_secs_f64());
+        // A session cut at the drain deadline lost whatever it was doing (a SOL console, an
+        // IDE-R transfer): a failure like any other. Only connections cancelled before they
+        // reached a device are the routine part of stopping.
+        let cut = matches!(failure, Some(ConnectionError::CutAtDrain));
         let error = failure.map(|e| e.to_string());
         let level = match reason {
             None => Level::INFO,
+            Some(_) if cut => Level::WARN,
             // Under a flood only the first refusal of each kind per interval gets a line of
             // its own; `refusals` summarises the rest.
             Some(reason) if reason.is_refusal() && !self.ctx.refusals.count(service, reason) => {

@@ -1,6 +1,7 @@
 //! The `amtgw-sim` command: one simulated AMT device, the same as `amtgw sim`. Parses the CLI,
 //! sets up logging and hands over to the library. Exit codes: 0 stopped by SIGTERM or SIGINT,
-//! 1 runtime failure, 64 an unreadable --cert, --key or --client-ca.
+//! 1 runtime failure, 2 usage: malformed arguments (clap) or an unreadable --cert, --key or
+//! --client-ca, the same scheme as `amtgw`.
 
 use std::process::ExitCode;
 
@@ -9,7 +10,8 @@ use tracing_subscriber::EnvFilter;
 
 use amtgw_sim::cli::{self, SimArgs};
 
-const EX_USAGE: u8 = 64;
+/// clap's code for malformed arguments, used for arguments that parse but cannot be used.
+const EX_USAGE: u8 = 2;
 
 #[derive(Parser)]
 #[command(
