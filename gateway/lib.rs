@@ -30,6 +30,7 @@ pub mod config;
 pub mod demo;
 pub mod fleet;
 pub mod gateway;
+pub mod http_head;
 pub mod limits;
 pub mod listener;
 pub mod metrics;

@@ -12,22 +12,34 @@
 //!   (`loop`), one that is no device's is refused (`no_route`): the gateway is never an open
 //!   relay.
 //!
-//! Host-header routing fits by a query carrying the request head peeked from the console, and
-//! PROXY protocol by filling `peer` and `original_destination` from its header. The data path
-//! only ever sees `Router::route`.
+//! - **Host** (`routing = "host"`, WS-Man only): the proxy reads the console's first request
+//!   head and puts its `Host` in [`RouteQuery::host`]; a name selects the listed device of
+//!   that name or DNS host (case aside), an address the listed device whose `host` it is, else
+//!   the device of that address in a `[[ranges]]` entry. Anything else is `no_route`.
+//!
+//! PROXY protocol fits by filling `peer` and `original_destination` from its header. The data
+//! path only ever sees `Router::route`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 
-use crate::config::{Config, Host};
+use crate::config::{Config, Host, Routing};
 use crate::fleet::{Device, RangeError, Ranges};
 use crate::reason::Reason;
 use crate::service::Service;
 
+/// The host a console's request names (`routing = "host"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamedHost<'a> {
+    /// A DNS name, lower case, without a trailing dot.
+    Name(&'a str),
+    Ip(IpAddr),
+}
+
 /// What is known about a console connection when it is routed.
 #[derive(Debug, Clone, Copy)]
-pub struct RouteQuery {
+pub struct RouteQuery<'a> {
     pub service: Service,
     /// The gateway address the console connected to.
     pub local: SocketAddr,
@@ -37,6 +49,8 @@ pub struct RouteQuery {
     /// alias routing, where `local` selects the device. IPv4 addresses are plain IPv4 here,
     /// not IPv4-mapped IPv6.
     pub original_destination: Option<SocketAddr>,
+    /// The host the console's first request names, for `routing = "host"`; `None` otherwise.
+    pub host: Option<NamedHost<'a>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +63,10 @@ pub enum RouteError {
         "no device at {destination}, where the console was going: it is no listed device's host and in no [[ranges]]"
     )]
     NoDevice { destination: SocketAddr },
+    #[error(
+        "no device for Host {host}: it is no listed device's name or host, nor an address of one or in a [[ranges]] entry"
+    )]
+    UnknownHost { host: String },
     #[error(transparent)]
     Range(#[from] RangeError),
     #[error(
@@ -60,7 +78,9 @@ pub enum RouteError {
 impl RouteError {
     pub fn reason(&self) -> Reason {
         match self {
-            RouteError::NoRoute { .. } | RouteError::NoDevice { .. } => Reason::NoRoute,
+            RouteError::NoRoute { .. }
+            | RouteError::NoDevice { .. }
+            | RouteError::UnknownHost { .. } => Reason::NoRoute,
             RouteError::Loop { .. } => Reason::Loop,
             RouteError::Range(RangeError::Full { .. }) => Reason::Limit,
             RouteError::Range(RangeError::Device { .. }) => Reason::NoRoute,
@@ -69,7 +89,7 @@ impl RouteError {
 }
 
 pub trait Router: Send + Sync + 'static {
-    fn route(&self, query: &RouteQuery) -> Result<Arc<Device>, RouteError>;
+    fn route(&self, query: &RouteQuery<'_>) -> Result<Arc<Device>, RouteError>;
 }
 
 /// Routes by address: the local address (an alias) then the per-service default, or the
@@ -82,6 +102,9 @@ pub struct AddressRouter {
     by_host: HashMap<IpAddr, Arc<Device>>,
     /// Every other address in a `[[ranges]]` entry, for routing by original destination.
     ranges: Option<Arc<Ranges>>,
+    /// Listed devices by name and by DNS host, lower case without a trailing dot, for routing
+    /// by `Host`. Empty unless a service routes so.
+    by_name: HashMap<String, Arc<Device>>,
 }
 
 impl AddressRouter {
@@ -106,11 +129,26 @@ impl AddressRouter {
                 .and_then(|name| by_name.get(name))
                 .map(|d| Arc::clone(d));
         }
+        let mut by_name = HashMap::new();
+        if config.services.iter().any(|s| s.routing == Routing::Host) {
+            for device in devices {
+                let folded = |name: &str| {
+                    name.strip_suffix('.')
+                        .unwrap_or(name)
+                        .to_ascii_lowercase()
+                };
+                by_name.insert(folded(device.name()), device.clone());
+                if let Host::Dns(host) = &device.settings.host {
+                    by_name.insert(folded(host), device.clone());
+                }
+            }
+        }
         AddressRouter {
             by_listen,
             defaults,
             by_host,
             ranges: None,
+            by_name,
         }
     }
 
@@ -125,20 +163,45 @@ impl AddressRouter {
         if is_own_address(destination.ip()) {
             return Err(RouteError::Loop { destination });
         }
+        self.by_address(destination.ip())?
+            .ok_or(RouteError::NoDevice { destination })
+    }
+
+    /// The listed device whose host `ip` is, else the device of `ip` in a range.
+    fn by_address(&self, ip: IpAddr) -> Result<Option<Arc<Device>>, RouteError> {
+        let ip = ip.to_canonical();
         // Listed devices win over ranges.
-        if let Some(device) = self.by_host.get(&destination.ip()) {
-            return Ok(device.clone());
+        if let Some(device) = self.by_host.get(&ip) {
+            return Ok(Some(device.clone()));
         }
-        let in_range = match &self.ranges {
-            Some(ranges) => ranges.device(destination.ip())?,
+        Ok(match &self.ranges {
+            Some(ranges) => ranges.device(ip)?,
             None => None,
+        })
+    }
+
+    /// No loop check here, unlike routing by original destination: the console reached the
+    /// gateway on purpose and named a device, and the gateway dials that device's TLS port,
+    /// never its own plain listener.
+    fn by_named_host(&self, host: NamedHost<'_>) -> Result<Arc<Device>, RouteError> {
+        let found = match host {
+            NamedHost::Name(name) => self.by_name.get(name).cloned(),
+            NamedHost::Ip(ip) => self.by_address(ip)?,
         };
-        in_range.ok_or(RouteError::NoDevice { destination })
+        found.ok_or_else(|| RouteError::UnknownHost {
+            host: match host {
+                NamedHost::Name(name) => name.to_owned(),
+                NamedHost::Ip(ip) => ip.to_string(),
+            },
+        })
     }
 }
 
 impl Router for AddressRouter {
-    fn route(&self, query: &RouteQuery) -> Result<Arc<Device>, RouteError> {
+    fn route(&self, query: &RouteQuery<'_>) -> Result<Arc<Device>, RouteError> {
+        if let Some(host) = query.host {
+            return self.by_named_host(host);
+        }
         if let Some(destination) = query.original_destination {
             return self.by_destination(destination);
         }
@@ -227,13 +290,14 @@ trust = "tofu"
         AddressRouter::new(&config, &devices).with_ranges(Arc::new(ranges))
     }
 
-    fn to(destination: &str) -> RouteQuery {
+    fn to(destination: &str) -> RouteQuery<'static> {
         let destination: SocketAddr = destination.parse().unwrap();
         RouteQuery {
             service: Service::Wsman,
             local: destination,
             peer: SocketAddr::from(([198, 51, 100, 1], 40000)),
             original_destination: Some(destination),
+            host: None,
         }
     }
 

@@ -118,6 +118,8 @@ fn the_bottom_layers_use_only_what_the_issue_allows() {
     let allowed: &[(&str, &[&str])] = &[
         // tls depends on nothing of ours.
         ("tls", &[]),
+        // The request-head parser is pure: bytes in, facts out.
+        ("http_head", &[]),
         // Signals and the drain state know nothing of reloads or the gateway.
         ("shutdown", &[]),
         ("service", &[]),
@@ -130,8 +132,9 @@ fn the_bottom_layers_use_only_what_the_issue_allows() {
         (
             "proxy",
             &[
-                "config", "expiry", "fleet", "limits", "metrics", "reason", "refusals", "relay",
-                "router", "service", "shutdown", "socket", "state", "tls", "upstream",
+                "config", "expiry", "fleet", "http_head", "limits", "metrics", "reason",
+                "refusals", "relay", "router", "service", "shutdown", "socket", "state", "tls",
+                "upstream",
             ],
         ),
     ];
