@@ -409,3 +409,20 @@ async fn a_request_lookalike_inside_a_chunked_body_is_not_a_request() {
         metrics.0
     );
 }
+
+/// The README's "Routing by Host" shows `config/host.toml` verbatim, and it is valid.
+#[test]
+fn the_readme_shows_the_host_routing_config() {
+    let readme = std::fs::read_to_string(repo_path("README.md")).unwrap();
+    let file = std::fs::read_to_string(repo_path("config/host.toml")).unwrap();
+    assert!(
+        readme.contains(&format!("```toml\n{file}```")),
+        "README.md does not show config/host.toml verbatim"
+    );
+    let config = amtgw::Config::load(&repo_path("config/host.toml")).unwrap();
+    let wsman = config.services.iter().find(|s| s.service == Service::Wsman);
+    assert_eq!(
+        wsman.map(|s| s.routing),
+        Some(amtgw::config::Routing::Host)
+    );
+}

@@ -59,7 +59,7 @@ impl FirstRequest {
     }
 
     /// The stream the relay reads the console through: this head and what followed it first.
-    pub(super) fn guard(self, console: &mut TcpStream) -> Guarded<'_> {
+    pub(super) fn guard<S>(self, console: &mut S) -> Guarded<'_, S> {
         let mut guarded = Guarded {
             inner: console,
             requests: self.requests,
@@ -77,7 +77,9 @@ impl FirstRequest {
 
 /// Reads until the first request head is complete (at most `http_head::MAX_HEAD` bytes).
 /// The caller bounds it in time.
-pub(super) async fn first_request(console: &mut TcpStream) -> Result<FirstRequest, ConnectionError> {
+pub(super) async fn first_request<S: AsyncRead + Unpin>(
+    console: &mut S,
+) -> Result<FirstRequest, ConnectionError> {
     let mut requests = Requests::new();
     let mut chunk = vec![0u8; 4096];
     loop {
@@ -163,8 +165,8 @@ pub(super) async fn answer(console: &mut TcpStream, status: u16, error: &Connect
 /// that is invalid or names another host ends the console's stream there (an EOF to the relay,
 /// so the device is told the requests are over and still finishes its answer to the previous
 /// request); [`Guarded::failure`] says why afterwards.
-pub(super) struct Guarded<'a> {
-    inner: &'a mut TcpStream,
+pub(super) struct Guarded<'a, S> {
+    inner: &'a mut S,
     requests: Requests,
     /// Checked bytes waiting for the relay: a head and what followed it in the same read.
     ready: Vec<u8>,
@@ -172,7 +174,7 @@ pub(super) struct Guarded<'a> {
     failed: Option<HeadError>,
 }
 
-impl Guarded<'_> {
+impl<S> Guarded<'_, S> {
     pub(super) fn failure(&mut self) -> Option<HeadError> {
         self.failed.take()
     }
@@ -209,7 +211,7 @@ impl Guarded<'_> {
     }
 }
 
-impl AsyncRead for Guarded<'_> {
+impl<S: AsyncRead + Unpin> AsyncRead for Guarded<'_, S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -249,7 +251,7 @@ impl AsyncRead for Guarded<'_> {
     }
 }
 
-impl AsyncWrite for Guarded<'_> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<'_, S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -276,5 +278,57 @@ impl AsyncWrite for Guarded<'_> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use tokio::io::duplex;
+
+    /// Reads everything the relay would get through a guard over `sent`, delivered in pieces
+    /// of `piece` bytes; and the failure, if any.
+    async fn through_guard(sent: &[u8], piece: usize) -> (Vec<u8>, Option<HeadError>) {
+        let (mut console, mut far) = duplex(1 << 16);
+        let writer = async {
+            for part in sent.chunks(piece) {
+                console.write_all(part).await.unwrap();
+            }
+            console.shutdown().await.unwrap();
+            console
+        };
+        let reader = async {
+            let first = first_request(&mut far).await.unwrap();
+            let mut guarded = first.guard(&mut far);
+            let mut got = Vec::new();
+            let mut buf = [0u8; 7];
+            loop {
+                let n = guarded.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            (got, guarded.failure())
+        };
+        let (_console, got) = tokio::join!(writer, reader);
+        got
+    }
+
+    #[tokio::test]
+    async fn the_relay_reads_the_console_unchanged_up_to_a_request_for_another_host() {
+        let good = "POST /wsman HTTP/1.1\r\nHost: amt\r\nContent-Length: 4\r\n\r\nbody\
+POST /wsman HTTP/1.1\r\nHost: AMT\r\nTransfer-Encoding: chunked\r\n\r\n\
+1f\r\nGET / HTTP/1.1\r\nHost: other\r\n\r\n\r\n0\r\n\r\n";
+        let stream = format!("{good}GET / HTTP/1.1\r\nHost: other\r\n\r\n");
+        for piece in [1, 3, 64, 4096] {
+            let (got, failure) = through_guard(good.as_bytes(), piece).await;
+            assert_eq!(String::from_utf8_lossy(&got), good, "pieces of {piece}");
+            assert_eq!(failure, None);
+            let (got, failure) = through_guard(stream.as_bytes(), piece).await;
+            assert_eq!(String::from_utf8_lossy(&got), good, "pieces of {piece}");
+            assert_eq!(failure.map(|e| e.kind()), Some("host_mismatch"));
+        }
     }
 }
