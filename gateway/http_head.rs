@@ -158,10 +158,7 @@ impl Authority {
         let port = match port {
             None => None,
             Some(digits) => {
-                if digits.is_empty()
-                    || digits.len() > 5
-                    || !digits.iter().all(u8::is_ascii_digit)
-                {
+                if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
                     return Err(bad());
                 }
                 let text = std::str::from_utf8(digits).map_err(|_| bad())?;
@@ -232,7 +229,9 @@ pub fn parse_head(head: &[u8]) -> Result<Head, HeadError> {
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(head) {
         Ok(httparse::Status::Complete(len)) if len == head.len() => {}
-        Ok(httparse::Status::Complete(_)) => return Err(HeadError::Malformed("bytes after the head")),
+        Ok(httparse::Status::Complete(_)) => {
+            return Err(HeadError::Malformed("bytes after the head"));
+        }
         Ok(httparse::Status::Partial) => return Err(HeadError::Malformed("an incomplete head")),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(error) => return Err(HeadError::Malformed(parse_error(error))),
@@ -266,17 +265,23 @@ pub fn parse_head(head: &[u8]) -> Result<Head, HeadError> {
                 return Err(HeadError::Framing("more than one Transfer-Encoding"));
             }
             if !trim(value).eq_ignore_ascii_case(b"chunked") {
-                return Err(HeadError::Framing("a transfer coding other than chunked alone"));
+                return Err(HeadError::Framing(
+                    "a transfer coding other than chunked alone",
+                ));
             }
             chunked = true;
         }
     }
     let body = match (length, chunked) {
         (Some(_), true) => {
-            return Err(HeadError::Framing("both Content-Length and Transfer-Encoding"));
+            return Err(HeadError::Framing(
+                "both Content-Length and Transfer-Encoding",
+            ));
         }
         (_, true) if version == 0 => {
-            return Err(HeadError::Framing("Transfer-Encoding in an HTTP/1.0 request"));
+            return Err(HeadError::Framing(
+                "Transfer-Encoding in an HTTP/1.0 request",
+            ));
         }
         (_, true) => Body::Chunked,
         (length, false) => Body::Length(length.unwrap_or(0)),
@@ -338,7 +343,9 @@ fn absolute_authority(target: &[u8]) -> Result<Option<Authority>, HeadError> {
     }
     let scheme_end = b"http://".len();
     if target.len() < scheme_end || !target[..scheme_end].eq_ignore_ascii_case(b"http://") {
-        return Err(HeadError::Malformed("a target that is neither /path nor http://"));
+        return Err(HeadError::Malformed(
+            "a target that is neither /path nor http://",
+        ));
     }
     let rest = &target[scheme_end..];
     let end = rest
@@ -718,9 +725,15 @@ mod tests {
                     body: Body::Length(0),
                 }),
             ),
-            ("POST /wsman HTTP/1.1\r\nContent-Length: 3\r\n\r\n", Err("no_host")),
+            (
+                "POST /wsman HTTP/1.1\r\nContent-Length: 3\r\n\r\n",
+                Err("no_host"),
+            ),
             ("POST /wsman HTTP/1.1\r\nHost:\r\n\r\n", Err("no_host")),
-            ("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", Err("duplicate_host")),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+                Err("duplicate_host"),
+            ),
             (
                 "GET http://a/ HTTP/1.1\r\nHost: b\r\n\r\n",
                 Err("conflicting_host"),
@@ -729,12 +742,24 @@ mod tests {
             ("GET / HTTP/1.1\r\nHost: a:\r\n\r\n", Err("bad_host")),
             ("GET / HTTP/1.1\r\nHost: a:65536\r\n\r\n", Err("bad_host")),
             ("GET / HTTP/1.1\r\nHost: 010.0.0.1\r\n\r\n", Err("bad_host")),
-            ("GET / HTTP/1.1\r\nHost: 10.0.0.256\r\n\r\n", Err("bad_host")),
-            ("GET / HTTP/1.1\r\nHost: [fe80::1%eth0]\r\n\r\n", Err("bad_host")),
+            (
+                "GET / HTTP/1.1\r\nHost: 10.0.0.256\r\n\r\n",
+                Err("bad_host"),
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: [fe80::1%eth0]\r\n\r\n",
+                Err("bad_host"),
+            ),
             ("GET / HTTP/1.1\r\nHost: fe80::1\r\n\r\n", Err("bad_host")),
             ("GET / HTTP/1.1\r\nHost: a..b\r\n\r\n", Err("bad_host")),
-            ("GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n", Err("bad_host")),
-            ("CONNECT a:16992 HTTP/1.1\r\nHost: a\r\n\r\n", Err("connect")),
+            (
+                "GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+                Err("bad_host"),
+            ),
+            (
+                "CONNECT a:16992 HTTP/1.1\r\nHost: a\r\n\r\n",
+                Err("connect"),
+            ),
             (
                 "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
                 Err("framing"),
@@ -743,9 +768,18 @@ mod tests {
                 "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
                 Err("framing"),
             ),
-            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", Err("framing")),
-            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 1\r\n\r\n", Err("framing")),
-            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x10\r\n\r\n", Err("framing")),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+                Err("framing"),
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 1\r\n\r\n",
+                Err("framing"),
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x10\r\n\r\n",
+                Err("framing"),
+            ),
             (
                 "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
                 Err("framing"),
@@ -761,9 +795,15 @@ mod tests {
             ("GET / HTTP/1.1\nHost: a\r\n\r\n", Err("malformed")),
             ("GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n", Err("malformed")),
             ("GET / HTTP/1.1\r\nHost : a\r\n\r\n", Err("malformed")),
-            ("GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", Err("malformed")),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+                Err("malformed"),
+            ),
             ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", Err("malformed")),
-            ("\x16\x03\x01\x02\x00\x01\x00\x01\x7f\x03\x03\r\n\r\n", Err("malformed")),
+            (
+                "\x16\x03\x01\x02\x00\x01\x00\x01\x7f\x03\x03\r\n\r\n",
+                Err("malformed"),
+            ),
             ("GET ftp://a/ HTTP/1.1\r\nHost: a\r\n\r\n", Err("malformed")),
         ];
         for (head, expected) in cases {
@@ -786,7 +826,10 @@ mod tests {
         assert_eq!(parse_head(many.as_bytes()), Err(HeadError::TooLarge));
 
         let mut requests = Requests::new();
-        let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "y".repeat(MAX_HEAD));
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "y".repeat(MAX_HEAD)
+        );
         let (passed, error) = follow(&mut requests, big.as_bytes());
         assert_eq!((passed.len(), error), (0, Some(HeadError::TooLarge)));
     }

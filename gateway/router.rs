@@ -132,11 +132,8 @@ impl AddressRouter {
         let mut by_name = HashMap::new();
         if config.services.iter().any(|s| s.routing == Routing::Host) {
             for device in devices {
-                let folded = |name: &str| {
-                    name.strip_suffix('.')
-                        .unwrap_or(name)
-                        .to_ascii_lowercase()
-                };
+                let folded =
+                    |name: &str| name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
                 by_name.insert(folded(device.name()), device.clone());
                 if let Host::Dns(host) = &device.settings.host {
                     by_name.insert(folded(host), device.clone());

@@ -312,7 +312,10 @@ async fn assert_only_failure(setup: &Setup, reason: &str) {
 async fn a_request_without_host_is_answered_400_as_bad_request() {
     let setup = setup().await;
     let answer = refused(&setup, b"POST /wsman HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await;
-    assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
     assert!(answer.contains("no Host header"), "{answer}");
     assert_only_failure(&setup, "bad_request").await;
 }
@@ -322,7 +325,10 @@ async fn garbage_is_answered_400_as_bad_request() {
     let setup = setup().await;
     // What a TLS client would send to the plain port.
     let answer = refused(&setup, b"\x16\x03\x01\x00\x05hello\r\n\r\n").await;
-    assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
     assert_only_failure(&setup, "bad_request").await;
 }
 
@@ -421,8 +427,5 @@ fn the_readme_shows_the_host_routing_config() {
     );
     let config = amtgw::Config::load(&repo_path("config/host.toml")).unwrap();
     let wsman = config.services.iter().find(|s| s.service == Service::Wsman);
-    assert_eq!(
-        wsman.map(|s| s.routing),
-        Some(amtgw::config::Routing::Host)
-    );
+    assert_eq!(wsman.map(|s| s.routing), Some(amtgw::config::Routing::Host));
 }

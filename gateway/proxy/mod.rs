@@ -92,7 +92,11 @@ pub(crate) enum ConnectionError {
     #[error(
         "the request names {host}, port {port}: routing by Host takes no port, 16992 or the port the console reached ({reached})"
     )]
-    HostPort { host: String, port: u16, reached: u16 },
+    HostPort {
+        host: String,
+        port: u16,
+        reached: u16,
+    },
     /// Boxed: it is the largest variant by far, and every connection returns this type.
     #[error(transparent)]
     Upstream(Box<UpstreamError>),
