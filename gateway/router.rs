@@ -341,6 +341,76 @@ trust = "tofu"
         assert!(matches!(refused, RouteError::NoRoute { .. }), "{refused}");
     }
 
+    /// A wsman service routed by Host: a device by name, one by DNS host, and an IPv6 range.
+    fn host_router() -> AddressRouter {
+        let toml = r#"
+[services.wsman]
+routing = "host"
+listen_port = 0
+
+[services.redirection]
+enabled = false
+
+[services.dash]
+enabled = false
+
+[[devices]]
+name = "AMT-01"
+host = "192.0.2.10"
+trust = "tofu"
+
+[[devices]]
+name = "amt-02"
+host = "amt-02.example.net."
+trust = "tofu"
+
+[[ranges]]
+cidr = "fd00:20::/64"
+trust = "tofu"
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::from_toml("router test", Path::new("."), toml).unwrap();
+        let path = dir.path().join("pins.toml");
+        config.gateway.pin_store = crate::tls::PinStoreSettings::File(path.clone());
+        let store =
+            crate::tls::TofuStore::File(Arc::new(crate::tls::PinStore::open(&path).unwrap()));
+        let devices = crate::fleet::build(&config, Some(&store), &[]).unwrap();
+        let ranges = Ranges::new(&config, Some(&store), None).unwrap();
+        AddressRouter::new(&config, &devices).with_ranges(Arc::new(ranges))
+    }
+
+    fn named(host: NamedHost<'_>) -> RouteQuery<'_> {
+        let mut query = to("192.0.2.1:16992");
+        query.original_destination = None;
+        query.host = Some(host);
+        query
+    }
+
+    #[test]
+    fn routing_by_host_finds_names_dns_hosts_and_addresses() {
+        let router = host_router();
+        let route = |host| router.route(&named(host)).map(|d| d.name().to_owned());
+        let v6: IpAddr = "fd00:20::11".parse().unwrap();
+        // Names are folded by the proxy's parser; the router folds its own side.
+        assert_eq!(route(NamedHost::Name("amt-01")).unwrap(), "AMT-01");
+        assert_eq!(route(NamedHost::Name("amt-02")).unwrap(), "amt-02");
+        assert_eq!(
+            route(NamedHost::Name("amt-02.example.net")).unwrap(),
+            "amt-02"
+        );
+        let listed = IpAddr::from([192, 0, 2, 10]);
+        assert_eq!(route(NamedHost::Ip(listed)).unwrap(), "AMT-01");
+        assert_eq!(route(NamedHost::Ip(v6)).unwrap(), "fd00:20::11");
+        for unknown in [
+            NamedHost::Name("amt-03"),
+            NamedHost::Name("fd00:20::11"),
+            NamedHost::Ip(IpAddr::from([192, 0, 2, 11])),
+        ] {
+            let refused = router.route(&named(unknown)).err().unwrap();
+            assert_eq!(refused.reason(), Reason::NoRoute, "{refused}");
+        }
+    }
+
     #[test]
     fn the_hosts_own_addresses_are_recognised() {
         assert!(is_own_address(IpAddr::from([127, 0, 0, 1])));
