@@ -472,8 +472,13 @@ impl Requests {
             State::ChunkSize { .. } | State::ChunkEnd(_) | State::Trailers { .. } => {
                 let mut n = 0;
                 for &b in input {
-                    n += 1;
-                    self.framing_byte(b)?;
+                    match self.framing_byte(b) {
+                        Ok(()) => n += 1,
+                        // The bytes before the bad one pass now, as they would have had the
+                        // bad one come in a later read; the next step reports it.
+                        Err(_) if n > 0 => break,
+                        Err(error) => return Err(error),
+                    }
                     if matches!(self.state, State::Head | State::ChunkData(_)) {
                         break;
                     }
@@ -887,6 +892,25 @@ GET /x HTTP/1.1\r\nHost: amt.\r\n\r\n";
         let stream = format!("{first}GET / HTTP/1.1\r\nHost: a\r\n\r\n");
         let (_, error) = follow(&mut Requests::new(), stream.as_bytes());
         assert_eq!(error.map(|e| e.kind()), Some("host_mismatch"));
+    }
+
+    /// Found by the fuzz target: a bad byte in a chunk-size line must stop the stream at the
+    /// same byte whether the line's good bytes came in the same read or an earlier one.
+    #[test]
+    fn an_error_stops_at_the_same_byte_however_the_stream_is_split() {
+        let stream = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\r\x8a<!--";
+        let whole = follow(&mut Requests::new(), stream);
+        assert_eq!(whole.1.as_ref().map(HeadError::kind), Some("framing"));
+        for split in 1..stream.len() {
+            let mut requests = Requests::new();
+            let (mut passed, mut error) = follow(&mut requests, &stream[..split]);
+            if error.is_none() {
+                let (rest, later) = follow(&mut requests, &stream[split..]);
+                passed.extend(rest);
+                error = later;
+            }
+            assert_eq!((passed, error), whole, "split at {split}");
+        }
     }
 
     #[test]
