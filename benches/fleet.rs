@@ -11,7 +11,7 @@
 //!   once ready, and the time a SIGHUP reload takes until its "configuration reloaded" line;
 //!   memory per device is the difference to a one-device gateway, divided by the devices.
 //! - The router in this process: nanoseconds per route lookup by alias, by original
-//!   destination among listed devices, for a known range device and for a range device's first
+//!   destination among listed devices, by a request's Host name, for a known range device and for a range device's first
 //!   use (which builds it); and the memory each range device takes (resident memory before and
 //!   after making them all).
 
@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
-use amtgw::router::{AddressRouter, RouteQuery, Router};
+use amtgw::router::{AddressRouter, NamedHost, RouteQuery, Router};
 use amtgw::tls::{Pin, PinStore, TofuStore};
 use amtgw::{Config, Service};
 
@@ -312,6 +312,7 @@ fn lines_of(stream: impl Read + Send + 'static) -> Receiver<String> {
 struct RouteCosts {
     alias: f64,
     destination: f64,
+    host: f64,
     range_known: f64,
     range_first_use: f64,
     range_device_bytes: f64,
@@ -323,6 +324,7 @@ fn route_costs(devices: usize) -> RouteCosts {
         local: SocketAddr::from((local, 16992)),
         peer: SocketAddr::from(([192, 0, 2, 200], 50000)),
         original_destination: destination.map(|ip| SocketAddr::from((ip, 16992))),
+        host: None,
     };
     let config = |shape| {
         Config::from_toml("fleet bench", Path::new("."), &shape_toml(shape, devices))
@@ -343,6 +345,23 @@ fn route_costs(devices: usize) -> RouteCosts {
         .map(|i| query(Ipv4Addr::LOCALHOST, Some(device_ip(i))))
         .collect();
     let destination = ns_per_lookup(&destination_router, &destination_queries);
+
+    // The same devices, WS-Man routed by the Host header of the first request.
+    let host_toml = shape_toml(Shape::ListedByDestination, devices)
+        .replace("routing = \"redirect\"", "routing = \"host\"");
+    let host_config =
+        Config::from_toml("fleet bench", Path::new("."), &host_toml).expect("the bench config");
+    let listed = amtgw::fleet::build(&host_config, None, &[]).expect("fleet");
+    let host_router = AddressRouter::new(&host_config, &listed);
+    let names: Vec<String> = spread(devices).map(|i| format!("amt-{i:05}")).collect();
+    let host_queries: Vec<RouteQuery> = names
+        .iter()
+        .map(|name| RouteQuery {
+            host: Some(NamedHost::Name(name)),
+            ..query(Ipv4Addr::LOCALHOST, None)
+        })
+        .collect();
+    let host = ns_per_lookup(&host_router, &host_queries);
 
     let dir = tempfile::tempdir().expect("temporary directory");
     let store = TofuStore::File(Arc::new(
@@ -372,6 +391,7 @@ fn route_costs(devices: usize) -> RouteCosts {
     RouteCosts {
         alias,
         destination,
+        host,
         range_known,
         range_first_use,
         range_device_bytes,
@@ -384,7 +404,7 @@ fn spread(devices: usize) -> impl Iterator<Item = usize> {
     (0..devices.min(4096)).map(move |k| (k * 7919) % devices)
 }
 
-fn ns_per_lookup(router: &AddressRouter, queries: &[RouteQuery]) -> f64 {
+fn ns_per_lookup(router: &AddressRouter, queries: &[RouteQuery<'_>]) -> f64 {
     let mut passes: Vec<f64> = (0..PASSES)
         .map(|_| {
             let started = Instant::now();
@@ -425,12 +445,14 @@ fn report(devices: usize, baseline_rss: u64, rows: &[String], routing: &RouteCos
          | lookup | ns per connection |\n|---|---:|\n\
          | alias (the local address), listed devices | {:.0} |\n\
          | original destination, listed devices | {:.0} |\n\
+         | Host name of the first request (`routing = \"host\"`), listed devices | {:.0} |\n\
          | original destination, a range device already made | {:.0} |\n\
          | original destination, a range device's first use (makes it) | {:.0} |\n\n\
          A range device, once made, takes {:.0} bytes (resident memory before and after making {devices}).\n",
         devices.min(4096),
         routing.alias,
         routing.destination,
+        routing.host,
         routing.range_known,
         routing.range_first_use,
         routing.range_device_bytes,

@@ -58,6 +58,7 @@ fn route_lookup(c: &mut Criterion) {
         local: SocketAddr::from(([10, 0, 3, 100], 16992)),
         peer: SocketAddr::from(([127, 0, 0, 1], 50000)),
         original_destination: None,
+        host: None,
     };
     c.bench_function("route: alias lookup among 1000 devices", |b| {
         b.iter(|| router.route(black_box(&query)).expect("routed"))

@@ -17,6 +17,7 @@
 //! with a config from [`tls`] built once by [`fleet`], [`relay`] moves bytes. [`state`] holds
 //! what a reload swaps; [`reload`], `watch` and [`gateway`] apply it. [`metrics`], `admin` and
 //! [`shutdown`] serve operators.
+//! [`http_head`] reads console request heads for WS-Man routed by `Host`; pure, over bytes.
 //! [`probe`] handshakes with a device only to report its certificate (for `amtgw pin`, whose
 //! command code is in the binary). [`tls`] depends on no other module here.
 //!
@@ -30,6 +31,7 @@ pub mod config;
 pub mod demo;
 pub mod fleet;
 pub mod gateway;
+pub mod http_head;
 pub mod limits;
 pub mod listener;
 pub mod metrics;

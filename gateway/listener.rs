@@ -154,7 +154,9 @@ pub(crate) fn listener_keys(config: &Config) -> BTreeSet<ListenerKey> {
                 .filter_map(|d| d.listen)
                 .filter(|alias| !covered(alias))
                 .collect(),
-            Routing::Alias | Routing::Redirect | Routing::Tproxy => Vec::new(),
+            // With routing by Host, consoles reach the bind addresses by device names that
+            // resolve to them; an alias would select nothing.
+            Routing::Alias | Routing::Redirect | Routing::Tproxy | Routing::Host => Vec::new(),
         };
         addresses.extend(aliases);
         keys.extend(addresses.into_iter().map(|ip| ListenerKey {

@@ -38,6 +38,9 @@ reasons! {
     DeviceLimit => "device_limit",
     NoRoute => "no_route",
     Loop => "loop",
+    BadRequest => "bad_request",
+    HeadTooLarge => "head_too_large",
+    HostMismatch => "host_mismatch",
     ResolveFailed => "resolve_failed",
     ConnectRefused => "connect_refused",
     ConnectUnreachable => "connect_unreachable",
@@ -84,6 +87,8 @@ impl Reason {
                 | Reason::Loop
                 | Reason::ProxyUntrusted
                 | Reason::ProxyHeader
+                | Reason::BadRequest
+                | Reason::HeadTooLarge
                 | Reason::ConsoleTimeout
         )
     }

@@ -12,7 +12,11 @@
 //!   (`loop`), one that is no device's is refused (`no_route`): the gateway is never an open
 //!   relay.
 //!
-//! Host-header routing fits by a query carrying the request head peeked from the console.
+//! - **Host** (`routing = "host"`, WS-Man only): the proxy reads the console's first request
+//!   head and puts its `Host` in [`RouteQuery::host`]; a name selects the listed device of
+//!   that name or DNS host (case aside), an address the listed device whose `host` it is, else
+//!   the device of that address in a `[[ranges]]` entry. Anything else is `no_route`.
+//!
 //! Behind a load balancer (PROXY protocol) the proxy fills `peer`, `local` and, for routing by
 //! original destination, `original_destination` from the header, so the router never knows a
 //! balancer was there. The data path only ever sees `Router::route`.
@@ -25,14 +29,22 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use crate::config::{Config, Host};
+use crate::config::{Config, Host, Routing};
 use crate::fleet::{Device, RangeError, Ranges};
 use crate::reason::Reason;
 use crate::service::Service;
 
+/// The host a console's request names (`routing = "host"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamedHost<'a> {
+    /// A DNS name, lower case, without a trailing dot.
+    Name(&'a str),
+    Ip(IpAddr),
+}
+
 /// What is known about a console connection when it is routed.
 #[derive(Debug, Clone, Copy)]
-pub struct RouteQuery {
+pub struct RouteQuery<'a> {
     pub service: Service,
     /// The gateway address the console connected to; behind a load balancer, the PROXY
     /// header's destination (the address the console dialled on the balancer).
@@ -44,6 +56,8 @@ pub struct RouteQuery {
     /// alias routing, where `local` selects the device. IPv4 addresses are plain IPv4 here,
     /// not IPv4-mapped IPv6.
     pub original_destination: Option<SocketAddr>,
+    /// The host the console's first request names, for `routing = "host"`; `None` otherwise.
+    pub host: Option<NamedHost<'a>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +70,10 @@ pub enum RouteError {
         "no device at {destination}, where the console was going: it is no listed device's host and in no [[ranges]]"
     )]
     NoDevice { destination: SocketAddr },
+    #[error(
+        "no device for Host {host}: it is no listed device's name or host, nor an address of one or in a [[ranges]] entry"
+    )]
+    UnknownHost { host: String },
     #[error(transparent)]
     Range(#[from] RangeError),
     #[error(
@@ -67,7 +85,9 @@ pub enum RouteError {
 impl RouteError {
     pub fn reason(&self) -> Reason {
         match self {
-            RouteError::NoRoute { .. } | RouteError::NoDevice { .. } => Reason::NoRoute,
+            RouteError::NoRoute { .. }
+            | RouteError::NoDevice { .. }
+            | RouteError::UnknownHost { .. } => Reason::NoRoute,
             RouteError::Loop { .. } => Reason::Loop,
             RouteError::Range(RangeError::Full { .. }) => Reason::Limit,
             RouteError::Range(RangeError::Device { .. }) => Reason::NoRoute,
@@ -76,7 +96,7 @@ impl RouteError {
 }
 
 pub trait Router: Send + Sync + 'static {
-    fn route(&self, query: &RouteQuery) -> Result<Arc<Device>, RouteError>;
+    fn route(&self, query: &RouteQuery<'_>) -> Result<Arc<Device>, RouteError>;
 }
 
 /// Routes by address: the local address (an alias) then the per-service default, or the
@@ -89,6 +109,9 @@ pub struct AddressRouter {
     by_host: HashMap<IpAddr, Arc<Device>>,
     /// Every other address in a `[[ranges]]` entry, for routing by original destination.
     ranges: Option<Arc<Ranges>>,
+    /// Listed devices by name and by DNS host, lower case without a trailing dot, for routing
+    /// by `Host`. Empty unless a service routes so.
+    by_name: HashMap<String, Arc<Device>>,
     own: OwnAddresses,
 }
 
@@ -114,11 +137,23 @@ impl AddressRouter {
                 .and_then(|name| by_name.get(name))
                 .map(|d| Arc::clone(d));
         }
+        let mut by_name = HashMap::new();
+        if config.services.iter().any(|s| s.routing == Routing::Host) {
+            for device in devices {
+                let folded =
+                    |name: &str| name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+                by_name.insert(folded(device.name()), device.clone());
+                if let Host::Dns(host) = &device.settings.host {
+                    by_name.insert(folded(host), device.clone());
+                }
+            }
+        }
         AddressRouter {
             by_listen,
             defaults,
             by_host,
             ranges: None,
+            by_name,
             own: OwnAddresses::default(),
         }
     }
@@ -149,19 +184,45 @@ impl AddressRouter {
         if self.own.contains(ip) {
             return Err(RouteError::Loop { destination });
         }
-        if let Some(device) = listed {
-            return Ok(device.clone());
+        self.by_address(ip)?
+            .ok_or(RouteError::NoDevice { destination })
+    }
+
+    /// The listed device whose host `ip` is, else the device of `ip` in a range.
+    fn by_address(&self, ip: IpAddr) -> Result<Option<Arc<Device>>, RouteError> {
+        let ip = ip.to_canonical();
+        // Listed devices win over ranges.
+        if let Some(device) = self.by_host.get(&ip) {
+            return Ok(Some(device.clone()));
         }
-        let in_range = match &self.ranges {
+        Ok(match &self.ranges {
             Some(ranges) => ranges.device(ip)?,
             None => None,
+        })
+    }
+
+    /// No loop check here, unlike routing by original destination: the console reached the
+    /// gateway on purpose and named a device, and the gateway dials that device's TLS port,
+    /// never its own plain listener.
+    fn by_named_host(&self, host: NamedHost<'_>) -> Result<Arc<Device>, RouteError> {
+        let found = match host {
+            NamedHost::Name(name) => self.by_name.get(name).cloned(),
+            NamedHost::Ip(ip) => self.by_address(ip)?,
         };
-        in_range.ok_or(RouteError::NoDevice { destination })
+        found.ok_or_else(|| RouteError::UnknownHost {
+            host: match host {
+                NamedHost::Name(name) => name.to_owned(),
+                NamedHost::Ip(ip) => ip.to_string(),
+            },
+        })
     }
 }
 
 impl Router for AddressRouter {
-    fn route(&self, query: &RouteQuery) -> Result<Arc<Device>, RouteError> {
+    fn route(&self, query: &RouteQuery<'_>) -> Result<Arc<Device>, RouteError> {
+        if let Some(host) = query.host {
+            return self.by_named_host(host);
+        }
         if let Some(destination) = query.original_destination {
             return self.by_destination(destination);
         }
@@ -281,13 +342,14 @@ trust = "tofu"
         AddressRouter::new(&config, &devices).with_ranges(Arc::new(ranges))
     }
 
-    fn to(destination: &str) -> RouteQuery {
+    fn to(destination: &str) -> RouteQuery<'static> {
         let destination: SocketAddr = destination.parse().unwrap();
         RouteQuery {
             service: Service::Wsman,
             local: destination,
             peer: SocketAddr::from(([198, 51, 100, 1], 40000)),
             original_destination: Some(destination),
+            host: None,
         }
     }
 
@@ -332,6 +394,76 @@ trust = "tofu"
         query.original_destination = None;
         let refused = router().route(&query).err().unwrap();
         assert!(matches!(refused, RouteError::NoRoute { .. }), "{refused}");
+    }
+
+    /// A wsman service routed by Host: a device by name, one by DNS host, and an IPv6 range.
+    fn host_router() -> AddressRouter {
+        let toml = r#"
+[services.wsman]
+routing = "host"
+listen_port = 0
+
+[services.redirection]
+enabled = false
+
+[services.dash]
+enabled = false
+
+[[devices]]
+name = "AMT-01"
+host = "192.0.2.10"
+trust = "tofu"
+
+[[devices]]
+name = "amt-02"
+host = "amt-02.example.net."
+trust = "tofu"
+
+[[ranges]]
+cidr = "fd00:20::/64"
+trust = "tofu"
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::from_toml("router test", Path::new("."), toml).unwrap();
+        let path = dir.path().join("pins.toml");
+        config.gateway.pin_store = crate::tls::PinStoreSettings::File(path.clone());
+        let store =
+            crate::tls::TofuStore::File(Arc::new(crate::tls::PinStore::open(&path).unwrap()));
+        let devices = crate::fleet::build(&config, Some(&store), &[]).unwrap();
+        let ranges = Ranges::new(&config, Some(&store), None).unwrap();
+        AddressRouter::new(&config, &devices).with_ranges(Arc::new(ranges))
+    }
+
+    fn named(host: NamedHost<'_>) -> RouteQuery<'_> {
+        let mut query = to("192.0.2.1:16992");
+        query.original_destination = None;
+        query.host = Some(host);
+        query
+    }
+
+    #[test]
+    fn routing_by_host_finds_names_dns_hosts_and_addresses() {
+        let router = host_router();
+        let route = |host| router.route(&named(host)).map(|d| d.name().to_owned());
+        let v6: IpAddr = "fd00:20::11".parse().unwrap();
+        // Names are folded by the proxy's parser; the router folds its own side.
+        assert_eq!(route(NamedHost::Name("amt-01")).unwrap(), "AMT-01");
+        assert_eq!(route(NamedHost::Name("amt-02")).unwrap(), "amt-02");
+        assert_eq!(
+            route(NamedHost::Name("amt-02.example.net")).unwrap(),
+            "amt-02"
+        );
+        let listed = IpAddr::from([192, 0, 2, 10]);
+        assert_eq!(route(NamedHost::Ip(listed)).unwrap(), "AMT-01");
+        assert_eq!(route(NamedHost::Ip(v6)).unwrap(), "fd00:20::11");
+        for unknown in [
+            NamedHost::Name("amt-03"),
+            NamedHost::Name("fd00:20::11"),
+            NamedHost::Ip(IpAddr::from([192, 0, 2, 11])),
+        ] {
+            let refused = router.route(&named(unknown)).err().unwrap();
+            assert_eq!(refused.reason(), Reason::NoRoute, "{refused}");
+        }
     }
 
     #[test]

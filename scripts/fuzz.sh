@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CARGO_FUZZ_VERSION=0.13.2
-TARGETS=(config_toml config_env pin_store admin_request proxy_header)
+TARGETS=(config_toml config_env pin_store admin_request proxy_header http_head)
 # libFuzzer's default per-input timeout is 20 minutes; nothing here should take a second.
 LIBFUZZER_FLAGS=(-timeout=30 -rss_limit_mb=2048 -print_final_stats=1)
 SANITIZER=${FUZZ_SANITIZER:-none}

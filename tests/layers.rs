@@ -118,6 +118,8 @@ fn the_bottom_layers_use_only_what_the_issue_allows() {
     let allowed: &[(&str, &[&str])] = &[
         // tls depends on nothing of ours.
         ("tls", &[]),
+        // The request-head parser is pure: bytes in, facts out.
+        ("http_head", &[]),
         // Signals and the drain state know nothing of reloads or the gateway.
         ("shutdown", &[]),
         ("service", &[]),
@@ -135,6 +137,7 @@ fn the_bottom_layers_use_only_what_the_issue_allows() {
                 "config",
                 "expiry",
                 "fleet",
+                "http_head",
                 "limits",
                 "metrics",
                 "proxy_protocol",

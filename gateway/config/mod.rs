@@ -166,6 +166,9 @@ pub enum Routing {
     /// untouched, to a transparent (`IP_TRANSPARENT`) listener, whose accepted socket's local
     /// address is where it was going.
     Tproxy,
+    /// WS-Man only: the `Host` header of the console's first request names the device (a
+    /// listed device's name or DNS host, or an address of a listed device or a range).
+    Host,
 }
 
 impl Routing {
@@ -174,12 +177,19 @@ impl Routing {
             Routing::Alias => "alias",
             Routing::Redirect => "redirect",
             Routing::Tproxy => "tproxy",
+            Routing::Host => "host",
         }
     }
 
     /// Whether the device is the address the console dialled (the network diverted the
     /// connection), rather than an alias on the gateway.
     pub fn by_original_destination(self) -> bool {
+        matches!(self, Routing::Redirect | Routing::Tproxy)
+    }
+
+    /// Whether the device is chosen by what the console asked for (its dialled address or its
+    /// `Host`), so that devices are found by their `host` and `[[ranges]]` apply.
+    pub fn by_request(self) -> bool {
         !matches!(self, Routing::Alias)
     }
 }

@@ -242,8 +242,11 @@ impl Validator<'_> {
                  services.redirection, services.dash",
             ));
         }
-        if services.iter().any(|s| s.routing.by_original_destination()) {
+        if services.iter().any(|s| s.routing.by_request()) {
             self.unique_hosts(&devices)?;
+        }
+        if services.iter().any(|s| s.routing == Routing::Host) {
+            self.unique_host_names(&devices)?;
         }
         let ranges = self.ranges(&raw, &gateway, &services, &devices)?;
 
@@ -276,6 +279,39 @@ impl Validator<'_> {
                         devices[first].name
                     ),
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// With routing by `Host` a request names a device by its name or its DNS host, compared
+    /// without regard to case (as DNS does): no two devices may answer to one name.
+    fn unique_host_names(&self, devices: &[DeviceSettings]) -> Result<(), ConfigError> {
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for (i, device) in devices.iter().enumerate() {
+            let mut own = vec![("name", device.name.as_str())];
+            if let Host::Dns(host) = &device.host {
+                own.push(("host", host.as_str()));
+            }
+            for (key, text) in own {
+                let folded = text.strip_suffix('.').unwrap_or(text).to_ascii_lowercase();
+                match names.get(&folded) {
+                    Some(&first) if first != i => {
+                        return Err(self.err(
+                            format!("devices[{i}].{key}"),
+                            format!(
+                                "`{text}` is also the name or host of devices[{first}] ({}); \
+                                 services.wsman.routing = \"host\" finds a device by the name a \
+                                 request's Host header gives (case aside), so each name must be \
+                                 one device's: rename one of them",
+                                devices[first].name
+                            ),
+                        ));
+                    }
+                    _ => {
+                        names.insert(folded, i);
+                    }
+                }
             }
         }
         Ok(())
@@ -430,25 +466,41 @@ impl Validator<'_> {
             None | Some("alias") => Routing::Alias,
             Some("redirect") => Routing::Redirect,
             Some("tproxy") => Routing::Tproxy,
+            Some("host") if service == Service::Wsman => Routing::Host,
+            Some("host") => {
+                return Err(self.err(
+                    key("routing"),
+                    format!(
+                        "routing = \"host\" reads the Host header of HTTP requests, and only \
+                         WS-Man (services.wsman) speaks HTTP; {service} cannot be routed so: use \
+                         \"alias\", \"redirect\" or \"tproxy\" here"
+                    ),
+                ));
+            }
             Some(other) => {
                 return Err(self.err(
                     key("routing"),
                     format!(
                         "`{other}` is not a routing mode; use \"alias\" (the default: a device's \
-                         listen address), \"redirect\" (NAT REDIRECT to the gateway) or \
-                         \"tproxy\" (TPROXY to a transparent listener)"
+                         listen address), \"redirect\" (NAT REDIRECT to the gateway), \
+                         \"tproxy\" (TPROXY to a transparent listener) or, for wsman only, \
+                         \"host\" (the HTTP Host header)"
                     ),
                 ));
             }
         };
         if let Some(name) = &raw.default_device {
-            if routing.by_original_destination() {
+            if routing.by_request() {
+                let chosen_by = match routing {
+                    Routing::Host => "the Host the console's request names",
+                    _ => "the address the console dialled",
+                };
                 return Err(self.err(
                     key("default_device"),
                     format!(
-                        "with routing = \"{}\" the device is the address the console dialled, \
-                         and a default device would receive every address that is no device's: \
-                         remove default_device (or use routing = \"alias\")",
+                        "with routing = \"{}\" the device is {chosen_by}, and a default device \
+                         would receive every request that names no device: remove \
+                         default_device (or use routing = \"alias\")",
                         routing.as_str()
                     ),
                 ));
@@ -748,12 +800,12 @@ impl Validator<'_> {
             }
             ranges.push(range);
         }
-        if !ranges.is_empty() && !services.iter().any(|s| s.routing.by_original_destination()) {
+        if !ranges.is_empty() && !services.iter().any(|s| s.routing.by_request()) {
             return Err(self.err(
                 "ranges",
-                "a range's devices are reached only by the address consoles dial: set \
+                "a range's devices are reached only by the address consoles dial or name: set \
                  routing = \"redirect\" or \"tproxy\" on a service (see the README's \
-                 \"Transparent routing\"), or remove [[ranges]]",
+                 \"Transparent routing\"), or \"host\" on wsman, or remove [[ranges]]",
             ));
         }
         for (i, device) in devices.iter().enumerate() {

@@ -2,6 +2,7 @@
 //! relay. What happened is told to a [`Recorder`], which keeps the metrics, the device's
 //! status and exactly one summary line (the access log) at close.
 
+mod host;
 mod record;
 
 use std::io;
@@ -16,6 +17,7 @@ use tracing::{Instrument, info_span};
 
 use crate::config::Routing;
 use crate::fleet::Device;
+use crate::http_head::HeadError;
 use crate::limits::{Source, SourceCounts};
 use crate::metrics::Metrics;
 use crate::proxy_protocol::{self, Addresses, ReadHeaderError};
@@ -87,6 +89,23 @@ pub(crate) enum ConnectionError {
     ConsoleLeft,
     #[error("console closed the connection without sending anything")]
     ConsoleSilent,
+    #[error("console closed the connection before its request head was complete")]
+    ConsoleClosedInHead,
+    /// `routing = "host"`: the console's first request head was refused.
+    #[error("first request refused: {0} ({kind})", kind = .0.kind())]
+    FirstRequest(HeadError),
+    /// `routing = "host"`: a later request on the connection was refused; the requests before
+    /// it were relayed and answered.
+    #[error("later request refused, connection closed: {0} ({kind})", kind = .0.kind())]
+    LaterRequest(HeadError),
+    #[error(
+        "the request names {host}, port {port}: routing by Host takes no port, 16992 or the port the console reached ({reached})"
+    )]
+    HostPort {
+        host: String,
+        port: u16,
+        reached: u16,
+    },
     /// Boxed: it is the largest variant by far, and every connection returns this type.
     #[error(transparent)]
     Upstream(Box<UpstreamError>),
@@ -116,9 +135,33 @@ impl ConnectionError {
             ConnectionError::OriginalDestination(_) => Reason::NoRoute,
             ConnectionError::DeviceLimit { .. } => Reason::DeviceLimit,
             ConnectionError::ShuttingDown | ConnectionError::CutAtDrain => Reason::Shutdown,
-            ConnectionError::ConsoleLeft | ConnectionError::ConsoleSilent => Reason::ConsoleClosed,
+            ConnectionError::ConsoleLeft
+            | ConnectionError::ConsoleSilent
+            | ConnectionError::ConsoleClosedInHead => Reason::ConsoleClosed,
+            ConnectionError::FirstRequest(e) | ConnectionError::LaterRequest(e) => match e {
+                HeadError::TooLarge => Reason::HeadTooLarge,
+                HeadError::HostMismatch { .. } => Reason::HostMismatch,
+                _ => Reason::BadRequest,
+            },
+            ConnectionError::HostPort { .. } => Reason::NoRoute,
             ConnectionError::Upstream(e) => e.reason(),
             ConnectionError::Relay(e) => e.reason(),
+        }
+    }
+
+    /// With routing by `Host`, the HTTP status a console is answered with when its connection
+    /// fails after its first request head was read and before relaying began; `None` for
+    /// failures that get no answer.
+    fn http_status(&self) -> Option<u16> {
+        match self {
+            ConnectionError::FirstRequest(e) => Some(e.status()),
+            ConnectionError::HostPort { .. } => Some(421),
+            ConnectionError::Route(e) if e.reason() == Reason::NoRoute => Some(421),
+            ConnectionError::Route(_)
+            | ConnectionError::DeviceLimit { .. }
+            | ConnectionError::SourceLimit { .. } => Some(503),
+            ConnectionError::Upstream(_) => Some(502),
+            _ => None,
         }
     }
 }
@@ -147,7 +190,15 @@ pub(crate) async fn serve(console: TcpStream, peer: SocketAddr, id: u64, ctx: Co
     async move {
         let mut recorder = Recorder::accepted(&ctx);
         let mut console = console;
-        let result = connection(&mut console, peer, &ctx, &mut recorder).await;
+        let mut answers_http = false;
+        let result = connection(&mut console, peer, &ctx, &mut recorder, &mut answers_http).await;
+        let status = match &result {
+            Err(error) if answers_http => error.http_status(),
+            _ => None,
+        };
+        if let (Some(status), Err(error)) = (status, &result) {
+            host::answer(&mut console, status, error).await;
+        }
         // Logged and counted before the console sees the close, so whoever watches the
         // console can rely on both.
         recorder.finish(result.err());
@@ -162,6 +213,7 @@ async fn connection(
     peer: SocketAddr,
     ctx: &Context,
     recorder: &mut Recorder<'_>,
+    answers_http: &mut bool,
 ) -> Result<(), ConnectionError> {
     let (service, snapshot) = (ctx.service, &ctx.snapshot);
     let gateway = &snapshot.config.gateway;
@@ -215,7 +267,7 @@ async fn connection(
             key: "gateway.max_connections_per_source",
         })?;
     let original_destination = match (settings.routing, header_destination) {
-        (Routing::Alias, _) => None,
+        (Routing::Alias | Routing::Host, _) => None,
         // Behind a load balancer the kernel knows only the balancer's connection: the
         // header says where the console was going.
         (Routing::Redirect | Routing::Tproxy, Some(destination)) => Some(destination),
@@ -229,11 +281,29 @@ async fn connection(
     }
     .map(canonical);
     recorder.destination(original_destination.or(header_destination));
+    // With routing by Host the console's first request head names the device: it is read
+    // whole (in the time a console has for its first byte) before anything is routed.
+    let first_request = match settings.routing {
+        Routing::Host => {
+            let limit = gateway.console_first_byte_timeout;
+            let read = tokio::select! {
+                read = tokio::time::timeout(limit, host::first_request(console)) => read,
+                () = ctx.lifecycle.stopping() => return Err(ConnectionError::ShuttingDown),
+            };
+            let first = read.map_err(|_| ConnectionError::ConsoleTimeout { after: limit })?;
+            *answers_http = matches!(first, Ok(_) | Err(ConnectionError::FirstRequest(_)));
+            let first = first?;
+            first.check_port(local.port())?;
+            Some(first)
+        }
+        _ => None,
+    };
     let device = snapshot.router.route(&RouteQuery {
         service,
         local,
         peer,
         original_destination,
+        host: first_request.as_ref().map(host::FirstRequest::named_host),
     })?;
     recorder.routed(&device);
     let _open = device.status.open_guard();
@@ -241,10 +311,12 @@ async fn connection(
 
     // The console speaks first in every AMT protocol. Until it has, the device is not
     // contacted: AMT firmware holds only a few TLS sessions, and an idle console must not
-    // occupy one.
-    tokio::select! {
-        spoke = first_byte(console, gateway.console_first_byte_timeout) => spoke?,
-        () = ctx.lifecycle.stopping() => return Err(ConnectionError::ShuttingDown),
+    // occupy one. (With routing by Host it has already sent a whole request head.)
+    if first_request.is_none() {
+        tokio::select! {
+            spoke = first_byte(console, gateway.console_first_byte_timeout) => spoke?,
+            () = ctx.lifecycle.stopping() => return Err(ConnectionError::ShuttingDown),
+        }
     }
     let max_from_source = device.settings.max_connections_per_source;
     let _device_from_source = device
@@ -277,12 +349,27 @@ async fn connection(
         service.measures_exchanges(),
         gateway.busy_poll,
     );
-    let relayed = tokio::select! {
-        result = relay.run(console, &mut tls, &observer) => Some(result),
-        () = ctx.lifecycle.aborted() => None,
+    let mut later_request = None;
+    let relayed = match first_request {
+        None => tokio::select! {
+            result = relay.run(console, &mut tls, &observer) => Some(result),
+            () = ctx.lifecycle.aborted() => None,
+        },
+        Some(first) => {
+            let mut guarded = first.guard(console);
+            let relayed = tokio::select! {
+                result = relay.run(&mut guarded, &mut tls, &observer) => Some(result),
+                () = ctx.lifecycle.aborted() => None,
+            };
+            later_request = guarded.failure();
+            relayed
+        }
     };
     recorder.relayed(&relay, relayed.is_some());
     let relayed = relayed.ok_or(ConnectionError::CutAtDrain)?;
+    if let (Ok(()), Some(refused)) = (&relayed, later_request) {
+        return Err(ConnectionError::LaterRequest(refused));
+    }
     if let Err(error) = &relayed {
         // An abortive close reaches the other side as one: a console must not take a device
         // crash mid-answer for a complete answer, nor a device a console's for a finished
