@@ -238,8 +238,13 @@ async fn connection(
                 service,
             });
         }
-        let read =
-            proxy_protocol::read_header(console, behind.accept, gateway.proxy_header_timeout);
+        // Boxed, like every step only some listeners take: each connection's future is as
+        // large as its largest step, held for the connection's life.
+        let read = Box::pin(proxy_protocol::read_header(
+            console,
+            behind.accept,
+            gateway.proxy_header_timeout,
+        ));
         let header = tokio::select! {
             header = read => header.map_err(ConnectionError::ProxyHeader)?,
             () = ctx.lifecycle.stopping() => return Err(ConnectionError::ShuttingDown),
@@ -287,7 +292,7 @@ async fn connection(
         Routing::Host => {
             let limit = gateway.console_first_byte_timeout;
             let read = tokio::select! {
-                read = tokio::time::timeout(limit, host::first_request(console)) => read,
+                read = tokio::time::timeout(limit, Box::pin(host::first_request(console))) => read,
                 () = ctx.lifecycle.stopping() => return Err(ConnectionError::ShuttingDown),
             };
             let first = read.map_err(|_| ConnectionError::ConsoleTimeout { after: limit })?;
@@ -332,7 +337,14 @@ async fn connection(
 
     // Connections still setting up when shutdown starts are cancelled, not drained; so are
     // those whose console resets before the device answers.
-    let connecting = upstream::connect(&device, service, gateway, recorder.upstream_timings());
+    // Boxed: the handshake's state is large and is over once connected; inline, every idle
+    // connection would carry its space for life.
+    let connecting = Box::pin(upstream::connect(
+        &device,
+        service,
+        gateway,
+        recorder.upstream_timings(),
+    ));
     let connected = tokio::select! {
         result = connecting => result,
         () = ctx.lifecycle.stopping() => return Err(ConnectionError::ShuttingDown),
@@ -358,7 +370,7 @@ async fn connection(
         Some(first) => {
             let mut guarded = first.guard(console);
             let relayed = tokio::select! {
-                result = relay.run(&mut guarded, &mut tls, &observer) => Some(result),
+                result = Box::pin(relay.run(&mut guarded, &mut tls, &observer)) => Some(result),
                 () = ctx.lifecycle.aborted() => None,
             };
             later_request = guarded.failure();
