@@ -186,6 +186,26 @@ async fn curl_reaches_each_device_by_the_name_or_address_it_asks_for_through_one
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_with_the_gateway_as_its_http_proxy_reaches_the_device_it_names() {
+    let setup = setup().await;
+    let gateway = setup.gateway.addr(Service::Wsman);
+    // A proxy request names the device in its target (absolute-form) and in Host; the device
+    // gets both unchanged, and digest authentication holds end to end.
+    let proxy = vec!["--proxy".to_owned(), format!("http://{gateway}")];
+    let body = curl_get("http://amt-b:16992/wsman", &proxy).await;
+    assert_general_settings(&body, "amt-b", "curl --proxy, http://amt-b:16992/wsman");
+    let body = curl_get("http://127.0.0.3:16992/wsman", &proxy).await;
+    assert_general_settings(&body, "amt-r", "curl --proxy, a range device by address");
+
+    let metrics = setup.gateway.metrics().await;
+    assert!(
+        metrics.absent("amtgw_connections_failed_total", &[]),
+        "{}",
+        metrics.0
+    );
+}
+
 /// Reads one line ending in CRLF (without it); `None` at EOF before any byte.
 async fn read_line(conn: &mut TcpStream) -> Option<String> {
     let mut got = Vec::new();

@@ -78,9 +78,28 @@ impl WsmanClose {
     }
 }
 
+/// The path of an origin-form (`/wsman`) or absolute-form (`http://host[:port]/wsman`)
+/// request target.
+fn path_of(target: &str) -> Option<&str> {
+    if target.starts_with('/') {
+        return Some(target);
+    }
+    let scheme = target.get(..7)?;
+    if !scheme.eq_ignore_ascii_case("http://") {
+        return None;
+    }
+    let rest = &target[7..];
+    let path = &rest[rest.find('/')?..];
+    (rest.find('/') != Some(0)).then_some(path)
+}
+
 struct Request {
     method: String,
+    /// As sent: `/wsman`, or `http://host:16992/wsman` from a console whose HTTP proxy is
+    /// the gateway (absolute-form, which RFC 9112 §3.2.2 says a server must accept).
     target: String,
+    /// The target's path.
+    path: String,
     authorization: Option<String>,
     keep_alive: bool,
     body: Vec<u8>,
@@ -140,7 +159,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HttpConn<S> {
         else {
             return Err(WsmanError::Malformed("request line"));
         };
-        if method.is_empty() || !target.starts_with('/') || !version.starts_with("HTTP/1.") {
+        let Some(path) = path_of(target) else {
+            return Err(WsmanError::Malformed("request line"));
+        };
+        if method.is_empty() || !version.starts_with("HTTP/1.") {
             return Err(WsmanError::Malformed("request line"));
         }
         let mut keep_alive = version != "HTTP/1.0";
@@ -184,6 +206,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HttpConn<S> {
         Ok(Some(Request {
             method: method.to_owned(),
             target: target.to_owned(),
+            path: path.to_owned(),
             authorization,
             keep_alive,
             body,
@@ -269,7 +292,7 @@ where
             crate::answer_close(&mut conn.stream).await;
             return Ok(WsmanClose::ClientClosed);
         };
-        if request.method != "POST" || request.target != WSMAN_PATH {
+        if request.method != "POST" || request.path != WSMAN_PATH {
             conn.send(not_found().as_bytes()).await?;
             conn.stream.shutdown().await?;
             return Ok(WsmanClose::NotFound);
@@ -301,7 +324,12 @@ fn authorized(request: &Request, ctx: &DeviceState) -> bool {
         return false;
     };
     match digest::parse_authorization(header) {
-        Ok(fields) => verify(&fields, &request.target, ctx),
+        // Digest's `uri` is the request target as sent; clients differ on whether an
+        // absolute-form one goes in whole or as its path.
+        Ok(fields) => {
+            verify(&fields, &request.target, ctx)
+                || (request.path != request.target && verify(&fields, &request.path, ctx))
+        }
         Err(e) => {
             tracing::debug!(reason = e.kind(), "unusable Authorization header");
             false
@@ -530,6 +558,22 @@ mod tests {
 
     const IDENTIFY: &str = include_str!("../../scripts/wsman/identify.xml");
     const GET_SETTINGS: &str = include_str!("../../scripts/wsman/get-general-settings.xml");
+
+    #[test]
+    fn request_targets_in_origin_and_absolute_form_name_their_path() {
+        for (target, path) in [
+            ("/wsman", Some("/wsman")),
+            ("http://amt-01:16992/wsman", Some("/wsman")),
+            ("HTTP://[fd00::1]:16992/wsman", Some("/wsman")),
+            ("http://amt-01", None),
+            ("http:///wsman", None),
+            ("https://amt-01/wsman", None),
+            ("wsman", None),
+            ("", None),
+        ] {
+            assert_eq!(path_of(target), path, "{target}");
+        }
+    }
 
     fn device() -> Arc<DeviceState> {
         Arc::new(DeviceState::new(
