@@ -44,8 +44,8 @@ pub enum UpstreamError {
         // Boxed: OpenSSL's error stack is large, and this travels in every connection's Result.
         source: Box<LegacyError>,
     },
-    /// Two first connections to a `tofu` device presented different certificates; the other
-    /// one was learnt first.
+    /// A `tofu` device presented a certificate other than the pin stored first: by another
+    /// connection's (or replica's) first use, or while this handshake ran.
     #[error("device at {addr}: {mismatch}")]
     LearnedOtherPin {
         addr: SocketAddr,
@@ -240,8 +240,7 @@ pub(crate) async fn dial(
 }
 
 /// Trust on first use: record the certificate of a `tofu` device that has no pin yet. This runs
-/// after the handshake, so the device has proven it holds the certificate's key. A device
-/// with a stored pin was already checked by the verifier.
+/// after the handshake, so the device has proven it holds the certificate's key.
 async fn learn_pin(
     device: &Device,
     addr: SocketAddr,
@@ -250,12 +249,25 @@ async fn learn_pin(
     let Some(store) = &device.pin_store else {
         return Ok(());
     };
-    if store.get(device.name()).is_some() {
-        return Ok(());
-    }
     let Some(presented) = chain.and_then(|c| c.first()).and_then(Fingerprints::of) else {
         return Ok(());
     };
+    // A pin stored before the handshake was checked by the verifier; one stored during it
+    // (another replica's first use arriving by NOTIFY, a re-pin, a reload of the file) was
+    // not, and the verifier let the certificate through as a first use. Check it here: the
+    // certificate must match whatever is stored now, or it is refused.
+    if let Some(stored) = store.get(device.name()) {
+        return match stored.matches(&presented) {
+            true => Ok(()),
+            false => Err(UpstreamError::LearnedOtherPin {
+                addr,
+                mismatch: PinMismatch {
+                    presented,
+                    expected: vec![stored.certificate, stored.public_key],
+                },
+            }),
+        };
+    }
     // The file store fsyncs on tokio's blocking pool; the database store answers over the
     // network within `gateway.pin_store_timeout`.
     let learned = store
@@ -298,4 +310,57 @@ pub(crate) async fn resolve(
         .map_err(failed)?
         .next()
         .ok_or_else(|| failed(io::Error::new(io::ErrorKind::NotFound, "no addresses")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use rustls_pki_types::CertificateDer;
+
+    use crate::config::Config;
+    use crate::tls::{PinStore, PinStoreSettings, TofuStore};
+
+    fn certificate() -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["amt.test".into()]).unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    /// The verifier lets any certificate through while no pin is stored; a pin stored before
+    /// the handshake ends (another replica's first use) must still be enforced.
+    #[tokio::test]
+    async fn a_pin_stored_during_the_handshake_is_enforced_after_it() {
+        let toml = r#"
+[[devices]]
+name = "amt-tofu"
+host = "192.0.2.10"
+trust = "tofu"
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins.toml");
+        let mut config = Config::from_toml("upstream test", Path::new("."), toml).unwrap();
+        config.gateway.pin_store = PinStoreSettings::File(path.clone());
+        let store = TofuStore::File(Arc::new(PinStore::open(&path).unwrap()));
+        let device = crate::fleet::build(&config, Some(&store), &[]).unwrap()[0].clone();
+        let (first, other) = (certificate(), certificate());
+        // Stored by someone else after this connection's verifier had found nothing.
+        let stored = Fingerprints::of(&first).unwrap();
+        assert!(matches!(
+            store.learn("amt-tofu", &stored).await.unwrap(),
+            Learned::New
+        ));
+        let addr = SocketAddr::from(([192, 0, 2, 10], 16993));
+
+        let refused = learn_pin(&device, addr, Some(std::slice::from_ref(&other)))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.reason(), Reason::PinMismatch, "{refused}");
+        learn_pin(&device, addr, Some(std::slice::from_ref(&first)))
+            .await
+            .unwrap();
+    }
 }
