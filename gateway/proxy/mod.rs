@@ -197,7 +197,9 @@ pub(crate) async fn serve(console: TcpStream, peer: SocketAddr, id: u64, ctx: Co
             _ => None,
         };
         if let (Some(status), Err(error)) = (status, &result) {
-            host::answer(&mut console, status, error).await;
+            // Boxed: its 4 KiB drain buffer would otherwise be part of every connection's
+            // future, answered or not.
+            Box::pin(host::answer(&mut console, status, error)).await;
         }
         // Logged and counted before the console sees the close, so whoever watches the
         // console can rely on both.
