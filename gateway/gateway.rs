@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::activation::{ActivationError, InheritedListeners};
 use crate::admin::{self, AdminLimits, AdminState};
 use crate::config::Config;
 use crate::expiry;
@@ -31,6 +32,8 @@ pub enum GatewayError {
     Snapshot(#[from] SnapshotError),
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error(transparent)]
+    Activation(#[from] ActivationError),
 }
 
 impl GatewayError {
@@ -38,8 +41,22 @@ impl GatewayError {
         match self {
             GatewayError::Snapshot(e) => e.kind(),
             GatewayError::Bind(e) => e.kind(),
+            GatewayError::Activation(e) => e.kind(),
         }
     }
+}
+
+/// The listener systemd passed for `addr`, if it did.
+fn take(
+    inherited: &mut InheritedListeners,
+    service: &'static str,
+    addr: SocketAddr,
+) -> Result<Option<TcpListener>, BindError> {
+    inherited.take(addr).map_err(|source| BindError {
+        service,
+        addr,
+        source,
+    })
 }
 
 /// How the drain at shutdown went.
@@ -83,6 +100,15 @@ pub struct Gateway {
 impl Gateway {
     /// Build every device's TLS config and bind every listener. Nothing is accepted until `run`.
     pub async fn bind(config: Config) -> Result<Gateway, GatewayError> {
+        Gateway::bind_inheriting(config, InheritedListeners::default()).await
+    }
+
+    /// Like [`Gateway::bind`], taking the listeners systemd passed (socket activation) for the
+    /// addresses they are bound to, binding the rest.
+    pub async fn bind_inheriting(
+        config: Config,
+        mut inherited: InheritedListeners,
+    ) -> Result<Gateway, GatewayError> {
         let watched = FileStamps::of(config.watched_files());
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry, config.metrics.clone()));
@@ -91,12 +117,20 @@ impl Gateway {
         metrics.set_connection_limit(snapshot.config.gateway.max_connections);
         let mut pending = Vec::new();
         for key in listener::listener_keys(&snapshot.config) {
-            pending.push((key, listener::bind_key(key).await?));
+            let listener = match take(&mut inherited, key.service.as_str(), key.addr())? {
+                Some(listener) => listener,
+                None => listener::bind_key(key).await?,
+            };
+            pending.push((key, listener));
         }
         let admin_listener = match snapshot.config.admin {
             None => None,
-            Some(addr) => Some(listener::bind("admin", addr).await?),
+            Some(addr) => Some(match take(&mut inherited, "admin", addr)? {
+                Some(listener) => listener,
+                None => listener::bind("admin", addr).await?,
+            }),
         };
+        inherited.all_taken()?;
         let shared = Arc::new(Shared::new(snapshot, metrics));
         let lifecycle = Lifecycle::default();
         let admin = admin_listener.map(|listener| {

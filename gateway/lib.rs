@@ -25,6 +25,7 @@
 //! `sim` feature (the default) `demo` runs two of them behind a gateway for `amtgw demo`;
 //! production builds leave both out (`--no-default-features`).
 
+pub mod activation;
 pub mod admin;
 pub mod config;
 #[cfg(feature = "sim")]

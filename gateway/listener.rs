@@ -125,7 +125,7 @@ pub(crate) struct ListenerKey {
 }
 
 impl ListenerKey {
-    fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         SocketAddr::new(self.ip, self.port)
     }
 }

@@ -18,6 +18,7 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+use amtgw::activation::InheritedListeners;
 use amtgw::config::{Environment, LogFormat};
 #[cfg(feature = "sim")]
 use amtgw::demo::{Demo, DemoOptions};
@@ -27,6 +28,7 @@ use amtgw::workers::Workers;
 use amtgw::{Config, Gateway, ReloadHandle};
 
 mod cli {
+    pub(crate) mod health;
     pub(crate) mod pin;
 }
 
@@ -49,6 +51,10 @@ Environment:
   RUST_LOG        log filter (default: info), e.g. RUST_LOG=debug or RUST_LOG=amtgw::proxy=debug
   NOTIFY_SOCKET   set by systemd (Type=notify): READY, RELOADING, STOPPING and WATCHDOG are sent
                   there (WATCHDOG_USEC: every half of it)
+  LISTEN_FDS      set by systemd (socket activation): listeners to use for the configured
+                  addresses they are bound to, instead of binding those
+  STATE_DIRECTORY set by systemd (StateDirectory=) and the container image: with
+                  gateway.pin_store unset, the pin store is amtgw-pins.toml there
 
 Signals:
   SIGHUP          reload the configuration; a bad one is rejected and the running one stays
@@ -169,6 +175,32 @@ configuration.")]
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<std::time::Duration>,
     },
+    /// Ask a running gateway whether it is alive (its admin listener's /healthz), or with
+    /// --ready whether it takes connections (/readyz): the container image's health check.
+    #[command(after_help = "\
+The admin listener's address is admin.listen from the configuration (--config or AMTGW_CONFIG,
+with AMTGW_ variables applied as `run` applies them; a wildcard address is asked over loopback),
+or --admin ADDRESS.
+
+Exit codes:
+  0   healthy (ready): the answer's line on stdout
+  1   not: no answer, an error status, or no answer within --timeout (the reason on stderr)
+  2   usage: malformed arguments, or no admin listener to ask
+  78  invalid configuration")]
+    Health {
+        /// Configuration file (TOML) of the gateway to ask.
+        #[arg(long, short, env = "AMTGW_CONFIG", conflicts_with = "admin")]
+        config: Option<PathBuf>,
+        /// The admin listener's address, instead of reading it from the configuration.
+        #[arg(long, value_name = "ADDRESS")]
+        admin: Option<std::net::SocketAddr>,
+        /// Ask /readyz (503 while draining) instead of /healthz.
+        #[arg(long)]
+        ready: bool,
+        /// Connecting and answering, together.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Print a shell completion script for SHELL (bash, zsh, fish, elvish, powershell), e.g.
     /// `amtgw completions bash > /usr/share/bash-completion/completions/amtgw`.
     #[command(hide = true)]
@@ -210,7 +242,12 @@ fn main() -> ExitCode {
             };
             init_logging(config.gateway.log_format);
             report_environment(&env);
-            report(runtime().and_then(|rt| rt.block_on(serve(config))))
+            // Before any thread starts: taking the descriptors unsets LISTEN_FDS and LISTEN_PID.
+            let inherited = match InheritedListeners::from_systemd() {
+                Ok(inherited) => inherited,
+                Err(e) => return report(Err(e.into())),
+            };
+            report(runtime().and_then(|rt| rt.block_on(serve(config, inherited))))
         }
         #[cfg(feature = "sim")]
         Command::Demo {
@@ -264,6 +301,23 @@ fn main() -> ExitCode {
             };
             match runtime() {
                 Ok(rt) => ExitCode::from(rt.block_on(cli::pin::pin_command(args))),
+                Err(e) => report(Err(e)),
+            }
+        }
+        Command::Health {
+            config,
+            admin,
+            ready,
+            timeout,
+        } => {
+            let args = cli::health::HealthArgs {
+                config,
+                admin,
+                ready,
+                timeout,
+            };
+            match runtime() {
+                Ok(rt) => ExitCode::from(rt.block_on(cli::health::health_command(args))),
                 Err(e) => report(Err(e)),
             }
         }
@@ -393,14 +447,20 @@ fn init_logging(format: LogFormat) {
 }
 
 /// Bind, serve until SIGTERM/SIGINT, drain. `Ok(true)` when every session drained.
-async fn serve(config: Config) -> anyhow::Result<bool> {
+async fn serve(config: Config, inherited: InheritedListeners) -> anyhow::Result<bool> {
     let source = config.source.clone();
     let notifier = notifier();
     // Before anything is announced: a SIGTERM sent as soon as "amtgw starting" is logged must
     // drain, not kill the process with the default action.
     let mut signals = Signals::install().context("cannot install signal handlers")?;
     let workers = start_workers(&config)?;
-    let gateway = Gateway::bind(config)
+    if !inherited.is_empty() {
+        tracing::info!(
+            sockets = inherited.len(),
+            "socket activation: listening on the sockets systemd passed"
+        );
+    }
+    let gateway = Gateway::bind_inheriting(config, inherited)
         .await
         .with_context(|| format!("starting from {source}"))?
         .with_workers(workers);

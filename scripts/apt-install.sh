@@ -62,9 +62,25 @@ apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -q)
 install=(install -y --no-upgrade --no-install-recommends)
 # The dry run lists each package it would unpack as "Inst NAME [INSTALLED-VERSION] (NEW ...)":
 # a bracketed version is an upgrade of something already there.
-upgrades="$("${apt[@]}" "${install[@]}" --simulate "${missing[@]}" </dev/null |
-  sed -n 's/^Inst \([^ ]*\) \[\([^]]*\)\].*/\1 (installed \2)/p')"
+would_upgrade() {
+  "${apt[@]}" "${install[@]}" --simulate "$@" </dev/null |
+    sed -n 's/^Inst \([^ ]*\) \[\([^]]*\)\].*/\1=\2/p'
+}
+upgrades="$(would_upgrade "${missing[@]}")"
+# apt's resolver may prefer upgrading an installed package it could keep (podman's libsubid4
+# pulls login and passwd to the newest point release although the installed ones satisfy
+# it): ask again with each of them held at its installed version.
 if [[ -n "$upgrades" ]]; then
+  mapfile -t held <<<"$upgrades"
+  if [[ -z "$(would_upgrade "${missing[@]}" "${held[@]}" 2>/dev/null)" ]] &&
+    "${apt[@]}" "${install[@]}" --simulate "${missing[@]}" "${held[@]}" </dev/null >/dev/null 2>&1; then
+    echo "apt-install: keeping ${held[*]} at the installed version"
+    missing+=("${held[@]}")
+    upgrades=""
+  fi
+fi
+if [[ -n "$upgrades" ]]; then
+  upgrades="$(sed 's/=\(.*\)/ (installed \1)/' <<<"$upgrades")"
   echo "apt-install: installing ${missing[*]} would upgrade installed packages:" >&2
   echo "$upgrades" | sed 's/^/  /' >&2
   echo "apt-install: nothing installed; install ${missing[*]} yourself if that is acceptable" >&2

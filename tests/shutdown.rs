@@ -111,6 +111,8 @@ struct Running {
     process: Spawned,
     wsman: SocketAddr,
     admin: SocketAddr,
+    /// The same configuration with the admin listener's real address, for `amtgw health`.
+    health_config: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -126,7 +128,7 @@ impl Running {
             );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("amtgw.toml");
-        std::fs::write(&path, config).unwrap();
+        std::fs::write(&path, &config).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_amtgw"));
         command.arg("run").arg("--config").arg(&path);
         for (name, _) in std::env::vars_os() {
@@ -154,12 +156,38 @@ impl Running {
                 _ => {}
             }
         }
+        let admin = admin.expect("no admin listener logged");
+        let health_config = dir.path().join("health.toml");
+        let admin_line = "[admin]\nlisten = \"127.0.0.1:0\"";
+        assert!(config.contains(admin_line), "{config}");
+        std::fs::write(
+            &health_config,
+            config.replace(admin_line, &format!("[admin]\nlisten = \"{admin}\"")),
+        )
+        .unwrap();
         Running {
             wsman: wsman.expect("no wsman listener logged"),
-            admin: admin.expect("no admin listener logged"),
+            admin,
+            health_config,
             process,
             _dir: dir,
         }
+    }
+
+    /// `amtgw health` with `args`: its exit code and what it printed.
+    fn health(&self, args: &[&str]) -> (Option<i32>, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_amtgw"))
+            .arg("health")
+            .args(args)
+            .env_remove("AMTGW_CONFIG")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
     }
 
     fn signal(&self, signal: &str) {
@@ -218,6 +246,16 @@ async fn after_sigterm_readyz_is_503_while_new_connections_are_still_served_unti
 {
     let mut gateway = Running::start("60s").await;
     assert_eq!(gateway.readyz_becomes(200).await, "ready\n");
+    // The container image's health check: the admin address from the configuration.
+    let config = gateway.health_config.to_str().unwrap().to_owned();
+    let (code, text) = gateway.health(&["--config", &config]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("/healthz at") && text.ends_with("ok\n"),
+        "{text}"
+    );
+    let (code, text) = gateway.health(&["--config", &config, "--ready"]);
+    assert_eq!(code, Some(0), "{text}");
     let mut live = TcpStream::connect(gateway.wsman).await.unwrap();
     live.write_all(b"before").await.unwrap();
     let mut buf = [0u8; 6];
@@ -235,6 +273,15 @@ async fn after_sigterm_readyz_is_503_while_new_connections_are_still_served_unti
     gateway.served(b"during the delay").await;
     gateway.served(b"and again").await;
     assert_eq!(http_get(gateway.admin, "/healthz").await.0, 200);
+    // Alive, not ready.
+    let admin = gateway.admin.to_string();
+    assert_eq!(gateway.health(&["--admin", &admin]).0, Some(0));
+    let (code, text) = gateway.health(&["--admin", &admin, "--ready"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("unhealthy: /readyz answered 503 Service Unavailable: draining"),
+        "{text}"
+    );
     live.write_all(b"still").await.unwrap();
     let mut buf = [0u8; 5];
     live.read_exact(&mut buf).await.unwrap();

@@ -267,6 +267,14 @@ pins = ["cert-sha256:{zeros}"]
 /// The WS-Man and admin addresses from the "listening" log lines; the rest of the log is
 /// drained (and echoed) in the background.
 fn listening(stderr: impl std::io::Read + Send + 'static) -> (SocketAddr, SocketAddr) {
+    let (wsman, admin, _rest) = listening_then(stderr);
+    (wsman, admin)
+}
+
+/// Like [`listening`], and the log lines after those.
+fn listening_then(
+    stderr: impl std::io::Read + Send + 'static,
+) -> (SocketAddr, SocketAddr, mpsc::Receiver<String>) {
     let (sender, lines) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
@@ -290,7 +298,7 @@ fn listening(stderr: impl std::io::Read + Send + 'static) -> (SocketAddr, Socket
             _ => {}
         }
     }
-    (wsman.unwrap(), admin.unwrap())
+    (wsman.unwrap(), admin.unwrap(), lines)
 }
 
 fn field<'a>(notification: &'a str, key: &str) -> Option<&'a str> {
@@ -374,4 +382,125 @@ async fn run_pings_the_watchdog_at_half_its_interval() {
     );
     gateway.signal("TERM");
     assert_eq!(field(&gateway.next(&mut pings), "STOPPING"), Some("1"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Socket activation
+
+/// `amtgw run` as systemd starts it for a `.socket` unit: `listener` as descriptor 3,
+/// `LISTEN_FDS=1` and `LISTEN_PID` naming the process itself (a shell sets it to its own pid
+/// and execs amtgw, which keeps the pid, as systemd sets it between fork and exec).
+fn activated(config: &str, listener: std::net::TcpListener) -> (Child, tempfile::TempDir) {
+    use command_fds::{CommandFdExt as _, FdMapping};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("amtgw.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_amtgw"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("LISTEN_FDS", "1")
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDNAMES")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("AMTGW_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .fd_mappings(vec![FdMapping {
+            parent_fd: listener.into(),
+            child_fd: 3,
+        }])
+        .unwrap();
+    (command.spawn().unwrap(), dir)
+}
+
+#[test]
+fn socket_activation_serves_on_the_socket_systemd_passed_including_connections_made_before_start() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let passed = listener.local_addr().unwrap();
+    // A console that connects while the service is not running yet waits in the backlog.
+    let mut early = std::net::TcpStream::connect(passed).unwrap();
+    let config = config_text("").replace(
+        "[services.wsman]\nlisten_port = 0\n",
+        &format!(
+            "[services.wsman]\nlisten_port = {}\nbind = [\"127.0.0.1\"]\n",
+            passed.port()
+        ),
+    );
+    assert!(config.contains(&format!("listen_port = {}", passed.port())));
+    let (mut child, _dir) = activated(&config, listener);
+    let (wsman, _admin, log) = listening_then(child.stderr.take().unwrap());
+    assert_eq!(wsman, passed, "amtgw listens where systemd bound");
+
+    // The early console is served: its first bytes make the gateway dial its device, which
+    // refuses (port 9), and the connection's summary line says so.
+    use std::io::Write as _;
+    early.write_all(b"POST /wsman HTTP/1.1\r\n").unwrap();
+    let console = early.local_addr().unwrap().to_string();
+    let summary = loop {
+        let line = log
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("no summary line for {console}: {e}"));
+        if line.contains("connection closed") && line.contains(&console) {
+            break line;
+        }
+    };
+    assert!(summary.contains("connect_refused"), "{summary}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_passed_socket_that_no_listener_uses_stops_the_start_naming_it() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let passed = listener.local_addr().unwrap();
+    // WS-Man on an ephemeral port: nothing in the configuration is `passed`.
+    let (child, _dir) = activated(&config_text(""), listener);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "systemd passed a socket for {passed} (LISTEN_FDS) that no listener of the \
+             configuration uses"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_socket_unit_passes_systemd_analyze_verify_with_the_service() {
+    let analyze = require_program(&["systemd-analyze"]);
+    let dir = tempfile::tempdir().unwrap();
+    let service = unit_text().replace(
+        &format!("ExecStart={INSTALLED_BINARY} "),
+        &format!("ExecStart={} ", env!("CARGO_BIN_EXE_amtgw")),
+    );
+    std::fs::write(dir.path().join("amtgw.service"), service).unwrap();
+    let socket = std::fs::read_to_string(repo_path("deploy/systemd/amtgw.socket")).unwrap();
+    for port in ["16992", "16994", "623"] {
+        assert!(
+            socket.contains(&format!("ListenStream=[::]:{port}\n")),
+            "{port}"
+        );
+    }
+    let path = dir.path().join("amtgw.socket");
+    std::fs::write(&path, socket).unwrap();
+    let out = Command::new(analyze)
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .arg(dir.path().join("amtgw.service"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.trim(), "", "systemd-analyze verify complained");
 }

@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use figment::value::{Dict, Map, Value};
@@ -39,6 +40,8 @@ pub struct Environment {
     /// Variables that name no configuration key, sorted.
     ignored: Vec<String>,
     warnings: Vec<String>,
+    /// `STATE_DIRECTORY`'s first absolute entry: where the pin store goes by default.
+    state_directory: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +83,10 @@ impl Environment {
     {
         let mut env = Environment::default();
         for (name, value) in pairs {
+            if name.as_ref() == STATE_DIRECTORY {
+                env.state_directory = state_directory(value.as_ref());
+                continue;
+            }
             let name = name.as_ref().to_string_lossy();
             let Some(rest) = strip_prefix(&name) else {
                 continue;
@@ -161,6 +168,25 @@ impl Environment {
     pub fn overrides(&self) -> impl Iterator<Item = &str> {
         self.overrides.iter().map(|o| o.name.as_str())
     }
+
+    /// The directory given by `STATE_DIRECTORY`, if any: the default pin store lives there
+    /// instead of next to the config file.
+    pub fn state_directory(&self) -> Option<&Path> {
+        self.state_directory.as_deref()
+    }
+}
+
+/// Set by systemd's `StateDirectory=` (and by the container image): the one directory the
+/// service may write. A configuration directory is read-only under both, so a pin store next to
+/// the config file could never be written.
+const STATE_DIRECTORY: &str = "STATE_DIRECTORY";
+
+/// systemd lists one directory per `StateDirectory=` entry, separated by colons; the first is
+/// the service's own. A relative or empty value is no directory at all.
+fn state_directory(value: &OsStr) -> Option<PathBuf> {
+    let first = value.to_str()?.split(':').next()?;
+    let path = Path::new(first);
+    path.is_absolute().then(|| path.to_owned())
 }
 
 impl Provider for Environment {
@@ -553,6 +579,48 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> Environment {
         Environment::from_pairs(pairs.iter().copied())
+    }
+
+    #[test]
+    fn the_first_absolute_state_directory_is_where_the_default_pin_store_goes() {
+        let state = |value: &str| env(&[("STATE_DIRECTORY", value)]).state_directory.clone();
+        assert_eq!(
+            state("/var/lib/amtgw:/var/lib/other"),
+            Some(PathBuf::from("/var/lib/amtgw"))
+        );
+        assert_eq!(state("relative/dir"), None);
+        assert_eq!(state(""), None);
+        assert_eq!(env(&[]).state_directory, None);
+
+        let text = "[[devices]]\nname = \"a\"\nhost = \"192.0.2.1\"\ntrust = \"tofu\"\n";
+        let base = Path::new("/etc/amtgw");
+        let pin_store = |env: &Environment| {
+            crate::Config::from_toml_with_env("test.toml", base, text, env)
+                .map(|config| config.gateway.pin_store)
+        };
+        assert!(matches!(
+            pin_store(&env(&[("STATE_DIRECTORY", "/var/lib/amtgw")])),
+            Ok(crate::tls::PinStoreSettings::File(path))
+                if path == Path::new("/var/lib/amtgw/amtgw-pins.toml")
+        ));
+        assert!(matches!(
+            pin_store(&env(&[])),
+            Ok(crate::tls::PinStoreSettings::File(path))
+                if path == Path::new("/etc/amtgw/amtgw-pins.toml")
+        ));
+        // An explicit pin store stays where the config puts it, relative to the config file.
+        let explicit = format!("[gateway]\npin_store = \"pins.toml\"\n{text}");
+        assert!(matches!(
+            crate::Config::from_toml_with_env(
+                "test.toml",
+                base,
+                &explicit,
+                &env(&[("STATE_DIRECTORY", "/var/lib/amtgw")])
+            )
+            .map(|config| config.gateway.pin_store),
+            Ok(crate::tls::PinStoreSettings::File(path))
+                if path == Path::new("/etc/amtgw/pins.toml")
+        ));
     }
 
     #[test]

@@ -542,5 +542,10 @@ fn load_layers(
             message: problem.message,
         });
     }
-    validate::load(file, base, Figment::from(toml).merge(env))
+    validate::load(
+        file,
+        base,
+        env.state_directory(),
+        Figment::from(toml).merge(env),
+    )
 }

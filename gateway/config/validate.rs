@@ -40,11 +40,20 @@ const DEFAULT_MAX_RANGE_DEVICES: usize = 4096;
 /// endpoint updates, to stop sending new connections; short enough not to hold up a restart.
 const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 
-pub(super) fn load(file: &str, base: &Path, figment: Figment) -> Result<Config, ConfigError> {
+/// The pin store's file name when `gateway.pin_store` is unset.
+const DEFAULT_PIN_STORE_FILE: &str = "amtgw-pins.toml";
+
+pub(super) fn load(
+    file: &str,
+    base: &Path,
+    state_directory: Option<&Path>,
+    figment: Figment,
+) -> Result<Config, ConfigError> {
     let raw: RawConfig = figment.extract().map_err(|e| from_figment(file, e))?;
     Validator {
         file,
         base,
+        state_directory,
         figment: &figment,
     }
     .config(raw)
@@ -125,6 +134,8 @@ fn env_var(path: &[String]) -> String {
 struct Validator<'a> {
     file: &'a str,
     base: &'a Path,
+    /// Where a pin store file with no `gateway.pin_store` goes (`STATE_DIRECTORY`); unset: `base`.
+    state_directory: Option<&'a Path>,
     figment: &'a Figment,
 }
 
@@ -1064,30 +1075,38 @@ impl Validator<'_> {
     /// `pin_store_ca_file`. No message repeats the password.
     fn pin_store(&self, g: &RawGateway) -> Result<PinStoreSettings, ConfigError> {
         const KEY: &str = "gateway.pin_store";
-        let location = g.pin_store.as_deref().unwrap_or("amtgw-pins.toml");
-        if !PostgresSettings::is_url(location) {
-            for (key, set) in [
-                (
-                    "pin_store_password_file",
-                    g.pin_store_password_file.is_some(),
-                ),
-                ("pin_store_ca_file", g.pin_store_ca_file.is_some()),
-                (
-                    "pin_store_reread_interval",
-                    g.pin_store_reread_interval.is_some(),
-                ),
-                ("pin_store_timeout", g.pin_store_timeout.is_some()),
-            ] {
-                if set {
-                    return Err(self.err(
-                        format!("gateway.{key}"),
-                        "is used only with a PostgreSQL pin store (gateway.pin_store = \
+        let location = match g.pin_store.as_deref() {
+            Some(url) if PostgresSettings::is_url(url) => url,
+            file => {
+                for (key, set) in [
+                    (
+                        "pin_store_password_file",
+                        g.pin_store_password_file.is_some(),
+                    ),
+                    ("pin_store_ca_file", g.pin_store_ca_file.is_some()),
+                    (
+                        "pin_store_reread_interval",
+                        g.pin_store_reread_interval.is_some(),
+                    ),
+                    ("pin_store_timeout", g.pin_store_timeout.is_some()),
+                ] {
+                    if set {
+                        return Err(self.err(
+                            format!("gateway.{key}"),
+                            "is used only with a PostgreSQL pin store (gateway.pin_store = \
                          \"postgres://USER@HOST/DATABASE\"); remove it",
-                    ));
+                        ));
+                    }
                 }
+                return Ok(PinStoreSettings::File(match file {
+                    Some(file) => self.base.join(file),
+                    None => self
+                        .state_directory
+                        .unwrap_or(self.base)
+                        .join(DEFAULT_PIN_STORE_FILE),
+                }));
             }
-            return Ok(PinStoreSettings::File(self.base.join(location)));
-        }
+        };
         let password = match &g.pin_store_password_file {
             Some(file) => {
                 let path = self.base.join(file);
