@@ -22,6 +22,7 @@ use crate::limits::{Source, SourceCounts};
 use crate::metrics::Metrics;
 use crate::proxy_protocol::{self, Addresses, ReadHeaderError};
 use crate::reason::Reason;
+use crate::recent_failures::RecentFailures;
 use crate::refusals::Refusals;
 use crate::relay::{MAX_READ_SIZE, Peer, Relay, RelayError};
 use crate::router::{RouteError, RouteQuery};
@@ -44,6 +45,8 @@ pub(crate) struct Context {
     /// Open connections per console address, gateway-wide.
     pub(crate) sources: Arc<SourceCounts>,
     pub(crate) refusals: Arc<Refusals>,
+    /// The status page's list of failed connections.
+    pub(crate) recent_failures: Arc<RecentFailures>,
     pub(crate) lifecycle: Lifecycle,
 }
 
@@ -553,6 +556,7 @@ pins = ["{pin}"]
                 global_limit,
                 sources: Arc::default(),
                 refusals: Arc::default(),
+                recent_failures: Arc::default(),
                 lifecycle,
             };
             let served = tokio::spawn(serve(accepted, peer, 1, ctx));
