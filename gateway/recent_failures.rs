@@ -99,7 +99,11 @@ mod tests {
         let recent = RecentFailures::default();
         recent.push(failure(1, &"é".repeat(MAX_ERROR_LEN)));
         let kept = &recent.newest_first()[0].error;
-        assert!(kept.len() <= MAX_ERROR_LEN + '…'.len_utf8(), "{}", kept.len());
+        assert!(
+            kept.len() <= MAX_ERROR_LEN + '…'.len_utf8(),
+            "{}",
+            kept.len()
+        );
         assert!(kept.ends_with('…'));
     }
 }

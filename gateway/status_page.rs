@@ -78,16 +78,19 @@ pub(crate) fn render(overview: &Overview<'_>) -> String {
 }
 
 const STYLE: &str = "\
-body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#1b1b1b;background:#fff}\
+body{font:13px/1.4 system-ui,sans-serif;margin:1em;color:#1b1b1b;background:#fff}\
 h1{font-size:1.5em;margin:0 0 .3em}h2{font-size:1.15em;margin:1.5em 0 .5em}\
 dl.summary{display:grid;grid-template-columns:max-content auto;gap:.2em 1em;margin:0}\
 dt{color:#555}dd{margin:0}\
 table{border-collapse:collapse;width:100%}\
-th,td{text-align:left;padding:.35em .6em;border-bottom:1px solid #ddd;vertical-align:top}\
+th,td{text-align:left;padding:.3em .45em;border-bottom:1px solid #ddd;vertical-align:top}\
 th{background:#f3f3f3;font-weight:600}\
 .ok{color:#116611;font-weight:600}.bad{color:#b00020;font-weight:600}\
 .warn{background:#fff3cd}.muted,.detail{color:#666}.detail{font-size:.85em}\
 code{font-size:.9em}.num{text-align:right}\
+td.name,td.address,td.pin,td.handshake,td.tls,td.expiry,td.when,td.device{white-space:nowrap}\
+.detail{overflow-wrap:anywhere}\
+td.result .detail{max-width:15em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}\
 ";
 
 fn write_page(out: &mut String, overview: &Overview<'_>) -> fmt::Result {
@@ -137,11 +140,11 @@ fn write_header(out: &mut String, o: &Overview<'_>) -> fmt::Result {
 fn write_devices(out: &mut String, o: &Overview<'_>) -> fmt::Result {
     out.write_str(
         "<h2>Devices</h2>\n<table id=\"devices\">\n<thead><tr><th>Device</th><th>Address</th>\
-         <th>Range</th><th>Trust</th><th>Pin</th><th>Last handshake</th><th>Result</th>\
+         <th>Trust</th><th>Pin</th><th>Last handshake</th><th>Result</th>\
          <th>TLS</th><th>Certificate expires</th><th>Open sessions</th></tr></thead>\n<tbody>\n",
     )?;
     if o.devices.is_empty() {
-        out.write_str("<tr><td colspan=\"10\" class=\"muted\">No devices.</td></tr>\n")?;
+        out.write_str("<tr><td colspan=\"9\" class=\"muted\">No devices.</td></tr>\n")?;
     }
     for device in o.devices {
         write_device(out, o, device)?;
@@ -155,16 +158,21 @@ fn write_device(out: &mut String, o: &Overview<'_>, device: &Device) -> fmt::Res
     write!(
         out,
         "<tr data-device=\"{name}\"><td class=\"name\"><strong>{name}</strong></td>\
-         <td class=\"address\">{host}<div class=\"detail\">ports {wsman}, {redirection}, {dash}</div></td>\
-         <td class=\"range\">{range}</td><td class=\"trust\">{trust}</td><td class=\"pin\">",
+         <td class=\"address\">{host}<div class=\"detail\">ports {wsman}, {redirection}, {dash}</div>{range}</td>\
+         <td class=\"trust\">{trust}</td><td class=\"pin\">",
         name = Escaped(&settings.name),
         host = Escaped(&settings.host.to_string()),
         wsman = settings.port(crate::Service::Wsman),
         redirection = settings.port(crate::Service::Redirection),
         dash = settings.port(crate::Service::Dash),
+        // A device of `[[ranges]]` is named by its address; its range says where it came from.
         range = device
             .range
-            .map_or_else(|| "—".to_owned(), |cidr| cidr.to_string()),
+            .map(|cidr| format!(
+                "<div class=\"detail range\">range {}</div>",
+                Escaped(&cidr.to_string())
+            ))
+            .unwrap_or_default(),
         trust = settings.tls.trust.mode(),
     )?;
     write_pin(out, device)?;
@@ -207,10 +215,14 @@ fn write_pin(out: &mut String, device: &Device) -> fmt::Result {
     }
 }
 
-/// A pin as its kind and the first 12 characters of its digest; the whole pin on hover.
+/// Digest characters of a pin shown: enough to tell pins apart at a glance.
+const SHORT_PIN: usize = 10;
+
+/// A pin as its kind and the first [`SHORT_PIN`] characters of its digest; the whole pin on
+/// hover.
 fn write_short_pin(out: &mut String, pin: &str) -> fmt::Result {
     let (kind, digest) = pin.split_once(':').unwrap_or(("", pin));
-    let short: String = digest.chars().take(12).collect();
+    let short: String = digest.chars().take(SHORT_PIN).collect();
     write!(
         out,
         "<div class=\"detail\"><code title=\"{full}\">{kind}:{short}…</code></div>",
@@ -244,9 +256,9 @@ fn write_handshake(
     } else {
         write!(
             out,
-            "<td class=\"result bad\">{}<div class=\"detail\">{}</div></td>",
-            Escaped(last.result),
-            Escaped(last.error.as_deref().unwrap_or_default()),
+            "<td class=\"result bad\">{reason}<div class=\"detail\" title=\"{error}\">{error}</div></td>",
+            reason = Escaped(last.result),
+            error = Escaped(last.error.as_deref().unwrap_or_default()),
         )?;
     }
     write!(
@@ -271,7 +283,10 @@ fn write_expiry(
     last: Option<&HandshakeRecord>,
     trust: &Trust,
 ) -> fmt::Result {
-    let Some(not_after) = last.and_then(|l| l.certificate.as_ref()).map(|c| c.not_after) else {
+    let Some(not_after) = last
+        .and_then(|l| l.certificate.as_ref())
+        .map(|c| c.not_after)
+    else {
         return out.write_str("<td class=\"expiry muted\">—</td>");
     };
     let left = not_after - o.now as i64;
@@ -291,7 +306,7 @@ fn write_expiry(
         out,
         "<td class=\"expiry{class}\">{when}<div class=\"detail\">{date}</div>{consequence}</td>",
         class = if near { " warn" } else { "" },
-        date = timestamp(not_after.max(0) as u64),
+        date = date(not_after.max(0) as u64),
     )
 }
 
@@ -312,7 +327,7 @@ fn write_failures(out: &mut String, o: &Overview<'_>) -> fmt::Result {
     for failure in o.failures {
         writeln!(
             out,
-            "<tr><td>{ago}<div class=\"detail\">{at}</div></td><td>{device}</td><td>{service}</td>\
+            "<tr><td class=\"when\">{ago}<div class=\"detail\">{at}</div></td><td class=\"device\">{device}</td><td>{service}</td>\
              <td class=\"reason bad\">{reason}</td><td class=\"detail\">{error}</td></tr>",
             ago = ago(o.now.saturating_sub(failure.at)),
             at = timestamp(failure.at),
@@ -331,6 +346,13 @@ fn write_failures(out: &mut String, o: &Overview<'_>) -> fmt::Result {
 /// Unix seconds as RFC 3339 UTC, to the second.
 fn timestamp(unix: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+}
+
+/// Unix seconds as the UTC date.
+fn date(unix: u64) -> String {
+    let mut stamp = timestamp(unix);
+    stamp.truncate("YYYY-MM-DD".len());
+    stamp
 }
 
 /// A short "how long ago" for people.
@@ -426,10 +448,9 @@ mod tests {
             &crate::config::Environment::empty(),
         )
         .unwrap();
-        let snapshot =
-            crate::state::Snapshot::build(config, None, Arc::new(crate::tls::NoEvents))
-                .await
-                .unwrap();
+        let snapshot = crate::state::Snapshot::build(config, None, Arc::new(crate::tls::NoEvents))
+            .await
+            .unwrap();
         let page = render(&overview(&snapshot.devices, &[]));
         let row = page
             .split_once("<tr data-device=\"dut\">")
@@ -438,7 +459,7 @@ mod tests {
             .unwrap_or_else(|| panic!("no row for dut: {page}"));
         assert!(row.contains("192.0.2.7"), "{row}");
         assert!(row.contains("<td class=\"trust\">pin</td>"), "{row}");
-        assert!(row.contains("cert-sha256:43b2b82426b7…"), "{row}");
+        assert!(row.contains("cert-sha256:43b2b82426…"), "{row}");
         assert!(row.contains("never"), "{row}");
         assert!(row.contains("<td class=\"open num\">0</td>"), "{row}");
     }

@@ -100,7 +100,11 @@ async fn open_wsman_session(addr: SocketAddr) -> TcpStream {
         let mut buf = [0u8; 4096];
         while !answer.ends_with(b"\r\n0\r\n\r\n") {
             let n = conn.read(&mut buf).await.unwrap();
-            assert!(n > 0, "closed mid-answer: {}", String::from_utf8_lossy(&answer));
+            assert!(
+                n > 0,
+                "closed mid-answer: {}",
+                String::from_utf8_lossy(&answer)
+            );
             answer.extend_from_slice(&buf[..n]);
         }
     };
@@ -118,7 +122,12 @@ async fn fail_pin_mismatch(gateway: &TestGateway) {
     let conn = gateway.connect(Service::Dash).await;
     let _ = exchange(conn, b"\x00").await;
     gateway
-        .metrics_settled(|m| m.failed("pin_mismatch") == 1.0)
+        .metrics_settled(|m| {
+            m.sample(
+                "amtgw_connections_failed_total",
+                &[("service", "dash"), ("reason", "pin_mismatch")],
+            ) == Some(1.0)
+        })
         .await;
 }
 
@@ -131,8 +140,16 @@ async fn chromium(args: &[String], url: &str) -> String {
     let stderr_path = profile.path().join("stderr.log");
     let mut child = Command::new(program)
         // Root (CI) needs --no-sandbox; no GPU in a container.
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
-        .arg(format!("--user-data-dir={}", profile.path().join("profile").display()))
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            profile.path().join("profile").display()
+        ))
         .args(args)
         .arg(url)
         .stdin(Stdio::null())
@@ -164,13 +181,21 @@ async fn chromium(args: &[String], url: &str) -> String {
         .await
         .unwrap()
         .unwrap();
-    assert!(status.success(), "chromium failed ({status}); stderr:\n{}", stderr());
+    assert!(
+        status.success(),
+        "chromium failed ({status}); stderr:\n{}",
+        stderr()
+    );
     String::from_utf8(out).unwrap()
 }
 
 /// The page as Chromium rendered it.
 async fn rendered(gateway: &TestGateway) -> String {
-    let dom = chromium(&["--dump-dom".to_owned()], &format!("http://{}/", gateway.admin)).await;
+    let dom = chromium(
+        &["--dump-dom".to_owned()],
+        &format!("http://{}/", gateway.admin),
+    )
+    .await;
     assert!(dom.contains("<h1>amtgw</h1>"), "not the status page: {dom}");
     dom
 }
@@ -194,7 +219,10 @@ async fn a_reached_device_shows_its_handshake_ok_and_its_open_session() {
     let row = device_row(&dom, "amt-sim-01");
     assert!(row.contains("<td class=\"result ok\">ok</td>"), "{row}");
     assert!(row.contains("<td class=\"open num\">1</td>"), "{row}");
-    assert!(row.contains("learned"), "the first handshake recorded its pin: {row}");
+    assert!(
+        row.contains("learned"),
+        "the first handshake recorded its pin: {row}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
