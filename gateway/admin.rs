@@ -1,8 +1,8 @@
-//! The admin HTTP listener: `/metrics`, `/healthz`, `/readyz`, `/devices` and
-//! `POST /devices/NAME/repin`. Loopback by default; it keeps serving through the drain so
-//! `/readyz` can say so. Bounded ([`AdminLimits`]): header and connection timeouts, a
-//! connection cap, small bodies. With `admin.token_file`, `/devices` and repin need the bearer
-//! token.
+//! The admin HTTP listener: the status page `/` (rendered by `status_page`), `/metrics`,
+//! `/healthz`, `/readyz`, `/devices` and `POST /devices/NAME/repin`. Loopback by default; it
+//! keeps serving through the drain so `/readyz` can say so. Bounded ([`AdminLimits`]): header
+//! and connection timeouts, a connection cap, small bodies. With `admin.token_file`, `/`,
+//! `/devices` and repin need the bearer token (the page shows what `/devices` does).
 //!
 //! One connection's handling is [`serve_connection`], over any byte stream: the listener hands
 //! it TCP streams, tests and the `admin_request` fuzzer an in-memory duplex.
@@ -16,7 +16,10 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::HeaderMap;
 use hyper::body::{Body, Bytes, Incoming};
-use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{
+    ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderValue,
+    WWW_AUTHENTICATE, X_CONTENT_TYPE_OPTIONS,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -31,21 +34,27 @@ use crate::config::Config;
 use crate::fleet::Device;
 use crate::listener::Acceptor;
 use crate::metrics::Metrics;
+use crate::recent_failures::RecentFailures;
 use crate::shutdown::Lifecycle;
 use crate::state::{Shared, Snapshot, SnapshotError};
+use crate::status_page::{self, GatewayState, Overview};
 use crate::tls::Trust;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// What the admin endpoints read: the metrics registry, the gateway's shared state, whether
-/// it is draining, and the listener's bounds.
+/// it is draining, the listener's bounds, and for the status page the recent failures and
+/// when the gateway started.
 pub struct AdminState {
     pub(crate) registry: Registry,
     pub(crate) shared: Arc<Shared>,
     /// For `/readyz`: not ready once shutdown has begun.
     pub(crate) lifecycle: Lifecycle,
     pub(crate) limits: AdminLimits,
+    pub(crate) recent_failures: Arc<RecentFailures>,
+    /// When the gateway was bound: the status page's uptime.
+    pub(crate) started: tokio::time::Instant,
 }
 
 impl AdminState {
@@ -67,6 +76,8 @@ impl AdminState {
             shared: Arc::new(Shared::new(snapshot, metrics)),
             lifecycle: Lifecycle::default(),
             limits,
+            recent_failures: Arc::default(),
+            started: tokio::time::Instant::now(),
         }))
     }
 }
@@ -173,7 +184,8 @@ async fn serve_with_permit<S>(
 async fn respond(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
     let mutating = parts.method == Method::POST;
-    let needs_token = mutating || parts.uri.path() == "/devices";
+    // The status page shows what `/devices` does, so it is guarded the same way.
+    let needs_token = mutating || matches!(parts.uri.path(), "/devices" | "/");
     if needs_token && let Some(refused) = authorize(state, &parts.headers) {
         return refused;
     }
@@ -201,6 +213,7 @@ async fn respond(state: &AdminState, request: Request<Incoming>) -> Response<Ful
         );
     }
     match request.uri().path() {
+        "/" => status(state),
         "/metrics" => metrics(state, &request),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if state.lifecycle.is_draining() => text(
@@ -220,9 +233,51 @@ async fn respond(state: &AdminState, request: Request<Incoming>) -> Response<Ful
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics, /healthz, /readyz or /devices\n",
+            "not found; try /, /metrics, /healthz, /readyz or /devices\n",
         ),
     }
+}
+
+/// The status page, for people: HTML, never cached (it is a live view), and allowed no script
+/// (it has none) so that even a value that escaped escaping could not run.
+fn status(state: &AdminState) -> Response<Full<Bytes>> {
+    let snapshot = state.shared.snapshot.load();
+    let mut devices = snapshot.devices.clone();
+    devices.extend(snapshot.ranges.known());
+    let failures = state.recent_failures.newest_first();
+    let lifecycle = &state.lifecycle;
+    let page = status_page::render(&Overview {
+        now: crate::tls::unix_now(),
+        uptime: state.started.elapsed(),
+        state: if lifecycle.is_draining() {
+            GatewayState::Draining
+        } else if lifecycle.is_withdrawn() {
+            GatewayState::Withdrawn
+        } else {
+            GatewayState::Ready
+        },
+        open_connections: state.shared.metrics.open_connections(),
+        max_connections: snapshot.config.gateway.max_connections,
+        expiry_warning: snapshot.config.gateway.expiry_warning,
+        devices: &devices,
+        ranges: snapshot.config.ranges.len(),
+        failures: &failures,
+    });
+    let mut response = Response::new(Full::new(Bytes::from(page)));
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
 }
 
 /// `None` when the request may proceed: no token is configured, or it presents the token.

@@ -19,6 +19,7 @@ use crate::expiry;
 use crate::limits::SourceCounts;
 use crate::listener::{self, BindError, BoundAddress, ListenerContext, ListenerKey};
 use crate::metrics::Metrics;
+use crate::recent_failures::RecentFailures;
 use crate::refusals::{self, Refusals};
 use crate::reload::{self, ReloadError, ReloadHandle, ReloadSummary, Request};
 use crate::shutdown::{DelaySkip, Lifecycle};
@@ -83,6 +84,8 @@ pub struct Gateway {
     /// Open connections per console address, across reloads.
     sources: Arc<SourceCounts>,
     refusals: Arc<Refusals>,
+    /// Written by connections, read by the status page.
+    recent_failures: Arc<RecentFailures>,
     lifecycle: Lifecycle,
     /// Ends `gateway.shutdown_delay` early (a second stop signal).
     skip: DelaySkip,
@@ -133,12 +136,15 @@ impl Gateway {
         inherited.all_taken()?;
         let shared = Arc::new(Shared::new(snapshot, metrics));
         let lifecycle = Lifecycle::default();
+        let recent_failures = Arc::new(RecentFailures::default());
         let admin = admin_listener.map(|listener| {
             let state = Arc::new(AdminState {
                 registry,
                 shared: shared.clone(),
                 lifecycle: lifecycle.clone(),
                 limits: AdminLimits::default(),
+                recent_failures: recent_failures.clone(),
+                started: tokio::time::Instant::now(),
             });
             (listener, state)
         });
@@ -147,6 +153,7 @@ impl Gateway {
             shared,
             sources: Arc::default(),
             refusals: Arc::default(),
+            recent_failures,
             lifecycle,
             skip: DelaySkip::default(),
             watched,
@@ -347,6 +354,7 @@ impl Gateway {
             shared: self.shared.clone(),
             sources: self.sources.clone(),
             refusals: self.refusals.clone(),
+            recent_failures: self.recent_failures.clone(),
             lifecycle: self.lifecycle.clone(),
         };
         tasks.accept_loops.spawn(listener::accept_loop(

@@ -16,7 +16,8 @@
 //! [`Reason`] when it fails), [`router`] picks the device, [`upstream`] opens the device leg
 //! with a config from [`tls`] built once by [`fleet`], [`relay`] moves bytes. [`state`] holds
 //! what a reload swaps; [`reload`], `watch` and [`gateway`] apply it. [`metrics`], `admin` and
-//! [`shutdown`] serve operators.
+//! [`shutdown`] serve operators; `status_page` renders the admin listener's page for people
+//! from the devices' status and `recent_failures`, which the connection recorder fills.
 //! [`http_head`] reads console request heads for WS-Man routed by `Host`; pure, over bytes.
 //! [`probe`] handshakes with a device only to report its certificate (for `amtgw pin`, whose
 //! command code is in the binary). [`tls`] depends on no other module here.
@@ -52,10 +53,12 @@ pub mod workers;
 
 mod expiry;
 mod proxy;
+mod recent_failures;
 mod refusals;
 #[cfg(test)]
 mod sim_tests;
 mod socket;
+mod status_page;
 mod watch;
 
 pub use admin::AdminLimits;

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, Routing};
 use crate::limits::SourceCounts;
 use crate::proxy;
+use crate::recent_failures::RecentFailures;
 use crate::refusals::Refusals;
 use crate::service::Service;
 use crate::shutdown::Lifecycle;
@@ -223,6 +224,7 @@ pub(crate) struct ListenerContext {
     pub(crate) shared: Arc<Shared>,
     pub(crate) sources: Arc<SourceCounts>,
     pub(crate) refusals: Arc<Refusals>,
+    pub(crate) recent_failures: Arc<RecentFailures>,
     pub(crate) lifecycle: Lifecycle,
 }
 
@@ -236,6 +238,7 @@ impl ListenerContext {
             global_limit: self.shared.global_limit.clone(),
             sources: self.sources.clone(),
             refusals: self.refusals.clone(),
+            recent_failures: self.recent_failures.clone(),
             lifecycle: self.lifecycle.clone(),
         }
     }

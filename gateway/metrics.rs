@@ -330,6 +330,15 @@ impl Metrics {
     }
 
     /// `gateway.max_connections` of the configuration in force (at start and every reload).
+    /// Console connections open now, every service together (`amtgw_connections_open`
+    /// summed), for the status page. Reads only the series that exist.
+    pub(crate) fn open_connections(&self) -> i64 {
+        Service::ALL
+            .iter()
+            .filter_map(|&service| self.open.get(&ServiceLabels { service }).map(|g| g.get()))
+            .sum()
+    }
+
     pub(crate) fn set_connection_limit(&self, max_connections: usize) {
         self.connections_max
             .set(i64::try_from(max_connections).unwrap_or(i64::MAX));

@@ -18,6 +18,7 @@
 #                                scripts/container-build.sh); apt may want to move login and
 #                                passwd to a newer point release for it: they are kept
 #   file, readelf    file, binutils  check that the image's binary is static
+#   chromium         chromium    headless, renders the admin status page (tests/status_page.rs)
 # and kubernetes-validate from PyPI (tests/kubernetes.rs validates deploy/kubernetes/ with it,
 # offline), in a virtualenv of its own (scripts/install-kubernetes-validate.sh).
 # What the build itself needs (OpenSSL's development files) is scripts/install-build-deps.sh.
@@ -29,7 +30,8 @@ set -euo pipefail
 
 "$(dirname "$0")/apt-install.sh" curl=curl amtterm=amtterm 'stunnel4|stunnel=stunnel4' \
   script=bsdutils openssl=openssl ip=iproute2 nft=nftables systemd-analyze=systemd \
-  promtool=prometheus haproxy=haproxy podman=podman file=file readelf=binutils
+  promtool=prometheus haproxy=haproxy podman=podman file=file readelf=binutils \
+  chromium=chromium
 
 # PostgreSQL: the server binaries, whichever major version Debian ships. Installed only when no
 # version is there. Debian's package would create and start a "main" cluster; the tests need
@@ -49,7 +51,8 @@ fi
 
 # Fail loudly if a package is installed but the program the tests spawn is still not on PATH
 # (Debian names the stunnel binary stunnel4; others stunnel).
-for program in curl amtterm script openssl ip nft systemd-analyze promtool haproxy podman file readelf; do
+for program in curl amtterm script openssl ip nft systemd-analyze promtool haproxy podman file \
+  readelf chromium; do
   if ! command -v "$program" >/dev/null 2>&1; then
     echo "install-test-deps: $program not found on PATH" >&2
     exit 1

@@ -1,7 +1,7 @@
 //! The admin listener is bounded and, with a token, authenticated: a half-sent request head
 //! and a connection held too long are dropped, connections beyond the cap are closed at once
-//! (and the listener still answers after), large bodies are refused, and `/devices` and repin
-//! need the bearer token while probes and scrapes never do.
+//! (and the listener still answers after), large bodies are refused, and `/devices`, the status
+//! page `/` and repin need the bearer token while probes and scrapes never do.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -203,6 +203,30 @@ async fn with_a_token_devices_needs_it_and_probes_and_metrics_do_not() {
     let (status, _, body) = http_send(gateway.admin, "GET", "/devices", &bearer(TOKEN), "").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"dut\""), "{body}");
+}
+
+#[tokio::test]
+async fn with_a_token_the_status_page_needs_it_like_devices() {
+    let (_dir, gateway) = start_with_token().await;
+    assert_eq!(http_get(gateway.admin, "/").await.0, 401);
+    let (status, _, body) = http_send(gateway.admin, "GET", "/", &bearer(TOKEN), "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("data-device=\"dut\""), "{body}");
+}
+
+#[tokio::test]
+async fn the_status_page_is_uncached_html_allowed_no_script() {
+    let gateway = start(long_limits()).await;
+    let (status, head, body) = http_send(gateway.admin, "GET", "/", "", "").await;
+    assert_eq!(status, 200, "{body}");
+    let head = head.to_ascii_lowercase();
+    for header in [
+        "content-type: text/html; charset=utf-8",
+        "cache-control: no-store",
+        "content-security-policy: default-src 'none'; style-src 'unsafe-inline'",
+    ] {
+        assert!(head.contains(header), "{header} missing: {head}");
+    }
 }
 
 #[tokio::test]

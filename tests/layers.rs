@@ -142,6 +142,7 @@ fn the_bottom_layers_use_only_what_the_issue_allows() {
                 "metrics",
                 "proxy_protocol",
                 "reason",
+                "recent_failures",
                 "refusals",
                 "relay",
                 "router",

@@ -22,6 +22,7 @@ use crate::limits::{Source, SourceCounts};
 use crate::metrics::Metrics;
 use crate::proxy_protocol::{self, Addresses, ReadHeaderError};
 use crate::reason::Reason;
+use crate::recent_failures::RecentFailures;
 use crate::refusals::Refusals;
 use crate::relay::{MAX_READ_SIZE, Peer, Relay, RelayError};
 use crate::router::{RouteError, RouteQuery};
@@ -44,6 +45,8 @@ pub(crate) struct Context {
     /// Open connections per console address, gateway-wide.
     pub(crate) sources: Arc<SourceCounts>,
     pub(crate) refusals: Arc<Refusals>,
+    /// The status page's list of failed connections.
+    pub(crate) recent_failures: Arc<RecentFailures>,
     pub(crate) lifecycle: Lifecycle,
 }
 
@@ -490,6 +493,7 @@ mod tests {
         registry: Registry,
         ctx_parts: (Arc<Snapshot>, Arc<Metrics>, Arc<Semaphore>, Lifecycle),
         console_side: TcpListener,
+        recent_failures: Arc<RecentFailures>,
     }
 
     async fn pipeline(device: SocketAddr, pinned: &CertificateDer<'_>, max: usize) -> Pipeline {
@@ -534,6 +538,7 @@ pins = ["{pin}"]
             registry,
             ctx_parts: (snapshot, metrics, limit, Lifecycle::default()),
             console_side: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            recent_failures: Arc::default(),
         }
     }
 
@@ -553,6 +558,7 @@ pins = ["{pin}"]
                 global_limit,
                 sources: Arc::default(),
                 refusals: Arc::default(),
+                recent_failures: self.recent_failures.clone(),
                 lifecycle,
             };
             let served = tokio::spawn(serve(accepted, peer, 1, ctx));
@@ -618,6 +624,22 @@ pins = ["{pin}"]
     }
 
     #[tokio::test]
+    async fn a_failed_connection_is_kept_for_the_status_page_with_its_device_and_reason() {
+        let (device, impostor) = (echo_device().await, echo_device().await);
+        let pipeline = pipeline(impostor.addr, &device.certificate, 10).await;
+        pipeline.exchange(b"secret").await;
+        let kept = pipeline.recent_failures.newest_first();
+        let [failure] = kept.as_slice() else {
+            panic!("one failure kept: {kept:?}");
+        };
+        assert_eq!(
+            (failure.service, failure.device.as_deref(), failure.reason),
+            (Service::Wsman, Some("dut"), Reason::PinMismatch)
+        );
+        assert!(failure.error.contains("matches no pin"), "{failure:?}");
+    }
+
+    #[tokio::test]
     async fn a_connection_still_connecting_at_shutdown_is_cancelled_with_reason_shutdown() {
         // A device that accepts TCP and never answers the TLS handshake.
         let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -644,6 +666,8 @@ pins = ["{pin}"]
         assert_eq!(answer, b"");
         let failed = r#"amtgw_connections_failed_total{service="wsman",reason="shutdown"}"#;
         assert_eq!(pipeline.sample(failed), Some(1.0));
+        // The routine part of stopping: no failure for the status page to list.
+        assert_eq!(pipeline.recent_failures.newest_first(), vec![]);
         held.abort();
     }
 }

@@ -2,6 +2,7 @@
 //! status and per-device series, and one summary line when it closes.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
@@ -17,6 +18,7 @@ use crate::metrics::{
 };
 use crate::proxy_protocol::{Addresses, Header};
 use crate::reason::Reason;
+use crate::recent_failures::Failure;
 use crate::relay::{Relay, RelayObserver};
 use crate::tls::DeviceStream;
 use crate::tls::{self, Backend, Trust};
@@ -31,6 +33,8 @@ pub(super) struct Recorder<'a> {
     accepted: Instant,
     open: Gauge,
     device_series: Option<DeviceSeries>,
+    /// The device routed to, named in the status page's recent failures.
+    device: Option<Arc<Device>>,
     upstream: UpstreamTimings,
     /// Where the console was going, when the network diverted it to the gateway.
     destination: Option<SocketAddr>,
@@ -54,6 +58,7 @@ impl<'a> Recorder<'a> {
             accepted: Instant::now(),
             open,
             device_series: None,
+            device: None,
             upstream: UpstreamTimings::default(),
             destination: None,
             first_byte: None,
@@ -81,9 +86,10 @@ impl<'a> Recorder<'a> {
         self.destination = destination;
     }
 
-    pub(super) fn routed(&mut self, device: &Device) {
+    pub(super) fn routed(&mut self, device: &Arc<Device>) {
         tracing::Span::current().record("device", device.name());
         self.device_series = self.ctx.metrics.devices.enter(device.name());
+        self.device = Some(device.clone());
     }
 
     /// Filled by the upstream as far as it gets, failures included.
@@ -244,6 +250,23 @@ impl<'a> Recorder<'a> {
         let duration = self.accepted.elapsed();
         let reason = failure.as_ref().map(ConnectionError::reason);
         let outcome = Reason::outcome(reason);
+        // A session cut at the drain deadline lost whatever it was doing (a SOL console, an
+        // IDE-R transfer): a failure like any other. Only connections cancelled before they
+        // reached a device are the routine part of stopping.
+        let cut = matches!(failure, Some(ConnectionError::CutAtDrain));
+        let error = failure.map(|e| e.to_string());
+        // The status page lists the failures worth a look: those the log reports as warnings
+        // (refusals a flood keeps out of the log included), not routine ends. Kept before the
+        // metrics are counted, so whoever saw the count finds the entry.
+        if let Some(reason) = reason.filter(|r| cut || !r.is_routine()) {
+            self.ctx.recent_failures.push(Failure {
+                at: tls::unix_now(),
+                service,
+                device: self.device.as_ref().map(|d| d.name().to_owned()),
+                reason,
+                error: error.clone().unwrap_or_default(),
+            });
+        }
         if let Some(reason) = reason {
             metrics
                 .failed
@@ -265,11 +288,6 @@ impl<'a> Recorder<'a> {
             .duration_seconds
             .get_or_create(&labels)
             .observe(duration.as_secs_f64());
-        // A session cut at the drain deadline lost whatever it was doing (a SOL console, an
-        // IDE-R transfer): a failure like any other. Only connections cancelled before they
-        // reached a device are the routine part of stopping.
-        let cut = matches!(failure, Some(ConnectionError::CutAtDrain));
-        let error = failure.map(|e| e.to_string());
         let level = match reason {
             None => Level::INFO,
             Some(_) if cut => Level::WARN,
