@@ -14,8 +14,10 @@
 #   systemd-analyze  systemd     `systemd-analyze verify` of deploy/systemd (tests/systemd.rs)
 #   promtool         prometheus  checks deploy/prometheus's rules (tests/monitoring.rs)
 #   haproxy          haproxy     the load balancer in front of amtgw (tests/proxy_protocol.rs)
-# and kubernetes-validate from PyPI (tests/kubernetes.rs validates deploy/kubernetes/ with it,
-# offline), in a virtualenv of its own (scripts/install-kubernetes-validate.sh).
+# and from PyPI, each in a virtualenv of its own: kubernetes-validate (tests/kubernetes.rs
+# validates deploy/kubernetes/ with it, offline; scripts/install-kubernetes-validate.sh) and the
+# `amt` package's amtctrl, a WS-Man console (tests/console_clients.rs;
+# scripts/install-amt-client.sh).
 # What the build itself needs (OpenSSL's development files) is scripts/install-build-deps.sh.
 #
 # Idempotent and non-interactive. Run as root (CI) or with sudo available.
@@ -42,6 +44,7 @@ fi
 
 # Python packages never go into the system's Python: a venv under the user's cache.
 "$(dirname "$0")/install-kubernetes-validate.sh"
+"$(dirname "$0")/install-amt-client.sh"
 
 # Fail loudly if a package is installed but the program the tests spawn is still not on PATH
 # (Debian names the stunnel binary stunnel4; others stunnel).
