@@ -32,7 +32,11 @@ fn amtctrl_program() -> std::path::PathBuf {
 
 /// A program of the `amt` venv, run against `address` with the demo password on stdin and no
 /// HTTP proxy from the environment (requests would honour one); returns what it printed.
-async fn run_amt(program: &std::path::Path, args: &[&str], config_home: &std::path::Path) -> String {
+async fn run_amt(
+    program: &std::path::Path,
+    args: &[&str],
+    config_home: &std::path::Path,
+) -> String {
     let mut command = Command::new(program);
     command
         .args(args)
@@ -91,7 +95,9 @@ impl Console {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amt_package_powers_boots_and_reads_kvm_through_the_gateway() {
-    let sim = amtgw_sim::SimDevice::start(amtgw_sim::SimConfig::demo("console-amt")).await.unwrap();
+    let sim = amtgw_sim::SimDevice::start(amtgw_sim::SimConfig::demo("console-amt"))
+        .await
+        .unwrap();
     let address = private_loopback();
     let pin = amtgw::tls::Pin::of_certificate(&sim.certificate()).to_string();
     let _gateway = gateway_listening(
@@ -114,7 +120,10 @@ async fn amt_package_powers_boots_and_reads_kvm_through_the_gateway() {
     assert_eq!(console.amtctrl("status").await.trim(), "off");
     let boots = sim.host().boots;
     assert_eq!(console.amtctrl("on").await, "");
-    assert_eq!((sim.host().power, sim.host().boots), (PowerState::On, boots + 1));
+    assert_eq!(
+        (sim.host().power, sim.host().boots),
+        (PowerState::On, boots + 1)
+    );
     assert_eq!(console.amtctrl("reboot").await, "");
     assert_eq!(sim.host().boots, boots + 2);
     assert_eq!(sim.host().last_boot, BootSource::Default);
@@ -122,13 +131,20 @@ async fn amt_package_powers_boots_and_reads_kvm_through_the_gateway() {
     // PXE next boot: set, still pending; the next cycle boots from the network, once.
     console.client("pxe_next_boot").await;
     assert_eq!(sim.host().next_boot(), BootSource::Pxe);
-    assert_eq!(sim.host().boots, boots + 2, "setting the boot does not boot");
+    assert_eq!(
+        sim.host().boots,
+        boots + 2,
+        "setting the boot does not boot"
+    );
     assert_eq!(console.amtctrl("reboot").await, "");
     assert_eq!(sim.host().last_boot, BootSource::Pxe);
     assert_eq!(sim.host().next_boot(), BootSource::Default);
     // amtctrl's own pxeboot: the same, in one command.
     assert_eq!(console.amtctrl("pxeboot").await, "");
-    assert_eq!((sim.host().boots, sim.host().last_boot), (boots + 4, BootSource::Pxe));
+    assert_eq!(
+        (sim.host().boots, sim.host().last_boot),
+        (boots + 4, BootSource::Pxe)
+    );
 
     // KVM: the settings as AMT returns them, then enabled on port 5900.
     let status = console.amtctrl("vncstatus").await;
@@ -136,7 +152,12 @@ async fn amt_package_powers_boots_and_reads_kvm_through_the_gateway() {
         status.contains(":Is5900PortEnabled>false<") && !status.contains("RFBPassword"),
         "{status}"
     );
-    assert!(console.amtctrl("vnc").await.contains("VNC enabled on port 5900"));
+    assert!(
+        console
+            .amtctrl("vnc")
+            .await
+            .contains("VNC enabled on port 5900")
+    );
     let host = sim.host();
     assert!(host.kvm_enabled);
     assert_eq!(
@@ -153,7 +174,12 @@ async fn amt_package_powers_boots_and_reads_kvm_through_the_gateway() {
 
 /// A WS-Man request of `action` on `resource` with `body`, digest-authenticated by curl;
 /// returns the response body (curl fails the test on an HTTP error).
-async fn curl_wsman(sim_gateway: std::net::SocketAddr, action: &str, resource: &str, body: &str) -> String {
+async fn curl_wsman(
+    sim_gateway: std::net::SocketAddr,
+    action: &str,
+    resource: &str,
+    body: &str,
+) -> String {
     let envelope = format!(
         "<?xml version=\"1.0\" encoding=\"utf-8\"?>\
 <s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\" \
@@ -201,8 +227,17 @@ async fn curl_enumerates_and_pulls_software_identity_in_pages_through_the_gatewa
     let enumeration = "http://schemas.xmlsoap.org/ws/2004/09/enumeration";
     let resource = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_SoftwareIdentity";
 
-    let response = curl_wsman(addr, &format!("{enumeration}/Enumerate"), resource, "<n:Enumerate/>").await;
-    assert!(response.contains(&format!("{enumeration}/EnumerateResponse</b:Action>")), "{response}");
+    let response = curl_wsman(
+        addr,
+        &format!("{enumeration}/Enumerate"),
+        resource,
+        "<n:Enumerate/>",
+    )
+    .await;
+    assert!(
+        response.contains(&format!("{enumeration}/EnumerateResponse</b:Action>")),
+        "{response}"
+    );
     let mut context = element(&response, "EnumerationContext").unwrap().to_owned();
     let mut pages = Vec::new();
     let mut versions = Vec::new();
@@ -216,12 +251,14 @@ async fn curl_enumerates_and_pulls_software_identity_in_pages_through_the_gatewa
         .await;
         pages.push(response.matches("<h:CIM_SoftwareIdentity>").count());
         if response.contains("<h:InstanceID>AMT</h:InstanceID>") {
-            versions.push(element(
-                &response[response.find("<h:InstanceID>AMT</h:InstanceID>").unwrap()..],
-                "VersionString",
-            )
-            .unwrap()
-            .to_owned());
+            versions.push(
+                element(
+                    &response[response.find("<h:InstanceID>AMT</h:InstanceID>").unwrap()..],
+                    "VersionString",
+                )
+                .unwrap()
+                .to_owned(),
+            );
         }
         match element(&response, "EnumerationContext") {
             Some(next) => context = next.to_owned(),
@@ -232,5 +269,9 @@ async fn curl_enumerates_and_pulls_software_identity_in_pages_through_the_gatewa
         }
     }
     assert_eq!(pages, [4, 4, 3], "11 items, 4 per Pull");
-    assert_eq!(versions, ["16.1.27"], "the amt16 profile's firmware version");
+    assert_eq!(
+        versions,
+        ["16.1.27"],
+        "the amt16 profile's firmware version"
+    );
 }

@@ -13,7 +13,12 @@ use crate::measurements::{Conn, Target, in_workers};
 use crate::{DEMO_PASSWORD, DEMO_USERNAME};
 
 /// One console round, request by request: power state twice, then an enumeration.
-const ROUND: [Step; 4] = [Step::PowerState, Step::PowerState, Step::Enumerate, Step::Pull];
+const ROUND: [Step; 4] = [
+    Step::PowerState,
+    Step::PowerState,
+    Step::Enumerate,
+    Step::Pull,
+];
 
 #[derive(Clone, Copy)]
 enum Step {
@@ -210,7 +215,8 @@ pub(crate) async fn wsman_mix(
                 let challenge = wsman_challenge(&target).await;
                 let mut c = target.connect().await.expect("connect to the simulator");
                 for (nc, step) in (1..=n as u64).zip(ROUND.iter().cycle()) {
-                    let opened = console_step(&mut c, *step, &context, (&challenge, nc), true).await;
+                    let opened =
+                        console_step(&mut c, *step, &context, (&challenge, nc), true).await;
                     if matches!(step, Step::Enumerate) {
                         context = opened;
                     }
@@ -219,7 +225,8 @@ pub(crate) async fn wsman_mix(
                 for step in ROUND.iter().cycle().take(n) {
                     let challenge = wsman_challenge(&target).await;
                     let mut c = target.connect().await.expect("connect to the simulator");
-                    let opened = console_step(&mut c, *step, &context, (&challenge, 1), false).await;
+                    let opened =
+                        console_step(&mut c, *step, &context, (&challenge, 1), false).await;
                     if matches!(step, Step::Enumerate) {
                         context = opened;
                     }

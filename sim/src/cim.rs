@@ -122,36 +122,30 @@ impl Instance {
         class: &'static str,
         selectors: &[(&'static str, &str)],
     ) -> Self {
-        let selectors = selectors.iter().map(|(n, v)| (*n, (*v).to_owned())).collect();
-        self.properties.push((name, Value::Reference(class, selectors)));
+        let selectors = selectors
+            .iter()
+            .map(|(n, v)| (*n, (*v).to_owned()))
+            .collect();
+        self.properties
+            .push((name, Value::Reference(class, selectors)));
         self
     }
 
     /// The readable settings of this instance's class from the host.
     fn settings(mut self, host: &HostStatus) -> Self {
-        for s in SETTINGS.iter().filter(|s| s.class == self.class && s.readable) {
+        let class = self.class;
+        for s in SETTINGS.iter().filter(|s| s.class == class && s.readable) {
             let value = host.setting(s.class, s.property).unwrap_or(s.initial);
             self = self.text(s.property, value);
         }
         self
     }
 
-    fn text_of(&self, name: &str) -> Option<&str> {
-        self.properties.iter().find_map(|(n, v)| match v {
-            Value::Text(text) if *n == name => Some(text.as_str()),
-            _ => None,
-        })
-    }
-
     /// Whether every selector naming a property of this instance matches it. Selectors for
     /// keys the simulator does not model are not held against the instance.
     fn matches(&self, selectors: &[(String, String)]) -> bool {
         selectors.iter().all(|(name, value)| {
-            let mut values = self
-                .properties
-                .iter()
-                .filter(|(n, _)| n == name)
-                .peekable();
+            let mut values = self.properties.iter().filter(|(n, _)| n == name).peekable();
             values.peek().is_none()
                 || values.any(|(_, v)| matches!(v, Value::Text(t) if t == value))
         })
@@ -240,9 +234,9 @@ fn instances(class: &'static str, ctx: &DeviceState) -> Vec<Instance> {
                     ),
             ]
         }
-        "CIM_PowerManagementService" => vec![
-            service("CIM_PowerManagementService", POWER_SERVICE_NAME).text("EnabledState", 5),
-        ],
+        "CIM_PowerManagementService" => {
+            vec![service("CIM_PowerManagementService", POWER_SERVICE_NAME).text("EnabledState", 5)]
+        }
         "CIM_BootConfigSetting" => vec![
             Instance::new("CIM_BootConfigSetting")
                 .text("ElementName", "Intel(r) AMT: Boot Configuration")
@@ -258,7 +252,9 @@ fn instances(class: &'static str, ctx: &DeviceState) -> Vec<Instance> {
                     .text("StructuredBootString", structured)
             })
             .collect(),
-        "CIM_BootService" => vec![service("CIM_BootService", BOOT_SERVICE_NAME).text("EnabledState", 2)],
+        "CIM_BootService" => {
+            vec![service("CIM_BootService", BOOT_SERVICE_NAME).text("EnabledState", 2)]
+        }
         BOOT_SETTING_DATA => vec![
             Instance::new(BOOT_SETTING_DATA)
                 .text("ElementName", "Intel(r) AMT Boot Configuration Settings")
@@ -456,7 +452,13 @@ fn dispatch(request: &SoapRequest<'_>, ctx: &DeviceState) -> Result<String, Faul
     match request.action {
         GET => {
             let instance = select(class, request, ctx)?;
-            Ok(transfer_response(ctx, request, class, "GetResponse", &instance))
+            Ok(transfer_response(
+                ctx,
+                request,
+                class,
+                "GetResponse",
+                &instance,
+            ))
         }
         PUT if SETTINGS.iter().any(|s| s.class == class.name) => put(class, request, ctx),
         ENUMERATE => enumerate(class, request, ctx),
@@ -520,7 +522,13 @@ fn put(class: &Class, request: &SoapRequest<'_>, ctx: &DeviceState) -> Result<St
         );
     }
     let instance = select(class, request, ctx)?;
-    Ok(transfer_response(ctx, request, class, "PutResponse", &instance))
+    Ok(transfer_response(
+        ctx,
+        request,
+        class,
+        "PutResponse",
+        &instance,
+    ))
 }
 
 /// A method's input parameter as a number; `None` when absent or not one.
@@ -635,7 +643,9 @@ fn enumerate(class: &Class, request: &SoapRequest<'_>, ctx: &DeviceState) -> Res
     let optimized = element_text(request.body, "OptimizeEnumeration").is_some();
     let mut first = String::new();
     if optimized {
-        let page: String = items.drain(..max_elements(request).min(items.len())).collect();
+        let page: String = items
+            .drain(..max_elements(request).min(items.len()))
+            .collect();
         let end = if items.is_empty() {
             "<c:EndOfSequence></c:EndOfSequence>"
         } else {
@@ -700,7 +710,9 @@ fn pull(request: &SoapRequest<'_>, ctx: &DeviceState) -> Result<String, Fault> {
         (page, resource, namespace, done)
     };
     let body = if done {
-        format!("<g:PullResponse><g:Items>{page}</g:Items><g:EndOfSequence></g:EndOfSequence></g:PullResponse>")
+        format!(
+            "<g:PullResponse><g:Items>{page}</g:Items><g:EndOfSequence></g:EndOfSequence></g:PullResponse>"
+        )
     } else {
         format!(
             "<g:PullResponse><g:EnumerationContext>{}</g:EnumerationContext><g:Items>{page}</g:Items></g:PullResponse>",
@@ -797,7 +809,9 @@ mod tests {
                 &format!("{uri}/RequestPowerStateChange"),
                 "CIM_PowerManagementService",
                 "<w:SelectorSet><w:Selector Name=\"Name\">Intel(r) AMT Power Management Service</w:Selector></w:SelectorSet>",
-                &format!("<p:RequestPowerStateChange_INPUT xmlns:p=\"{uri}\"><p:PowerState>{state}</p:PowerState></p:RequestPowerStateChange_INPUT>"),
+                &format!(
+                    "<p:RequestPowerStateChange_INPUT xmlns:p=\"{uri}\"><p:PowerState>{state}</p:PowerState></p:RequestPowerStateChange_INPUT>"
+                ),
             ),
         );
         assert!(reply.contains(&format!(
@@ -831,7 +845,9 @@ mod tests {
         assert!(reply.contains("<c:ResourceURI>http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_AssociatedPowerManagementService</c:ResourceURI>"));
         assert!(reply.contains("<g:AvailableRequestedPowerStates>10</g:AvailableRequestedPowerStates><g:AvailableRequestedPowerStates>8</g:AvailableRequestedPowerStates>"));
         assert!(reply.contains("<g:ServiceProvided><b:Address>"), "{reply}");
-        assert!(reply.contains("<c:Selector Name=\"Name\">Intel(r) AMT Power Management Service</c:Selector>"));
+        assert!(reply.contains(
+            "<c:Selector Name=\"Name\">Intel(r) AMT Power Management Service</c:Selector>"
+        ));
         assert_eq!(element_text(&reply, "RelatesTo"), Some("uuid:1"));
     }
 
@@ -891,7 +907,10 @@ mod tests {
             Some("Intel(r) KVM Redirection Settings")
         );
         let host = ctx.host.borrow().clone();
-        assert_eq!(host.setting(KVM_SETTING_DATA, "RFBPassword"), Some("Secr3t!x"));
+        assert_eq!(
+            host.setting(KVM_SETTING_DATA, "RFBPassword"),
+            Some("Secr3t!x")
+        );
         // Put on a class without writable properties is not an action it supports.
         assert_eq!(
             fault_of(&ctx, &request(PUT, "CIM_SoftwareIdentity", "", "")),
@@ -929,7 +948,9 @@ mod tests {
                 PULL,
                 class,
                 "",
-                &format!("<n:Pull><n:EnumerationContext>{context}</n:EnumerationContext><n:MaxElements>{max}</n:MaxElements></n:Pull>"),
+                &format!(
+                    "<n:Pull><n:EnumerationContext>{context}</n:EnumerationContext><n:MaxElements>{max}</n:MaxElements></n:Pull>"
+                ),
             );
             let reply = ok(ctx, &pull);
             let items = element_text(&reply, "Items").unwrap();
@@ -940,7 +961,9 @@ mod tests {
                 assert_eq!(fault_of(ctx, &pull), "g:InvalidEnumerationContext");
                 return counts;
             }
-            context = element_text(&reply, "EnumerationContext").unwrap().to_owned();
+            context = element_text(&reply, "EnumerationContext")
+                .unwrap()
+                .to_owned();
         }
     }
 
@@ -960,7 +983,9 @@ mod tests {
                 ENUMERATE,
                 "CIM_SoftwareIdentity",
                 "",
-                &format!("<n:Enumerate><w:OptimizeEnumeration/><w:MaxElements>{max}</w:MaxElements></n:Enumerate>"),
+                &format!(
+                    "<n:Enumerate><w:OptimizeEnumeration/><w:MaxElements>{max}</w:MaxElements></n:Enumerate>"
+                ),
             )
         };
         let all = ok(&ctx, &optimized(50));
@@ -976,7 +1001,9 @@ mod tests {
             RELEASE,
             "CIM_SoftwareIdentity",
             "",
-            &format!("<n:Release><n:EnumerationContext>{context}</n:EnumerationContext></n:Release>"),
+            &format!(
+                "<n:Release><n:EnumerationContext>{context}</n:EnumerationContext></n:Release>"
+            ),
         );
         assert!(ok(&ctx, &release).contains("/enumeration/ReleaseResponse</b:Action>"));
         assert_eq!(fault_of(&ctx, &release), "g:InvalidEnumerationContext");
@@ -1012,8 +1039,14 @@ mod tests {
             ),
         );
         let encoded = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
-        assert_eq!(element_text(&reply, "X509Certificate"), Some(encoded.as_str()));
-        assert_eq!(element_text(&reply, "Subject"), Some("CN=Unknown,C=Unknown,O=Unknown,OU=Unknown"));
+        assert_eq!(
+            element_text(&reply, "X509Certificate"),
+            Some(encoded.as_str())
+        );
+        assert_eq!(
+            element_text(&reply, "Subject"),
+            Some("CN=Unknown,C=Unknown,O=Unknown,OU=Unknown,ST=Unknown,L=Unknown")
+        );
         let tls = ok(&ctx, &request(GET, "AMT_TLSSettingData", "", ""));
         assert_eq!(element_text(&tls, "Enabled"), Some("true"));
     }
@@ -1029,7 +1062,12 @@ mod tests {
         assert_eq!(
             fault_of(
                 &ctx,
-                &request(&format!("{uri}/Explode"), "CIM_PowerManagementService", "", "")
+                &request(
+                    &format!("{uri}/Explode"),
+                    "CIM_PowerManagementService",
+                    "",
+                    ""
+                )
             ),
             "b:ActionNotSupported"
         );
@@ -1055,8 +1093,18 @@ mod tests {
             ),
         );
         assert_eq!(element_text(&amt, "VersionString"), Some("16.1.27"));
-        for garbage in ["", "garbage", "<<<", "<s:Envelope><s:Header>", "\u{fffd}<x y='"] {
-            assert_eq!(fault_of(&ctx, garbage), "b:DestinationUnreachable", "{garbage:?}");
+        for garbage in [
+            "",
+            "garbage",
+            "<<<",
+            "<s:Envelope><s:Header>",
+            "\u{fffd}<x y='",
+        ] {
+            assert_eq!(
+                fault_of(&ctx, garbage),
+                "b:DestinationUnreachable",
+                "{garbage:?}"
+            );
         }
         // A method with a missing or non-numeric parameter answers, with Invalid Parameter.
         let bad = request(

@@ -360,7 +360,11 @@ impl HostStatus {
     }
 
     /// A Put's writable properties of `class` (name, value); returns the names changed.
-    pub(crate) fn put(&mut self, class: &str, values: &[(&'static str, String)]) -> Vec<&'static str> {
+    pub(crate) fn put(
+        &mut self,
+        class: &str,
+        values: &[(&'static str, String)],
+    ) -> Vec<&'static str> {
         let mut changed = Vec::new();
         for (property, value) in values {
             if let Some(s) = SETTINGS
@@ -398,29 +402,45 @@ mod tests {
             host.request_power(10),
             Ok(PowerChange::Booted(BootSource::Default))
         );
-        assert_eq!(host.request_power(4), Ok(PowerChange::Now(PowerState::Sleep)));
-        assert_eq!(host.request_power(2), Ok(PowerChange::Booted(BootSource::Default)));
+        assert_eq!(
+            host.request_power(4),
+            Ok(PowerChange::Now(PowerState::Sleep))
+        );
+        assert_eq!(
+            host.request_power(2),
+            Ok(PowerChange::Booted(BootSource::Default))
+        );
         assert_eq!(host.request_power(99), Err(return_value::UNSPECIFIED_ERROR));
     }
 
     #[test]
     fn one_time_boot_is_used_once() {
         let mut host = HostStatus::default();
-        host.change_boot_order(Some("Intel(r) AMT: Force PXE Boot")).unwrap();
+        host.change_boot_order(Some("Intel(r) AMT: Force PXE Boot"))
+            .unwrap();
         // The order alone is not the next boot's until its role says so.
         assert_eq!(host.next_boot(), BootSource::Default);
         host.set_boot_config_role(1).unwrap();
         assert_eq!(host.next_boot(), BootSource::Pxe);
-        assert_eq!(host.request_power(5), Ok(PowerChange::Booted(BootSource::Pxe)));
+        assert_eq!(
+            host.request_power(5),
+            Ok(PowerChange::Booted(BootSource::Pxe))
+        );
         assert_eq!(host.next_boot(), BootSource::Default);
-        assert_eq!(host.change_boot_order(Some("nonsense")), Err(return_value::INVALID_REFERENCE));
+        assert_eq!(
+            host.change_boot_order(Some("nonsense")),
+            Err(return_value::INVALID_REFERENCE)
+        );
 
         let changed = host.put(
             BOOT_SETTING_DATA,
             &[("UseIDER", "true".into()), ("IDERBootDevice", "1".into())],
         );
         assert_eq!(changed, ["UseIDER", "IDERBootDevice"]);
-        assert_eq!(host.request_power(10), Ok(PowerChange::Booted(BootSource::IderCd)));
+        assert_eq!(
+            host.request_power(10),
+            Ok(PowerChange::Booted(BootSource::IderCd))
+        );
         assert_eq!(host.setting(BOOT_SETTING_DATA, "UseIDER"), Some("false"));
     }
 
@@ -430,9 +450,15 @@ mod tests {
         assert_eq!(host.kvm_enabled_state(), KVM_ENABLED_OFFLINE);
         host.request_kvm_state(3).unwrap();
         assert_eq!(host.kvm_enabled_state(), KVM_DISABLED);
-        assert_eq!(host.request_kvm_state(7), Err(return_value::INVALID_PARAMETER));
+        assert_eq!(
+            host.request_kvm_state(7),
+            Err(return_value::INVALID_PARAMETER)
+        );
         host.request_redirection_state(32769).unwrap();
         assert!(!host.sol_enabled());
-        assert_eq!(host.request_redirection_state(5), Err(return_value::INVALID_PARAMETER));
+        assert_eq!(
+            host.request_redirection_state(5),
+            Err(return_value::INVALID_PARAMETER)
+        );
     }
 }

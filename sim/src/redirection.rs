@@ -258,8 +258,8 @@ impl Console {
         if host.boots != self.boots {
             self.boots = host.boots;
             self.line.clear();
-            let mut out = format!("\r\n{name}: BIOS POST, booting from {}\r\n", host.last_boot)
-                .into_bytes();
+            let mut out =
+                format!("\r\n{name}: BIOS POST, booting from {}\r\n", host.last_boot).into_bytes();
             if host.last_boot == BootSource::Pxe {
                 out.extend_from_slice(b"PXE: no boot file offered; falling back to local disk\r\n");
             }

@@ -9,7 +9,8 @@ pub(crate) const SOAP_NS: &str = "http://www.w3.org/2003/05/soap-envelope";
 pub(crate) const ADDRESSING_NS: &str = "http://schemas.xmlsoap.org/ws/2004/08/addressing";
 pub(crate) const WSMAN_NS: &str = "http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd";
 pub(crate) const ENUMERATION_NS: &str = "http://schemas.xmlsoap.org/ws/2004/09/enumeration";
-pub(crate) const ANONYMOUS: &str = "http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous";
+pub(crate) const ANONYMOUS: &str =
+    "http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous";
 const FAULT_ACTION: &str = "http://schemas.xmlsoap.org/ws/2004/08/addressing/fault";
 
 /// The addressing of one request.
@@ -34,14 +35,6 @@ impl<'a> SoapRequest<'a> {
             selectors: selectors(header),
             body: element_text(xml, "Body").unwrap_or_default(),
         }
-    }
-
-    /// The header selector `name`'s value.
-    pub(crate) fn selector(&self, name: &str) -> Option<&str> {
-        self.selectors
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -291,7 +284,14 @@ mod tests {
 
     #[test]
     fn garbage_parses_to_empty_fields() {
-        for garbage in ["", "<", "<<<>>>", "<a:Header><b:Action>", "\u{0}<x", "<a b='>"] {
+        for garbage in [
+            "",
+            "<",
+            "<<<>>>",
+            "<a:Header><b:Action>",
+            "\u{0}<x",
+            "<a b='>",
+        ] {
             let request = SoapRequest::parse(garbage);
             assert_eq!(request.action, "", "{garbage:?}");
             assert!(request.selectors.is_empty());

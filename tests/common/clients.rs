@@ -92,7 +92,13 @@ pub async fn gateway_for(sim: &SimDevice) -> TestGateway {
 /// Like [`gateway_for`], with the device's trust and TLS keys (`device_toml`, e.g.
 /// `trust = "tofu"` and `tls_backend = "legacy"`) and extra `[gateway]` keys given.
 pub async fn gateway_with(sim: &SimDevice, device_toml: &str, gateway_toml: &str) -> TestGateway {
-    gateway_listening(sim, device_toml, gateway_toml, "listen_port = 0\nbind = [\"127.0.0.1\"]").await
+    gateway_listening(
+        sim,
+        device_toml,
+        gateway_toml,
+        "listen_port = 0\nbind = [\"127.0.0.1\"]",
+    )
+    .await
 }
 
 /// Like [`gateway_with`], the WS-Man service's listening keys given (`wsman_listen`, e.g. a
