@@ -1,7 +1,8 @@
 //! Console software nobody here wrote, managing the simulated device through amtgw: the PyPI
 //! `amt` package (`amtctrl` and its `amt.client.Client`, derived from OpenStack Ironic's AMT
 //! driver) powers the host off, on and through a cycle, sets a one-time PXE boot and reads
-//! and enables KVM; curl enumerates over several pages. Each step is checked against what the
+//! and enables KVM; curl enumerates over several pages; amtterm's serial console shows the
+//! host power down and boot when curl asks for it. Each step is checked against what the
 //! simulator's host now reports, not only against the client's output.
 //!
 //! The `amt` package comes from PyPI into a virtualenv (`scripts/install-amt-client.sh`, run by
@@ -274,4 +275,38 @@ async fn curl_enumerates_and_pulls_software_identity_in_pages_through_the_gatewa
         ["16.1.27"],
         "the amt16 profile's firmware version"
     );
+}
+
+/// RequestPowerStateChange `state` through the gateway with curl; returns its ReturnValue.
+async fn curl_power(gateway: std::net::SocketAddr, state: u16) -> String {
+    let service = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_PowerManagementService";
+    let response = curl_wsman(
+        gateway,
+        &format!("{service}/RequestPowerStateChange"),
+        service,
+        &format!(
+            "<p:RequestPowerStateChange_INPUT xmlns:p=\"{service}\"><p:PowerState>{state}</p:PowerState></p:RequestPowerStateChange_INPUT>"
+        ),
+    )
+    .await;
+    element(&response, "ReturnValue").unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_console_shows_power_down_and_boot_requested_over_wsman() {
+    let sim = start_sim("console-sol").await;
+    let gateway = gateway_for(&sim).await;
+    let mut amtterm =
+        amtterm_logged_in(None, gateway.addr(Service::Redirection), "console-sol").await;
+
+    assert_eq!(curl_power(gateway.addr(Service::Wsman), 8).await, "0");
+    amtterm.expect("console-sol: reboot: Power down").await;
+    assert_eq!(curl_power(gateway.addr(Service::Wsman), 2).await, "0");
+    amtterm
+        .expect("console-sol: BIOS POST, booting from the default boot order")
+        .await;
+    amtterm.expect("console-sol login: ").await;
+    // That the console answers nothing while off is the simulator's unit test: typed keys
+    // and the power request travel on different connections, so their order is not the test's.
+    amtterm_quit(amtterm).await;
 }

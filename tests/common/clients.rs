@@ -409,6 +409,22 @@ pub async fn amtterm_session(addr: SocketAddr, host_name: &str) -> String {
 
 /// [`amtterm_session`], inside the network namespace `netns` when one is given.
 pub async fn amtterm_session_in(netns: Option<&str>, addr: SocketAddr, host_name: &str) -> String {
+    let mut amtterm = amtterm_logged_in(netns, addr, host_name).await;
+
+    // Typed keys travel as SOL data; the console echoes them, then answers the line (amtterm
+    // sends Enter as CR) with a fresh prompt.
+    let prompt = format!("{host_name} login: ");
+    amtterm.send(b"root\r");
+    amtterm.expect("root").await;
+    amtterm
+        .expect(&format!("{host_name}: received \"root\""))
+        .await;
+    amtterm.expect(&prompt).await;
+    amtterm_quit(amtterm).await
+}
+
+/// amtterm started against `addr` and shown the simulated console's banner and login prompt.
+pub async fn amtterm_logged_in(netns: Option<&str>, addr: SocketAddr, host_name: &str) -> Spawned {
     require_program(&["amtterm"]);
     let script = require_program(&["script"]);
     let netns = match netns {
@@ -435,18 +451,12 @@ pub async fn amtterm_session_in(netns: Option<&str>, addr: SocketAddr, host_name
     amtterm
         .expect(&format!("{host_name} (simulated Intel AMT host) ttyS0"))
         .await;
-    let prompt = format!("{host_name} login: ");
-    amtterm.expect(&prompt).await;
-
-    // Typed keys travel as SOL data; the console echoes them, then answers the line (amtterm
-    // sends Enter as CR) with a fresh prompt.
-    amtterm.send(b"root\r");
-    amtterm.expect("root").await;
+    amtterm.expect(&format!("{host_name} login: ")).await;
     amtterm
-        .expect(&format!("{host_name}: received \"root\""))
-        .await;
-    amtterm.expect(&prompt).await;
+}
 
+/// Leaves amtterm with ^] and checks it ended cleanly; returns what it printed.
+pub async fn amtterm_quit(mut amtterm: Spawned) -> String {
     // ^] makes amtterm send EndSOL; on the device's reply it ends the redirection session
     // and exits. Its state trace shows a clean close, not ERROR.
     amtterm.send(&[CTRL_RIGHT_BRACKET]);
