@@ -301,8 +301,10 @@ where
             conn.stream.shutdown().await?;
             return Ok(WsmanClose::NotFound);
         }
-        let body = std::str::from_utf8(&request.body)
-            .map_err(|_| WsmanError::Malformed("non-utf8 body"))?;
+        // A body that is not UTF-8 is no SOAP envelope: read lossily, it is answered with a
+        // fault like any other garbage, and the connection stays usable.
+        let body = String::from_utf8_lossy(&request.body);
+        let body = body.as_ref();
 
         let (status, reply) = if is_identify(body) {
             ("200 OK", identify_response(ctx))
@@ -665,6 +667,24 @@ mod tests {
             .unwrap();
         let (_, body) = read_response(&mut client).await;
         assert!(body.contains("ActionNotSupported"));
+
+        // Garbage, not even UTF-8: a fault too, and the connection still serves.
+        let garbage = b"\xff\xfe<\x00garbage";
+        let head = post("", &auth).replace(
+            "Content-Length: 0",
+            &format!("Content-Length: {}", garbage.len()),
+        );
+        client.write_all(head.as_bytes()).await.unwrap();
+        client.write_all(garbage).await.unwrap();
+        let (head, body) = read_response(&mut client).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+        assert!(body.contains("DestinationUnreachable"), "{body}");
+        client
+            .write_all(post(GET_SETTINGS, &auth).as_bytes())
+            .await
+            .unwrap();
+        let (head, _) = read_response(&mut client).await;
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     }
 
     #[tokio::test]
