@@ -626,7 +626,8 @@ fn apply(
     }
 }
 
-/// A number element of the request body, bounded to what one response may carry.
+/// The request's MaxElements (WS-Enumeration's default when absent or not a number), bounded
+/// to what one response may carry.
 fn max_elements(request: &SoapRequest<'_>) -> usize {
     element_text(request.body, "MaxElements")
         .and_then(|n| n.parse::<usize>().ok())
