@@ -292,6 +292,14 @@ impl Demo {
                 );
             }
             let _ = writeln!(out, "  scripts/try-wsman.sh");
+            // The PyPI `amt` package's console dials 16992 and nothing else.
+            if wsman == Service::Wsman.legacy_port() {
+                let _ = writeln!(
+                    out,
+                    "  echo '{pass}' | ~/.cache/amtgw-tools/amt/bin/amtctrl -p 127.0.0.1 status   # the PyPI `amt` console (scripts/install-amt-client.sh); also off, on, reboot, pxeboot, vncstatus",
+                    pass = sim::DEMO_PASSWORD,
+                );
+            }
         }
         if let Some(redir) = port(Service::Redirection) {
             let port_arg = if redir == Service::Redirection.legacy_port() {

@@ -19,8 +19,10 @@
 #                                passwd to a newer point release for it: they are kept
 #   file, readelf    file, binutils  check that the image's binary is static
 #   chromium         chromium    headless, renders the admin status page (tests/status_page.rs)
-# and kubernetes-validate from PyPI (tests/kubernetes.rs validates deploy/kubernetes/ with it,
-# offline), in a virtualenv of its own (scripts/install-kubernetes-validate.sh).
+# and from PyPI, each in a virtualenv of its own: kubernetes-validate (tests/kubernetes.rs
+# validates deploy/kubernetes/ with it, offline; scripts/install-kubernetes-validate.sh) and the
+# `amt` package's amtctrl, a WS-Man console (tests/console_clients.rs;
+# scripts/install-amt-client.sh).
 # What the build itself needs (OpenSSL's development files) is scripts/install-build-deps.sh.
 #
 # Idempotent and non-interactive. Run as root (CI) or with sudo available.
@@ -48,6 +50,7 @@ fi
 
 # Python packages never go into the system's Python: a venv under the user's cache.
 "$(dirname "$0")/install-kubernetes-validate.sh"
+"$(dirname "$0")/install-amt-client.sh"
 
 # Fail loudly if a package is installed but the program the tests spawn is still not on PATH
 # (Debian names the stunnel binary stunnel4; others stunnel).

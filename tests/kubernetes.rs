@@ -25,27 +25,12 @@ fn manifests_dir() -> PathBuf {
 /// `$KUBERNETES_VALIDATE`, else where scripts/install-kubernetes-validate.sh puts it. Fails
 /// the test (never skips it) when it is not there.
 fn validator() -> PathBuf {
-    let path = match std::env::var_os("KUBERNETES_VALIDATE") {
-        Some(path) => PathBuf::from(path),
-        None => {
-            let tools = std::env::var_os("AMTGW_TOOLS_DIR")
-                .map(PathBuf::from)
-                .or_else(|| {
-                    std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("amtgw-tools"))
-                })
-                .or_else(|| {
-                    std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/amtgw-tools"))
-                })
-                .unwrap();
-            tools.join("kubernetes-validate/bin/kubernetes-validate")
-        }
-    };
-    assert!(
-        path.is_file(),
-        "{} not found: run scripts/install-test-deps.sh (or scripts/install-kubernetes-validate.sh)",
-        path.display()
-    );
-    path
+    common::clients::venv_program(
+        "KUBERNETES_VALIDATE",
+        "kubernetes-validate",
+        "kubernetes-validate",
+        "install-kubernetes-validate.sh",
+    )
 }
 
 /// Every `.yaml` file under `deploy/kubernetes/`, relative to it, sorted.

@@ -296,9 +296,9 @@ impl Bench<'_> {
         }
     }
 
-    /// WS-Man Gets with and without keep-alive, direct and through each proxy (with its CPU
-    /// per Get).
-    pub(crate) async fn wsman_gets(&self, results: &mut Results) {
+    /// WS-Man requests (a console's power-state polling and enumeration) with and without
+    /// keep-alive, direct and through each proxy (with its CPU per request).
+    pub(crate) async fn wsman_requests(&self, results: &mut Results) {
         let options = self.options;
         for keep_alive in [true, false] {
             let label = if keep_alive {
@@ -306,8 +306,8 @@ impl Bench<'_> {
             } else {
                 "no keep-alive"
             };
-            // Keep-alive Gets cost a fraction of the others: run ten times as many.
-            let gets = if keep_alive {
+            // Keep-alive requests cost a fraction of the others: run ten times as many.
+            let requests = if keep_alive {
                 10 * options.wsman
             } else {
                 options.wsman
@@ -316,26 +316,26 @@ impl Bench<'_> {
                 "WS-Man",
                 wsman_mix(
                     &self.stage.direct(self.stage.sim.wsman_addr()),
-                    gets,
+                    requests,
                     options.concurrency,
                     keep_alive,
                 ),
             )
             .await;
-            let name = format!("WS-Man Gets, {label}");
+            let name = format!("WS-Man requests, {label}");
             results.record(
                 &name,
-                "Gets/s",
+                "requests/s",
                 true,
                 0,
                 "direct",
-                gets as f64 / elapsed.as_secs_f64(),
+                requests as f64 / elapsed.as_secs_f64(),
             );
             for proxy in self.proxies {
                 let p = proxy.kind.name();
                 if !proxy.kind.runs_wsman_mix() {
                     results.not_applicable(&name, p);
-                    results.not_applicable(&format!("CPU per Get, {label}"), p);
+                    results.not_applicable(&format!("CPU per request, {label}"), p);
                     continue;
                 }
                 let _turn = proxy.turn();
@@ -344,7 +344,7 @@ impl Bench<'_> {
                     "WS-Man",
                     wsman_mix(
                         &Target::Plain(proxy.routes.sim.0),
-                        gets,
+                        requests,
                         options.concurrency,
                         keep_alive,
                     ),
@@ -353,19 +353,19 @@ impl Bench<'_> {
                 let used = self.cpu(proxy.pid()) - c0;
                 results.record(
                     &name,
-                    "Gets/s",
+                    "requests/s",
                     true,
                     0,
                     p,
-                    gets as f64 / elapsed.as_secs_f64(),
+                    requests as f64 / elapsed.as_secs_f64(),
                 );
                 results.record(
-                    &format!("CPU per Get, {label}"),
+                    &format!("CPU per request, {label}"),
                     "CPU-ms",
                     false,
                     3,
                     p,
-                    used * 1000.0 / gets as f64,
+                    used * 1000.0 / requests as f64,
                 );
             }
         }

@@ -220,7 +220,7 @@ async fn run(mut options: Options, open_files: u64) {
         bench.latencies(&mut results).await;
         progress("latency", rep, started);
         if options.wsman > 0 {
-            bench.wsman_gets(&mut results).await;
+            bench.wsman_requests(&mut results).await;
             progress("WS-Man", rep, started);
         }
     }

@@ -288,7 +288,7 @@ pub(crate) fn render(
         "- machine: {cores} cores, {}, Linux {}{placement}{tunables}\n- date: {date}; commit {commit}{}\n- proxies: {}\n\
          - sizes: {} repetitions (medians shown), bulk {} MiB per run, {} connections per \
          connection run ({} at a time), {} latency samples of 1 KiB each way, idle {:?}, \
-         {} WS-Man Gets per run; took {:.0?}",
+         {} WS-Man requests per run; took {:.0?}",
         cpu_model(),
         kernel.trim(),
         if dirty { " with local changes" } else { "" },

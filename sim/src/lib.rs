@@ -12,14 +12,20 @@
 //! [`SimDevice`] is the device; [`cli`] is the `amtgw-sim` command (and `amtgw sim`); `cert`
 //! makes the firmware-like identity, `profile` describes each firmware generation's TLS and
 //! `tls` serves it (rustls, or OpenSSL for what rustls does not implement), `digest` the HTTP
-//! digest authentication, `wsman` and `redirection` speak the two protocols.
+//! digest authentication, `wsman` and `redirection` speak the two protocols: `wsman` is HTTP,
+//! `soap` the envelopes and faults, `cim` the resource classes and operations consoles use,
+//! over `host`, the simulated host's power, boot and KVM state that every connection shares
+//! and the serial console follows.
 
 pub mod cli;
 
 mod cert;
+mod cim;
 mod digest;
+mod host;
 mod profile;
 mod redirection;
+mod soap;
 mod tls;
 mod wsman;
 
@@ -38,6 +44,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use cert::{CertError, CertStyle, KeyType, generate_amt_identity, pins_of};
+pub use host::{BootSource, HostStatus, PowerState};
 pub use profile::{Profile, Tls12Signature};
 pub use tls::TlsError;
 
@@ -152,6 +159,16 @@ pub(crate) struct DeviceState {
     pub(crate) realm: String,
     pub(crate) nonces: digest::NonceStore,
     pub(crate) heartbeat: Duration,
+    /// The firmware generation: its version is what CIM_SoftwareIdentity and the Server
+    /// header report.
+    pub(crate) profile: Profile,
+    /// Whether the device asks consoles for a client certificate (AMT_TLSSettingData).
+    pub(crate) mutual_tls: bool,
+    /// The leaf certificate served now (AMT_PublicKeyCertificate); empty until set.
+    pub(crate) certificate: ArcSwap<CertificateDer<'static>>,
+    /// The simulated host; the serial console watches it for boots and power-downs.
+    pub(crate) host: tokio::sync::watch::Sender<HostStatus>,
+    pub(crate) enumerations: std::sync::Mutex<cim::Enumerations>,
     message_ids: AtomicU64,
 }
 
@@ -169,6 +186,11 @@ impl DeviceState {
             realm: digest::new_realm(),
             nonces: digest::NonceStore::new(),
             heartbeat,
+            profile: Profile::default(),
+            mutual_tls: false,
+            certificate: ArcSwap::from_pointee(CertificateDer::from(Vec::new())),
+            host: tokio::sync::watch::Sender::new(HostStatus::default()),
+            enumerations: std::sync::Mutex::default(),
             message_ids: AtomicU64::new(1),
         }
     }
@@ -242,13 +264,17 @@ impl SimDevice {
         let redirection = bind(config.bind, config.redirection_port).await?;
         let dash = bind(config.bind, config.dash_port).await?;
 
+        let mut state = DeviceState::new(
+            config.name,
+            config.username,
+            config.password,
+            config.heartbeat,
+        );
+        state.profile = tls.profile;
+        state.mutual_tls = tls.client_auth_roots.is_some();
+        state.certificate.store(Arc::new(served.leaf.clone()));
         let shared = Arc::new(Shared {
-            state: DeviceState::new(
-                config.name,
-                config.username,
-                config.password,
-                config.heartbeat,
-            ),
+            state,
             tls,
             identity: ArcSwap::from_pointee(served),
             cancel: CancellationToken::new(),
@@ -290,6 +316,12 @@ impl SimDevice {
         self.shared.identity.load().leaf.clone()
     }
 
+    /// The simulated host now: power state, boots, one-time boot configuration, KVM and
+    /// redirection settings, as consoles left them.
+    pub fn host(&self) -> HostStatus {
+        self.shared.state.host.borrow().clone()
+    }
+
     /// Like unprovisioning real firmware: a new key pair and self-signed
     /// certificate for new connections; live sessions keep theirs.
     pub fn unprovision(&self) -> Result<(), SimError> {
@@ -298,6 +330,10 @@ impl SimDevice {
         let (cert, key) = generate_amt_identity(tls.key_type, ca_true, style)?;
         let served = tls.build(vec![cert], key)?;
         log_tls(tls, &served);
+        self.shared
+            .state
+            .certificate
+            .store(Arc::new(served.leaf.clone()));
         self.shared.identity.store(Arc::new(served));
         Ok(())
     }

@@ -57,6 +57,30 @@ impl Profile {
         }
     }
 
+    /// The firmware version the device reports (CIM_SoftwareIdentity, the `Server` header): a
+    /// representative release of the generation. AMT 7.1.91 and 12.0.67 are versions seen in
+    /// the field evidence; the others are plausible releases of their line.
+    pub fn firmware_version(self) -> &'static str {
+        match self {
+            Self::Amt7 => "7.1.91",
+            Self::Amt11 => "11.8.55",
+            Self::Amt12 => "12.0.67",
+            Self::Amt16 => "16.1.27",
+            Self::Amt22 => "22.0.10",
+        }
+    }
+
+    /// The build number CIM_SoftwareIdentity reports with the version.
+    pub(crate) fn firmware_build(self) -> &'static str {
+        match self {
+            Self::Amt7 => "1037",
+            Self::Amt11 => "3399",
+            Self::Amt12 => "1579",
+            Self::Amt16 => "2225",
+            Self::Amt22 => "1162",
+        }
+    }
+
     pub(crate) fn backend(self) -> Backend {
         match self {
             Self::Amt7 | Self::Amt11 | Self::Amt12 => Backend::OpenSsl,

@@ -12,6 +12,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 
 use super::DeviceState;
 use super::digest::{DigestFields, QOP_AUTH, REDIRECTION_METHOD, REDIRECTION_URI};
+use super::host::{BootSource, HostStatus, PowerState};
 
 const START_REDIRECTION_SESSION: u8 = 0x10;
 const START_REDIRECTION_SESSION_REPLY: u8 = 0x11;
@@ -219,17 +220,69 @@ fn auth_reply(status: u8, auth_type: u8, data: &[u8]) -> Vec<u8> {
 
 /// The simulated host's serial console: echoes what is typed and answers
 /// each line, so a test (or a person) can see input arrive and output return.
+/// It follows the host's power: a boot prints the firmware's line and a fresh
+/// login prompt, a power-down says so, and while the host is not running
+/// nothing answers.
 struct Console {
     line: Vec<u8>,
+    running: bool,
+    boots: u64,
 }
 
 impl Console {
+    fn new(host: &HostStatus) -> Self {
+        Self {
+            line: Vec::new(),
+            running: host.power == PowerState::On,
+            boots: host.boots,
+        }
+    }
+
     fn banner(name: &str) -> Vec<u8> {
         format!("\r\n{name} (simulated Intel AMT host) ttyS0\r\n\r\n{name} login: ").into_bytes()
     }
 
+    /// What the console prints when the session starts: the prompt, if the host runs.
+    fn greeting(&self, name: &str) -> Vec<u8> {
+        if self.running {
+            Self::banner(name)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// What the console prints after the host's state changed.
+    fn host_changed(&mut self, host: &HostStatus, name: &str) -> Vec<u8> {
+        let was_running = self.running;
+        self.running = host.power == PowerState::On;
+        if host.boots != self.boots {
+            self.boots = host.boots;
+            self.line.clear();
+            let mut out =
+                format!("\r\n{name}: BIOS POST, booting from {}\r\n", host.last_boot).into_bytes();
+            if host.last_boot == BootSource::Pxe {
+                out.extend_from_slice(b"PXE: no boot file offered; falling back to local disk\r\n");
+            }
+            out.extend_from_slice(&Self::banner(name));
+            return out;
+        }
+        if was_running && !self.running {
+            self.line.clear();
+            let what = match host.power {
+                PowerState::Off => "reboot: Power down",
+                _ => "PM: suspend entry",
+            };
+            return format!("\r\n{name}: {what}\r\n").into_bytes();
+        }
+        Vec::new()
+    }
+
     fn feed(&mut self, data: &[u8], name: &str) -> Vec<u8> {
         let mut out = Vec::new();
+        if !self.running {
+            // Nothing reads the serial port of a host that is off or asleep.
+            return out;
+        }
         for &b in data {
             match b {
                 // amtterm turns Enter into CR; LF alone is ignored so CRLF
@@ -269,11 +322,16 @@ struct Session<'a, S> {
     auth_failures: u32,
     console: Console,
     heartbeat: Option<Interval>,
+    /// The host's state, watched during SOL; `None` if its sender were gone.
+    host: Option<tokio::sync::watch::Receiver<HostStatus>>,
 }
 
 enum Event {
     Read(usize),
     Heartbeat,
+    HostChanged,
+    /// The host's sender is gone (the device is being dropped): stop watching.
+    HostGone,
 }
 
 /// Serves one console connection until EndRedirectionSession, EOF or a
@@ -292,8 +350,9 @@ where
         phase: Phase::Initial,
         seq: 0,
         auth_failures: 0,
-        console: Console { line: Vec::new() },
+        console: Console::new(&ctx.host.borrow()),
         heartbeat: None,
+        host: Some(ctx.host.subscribe()),
     };
     session.run().await
 }
@@ -327,10 +386,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                 }
             }
 
+            let host = &mut self.host;
             let event = match self.heartbeat.as_mut() {
                 Some(heartbeat) => tokio::select! {
                     n = self.stream.read(&mut chunk) => Event::Read(n?),
                     _ = heartbeat.tick() => Event::Heartbeat,
+                    changed = async {
+                        match host.as_mut() {
+                            Some(host) => host.changed().await.is_ok(),
+                            None => std::future::pending().await,
+                        }
+                    } => if changed { Event::HostChanged } else { Event::HostGone },
                 },
                 None => Event::Read(
                     tokio::time::timeout(SETUP_TIMEOUT, self.stream.read(&mut chunk))
@@ -339,6 +405,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                 ),
             };
             match event {
+                Event::HostGone => self.host = None,
+                Event::HostChanged => {
+                    let output = match self.host.as_mut() {
+                        Some(host) => {
+                            let status = host.borrow_and_update().clone();
+                            self.console.host_changed(&status, &self.ctx.name)
+                        }
+                        None => Vec::new(),
+                    };
+                    if !output.is_empty() {
+                        self.send_console_output(&output).await?;
+                    }
+                }
                 Event::Heartbeat => {
                     let mut msg = vec![SOL_HEARTBEAT, 0, 0, 0];
                     msg.extend_from_slice(&self.next_seq().to_le_bytes());
@@ -409,8 +488,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                 self.send(&reply).await?;
                 self.phase = Phase::Sol;
                 tokio::time::sleep(FIRST_OUTPUT_DELAY).await;
-                self.send_console_output(&Console::banner(&self.ctx.name))
-                    .await?;
+                // Changes before now are in the greeting already.
+                if let Some(host) = self.host.as_mut() {
+                    let status = host.borrow_and_update().clone();
+                    self.console.host_changed(&status, &self.ctx.name);
+                }
+                let greeting = self.console.greeting(&self.ctx.name);
+                if !greeting.is_empty() {
+                    self.send_console_output(&greeting).await?;
+                }
                 let period = self.ctx.heartbeat;
                 let mut heartbeat =
                     tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -1021,9 +1107,31 @@ mod tests {
 
     #[test]
     fn console_echo_and_backspace() {
-        let mut console = Console { line: Vec::new() };
+        let mut console = Console::new(&HostStatus::default());
         assert_eq!(console.feed(b"ab\x7f", "h"), b"ab\x08 \x08");
         assert_eq!(console.feed(b"\x7f\x7f", "h"), b"\x08 \x08");
         assert_eq!(console.feed(b"\r", "h"), b"\r\nh login: ");
+    }
+
+    #[test]
+    fn console_follows_the_host_power() {
+        let mut host = HostStatus::default();
+        let mut console = Console::new(&host);
+        host.request_power(8).unwrap();
+        assert_eq!(
+            console.host_changed(&host, "h"),
+            b"\r\nh: reboot: Power down\r\n"
+        );
+        // Off: no echo, no prompt for a new session.
+        assert!(console.feed(b"x\r", "h").is_empty());
+        assert!(console.greeting("h").is_empty());
+        host.request_power(2).unwrap();
+        let booted = String::from_utf8(console.host_changed(&host, "h")).unwrap();
+        assert!(
+            booted.starts_with("\r\nh: BIOS POST, booting from the default boot order\r\n")
+                && booted.ends_with("h login: "),
+            "{booted}"
+        );
+        assert!(console.host_changed(&host, "h").is_empty(), "reported once");
     }
 }

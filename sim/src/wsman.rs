@@ -1,6 +1,6 @@
 //! The device's HTTP/1.1 WS-Management endpoint (16993 and 664 twins): a small,
 //! bounded, hand-written parser that answers WS-Identify without
-//! authentication and a digest-authenticated `Get` of AMT_GeneralSettings.
+//! authentication and hands digest-authenticated requests to [`crate::cim`].
 
 use std::io;
 use std::time::Duration;
@@ -9,9 +9,15 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::DeviceState;
 use super::digest::{self, DigestFields};
+use super::soap::element_text;
 
-/// The version AMT puts in its `Server` header; consoles fingerprint it.
-pub(crate) const SERVER_HEADER: &str = "Intel(R) Active Management Technology 16.1.27";
+/// What AMT puts in its `Server` header, with the firmware version; consoles fingerprint it.
+fn server_header(ctx: &DeviceState) -> String {
+    format!(
+        "Intel(R) Active Management Technology {}",
+        ctx.profile.firmware_version()
+    )
+}
 
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 1024 * 1024;
@@ -21,8 +27,6 @@ const MAX_CHUNK_LINE: usize = 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 const IDENTITY_NS: &str = "http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd";
-const GET_ACTION: &str = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Get";
-const GENERAL_SETTINGS_URI: &str = "http://intel.com/wbem/wscim/1/amt-schema/1/AMT_GeneralSettings";
 const WSMAN_PATH: &str = "/wsman";
 
 #[derive(Debug, thiserror::Error)]
@@ -293,24 +297,26 @@ where
             return Ok(WsmanClose::ClientClosed);
         };
         if request.method != "POST" || request.path != WSMAN_PATH {
-            conn.send(not_found().as_bytes()).await?;
+            conn.send(not_found(ctx).as_bytes()).await?;
             conn.stream.shutdown().await?;
             return Ok(WsmanClose::NotFound);
         }
-        let body = std::str::from_utf8(&request.body)
-            .map_err(|_| WsmanError::Malformed("non-utf8 body"))?;
+        // A body that is not UTF-8 is no SOAP envelope: read lossily, it is answered with a
+        // fault like any other garbage, and the connection stays usable.
+        let body = String::from_utf8_lossy(&request.body);
+        let body = body.as_ref();
 
         let (status, reply) = if is_identify(body) {
-            ("200 OK", identify_response())
+            ("200 OK", identify_response(ctx))
         } else if !authorized(&request, ctx) {
             conn.send(unauthorized(ctx).as_bytes()).await?;
             // AMT always closes after a 401; consoles retry on a new socket.
             conn.stream.shutdown().await?;
             return Ok(WsmanClose::Unauthorized);
         } else {
-            answer(body, ctx)
+            crate::cim::answer(body, ctx)
         };
-        conn.send(soap_response(status, &reply, request.keep_alive).as_bytes())
+        conn.send(soap_response(ctx, status, &reply, request.keep_alive).as_bytes())
             .await?;
         if !request.keep_alive {
             conn.stream.shutdown().await?;
@@ -341,76 +347,11 @@ fn verify(fields: &DigestFields, target: &str, ctx: &DeviceState) -> bool {
     ctx.verifier().verify(fields, "POST", target)
 }
 
-/// Authenticated requests: the one resource we model, or a SOAP fault.
-fn answer(body: &str, ctx: &DeviceState) -> (&'static str, String) {
-    let message_id = element_text(body, "MessageID").unwrap_or_default();
-    let action = element_text(body, "Action").unwrap_or_default();
-    let resource = element_text(body, "ResourceURI").unwrap_or_default();
-    if action != GET_ACTION {
-        return (
-            "400 Bad Request",
-            fault(ctx, message_id, Fault::ActionNotSupported),
-        );
-    }
-    if resource != GENERAL_SETTINGS_URI {
-        return (
-            "400 Bad Request",
-            fault(ctx, message_id, Fault::DestinationUnreachable),
-        );
-    }
-    ("200 OK", general_settings(ctx, message_id))
-}
-
 fn is_identify(body: &str) -> bool {
     body.contains(IDENTITY_NS) && element_text(body, "Identify").is_some()
 }
 
-/// Text of the first element whose local name is `local`, whatever its
-/// namespace prefix; `""` for an empty element. Enough for the flat SOAP
-/// headers consoles send, not a general XML parser.
-fn element_text<'a>(xml: &'a str, local: &str) -> Option<&'a str> {
-    let mut pos = 0;
-    while let Some(rel) = xml[pos..].find('<') {
-        let start = pos + rel + 1;
-        let end = start + xml[start..].find('>')?;
-        let tag = &xml[start..end];
-        pos = end + 1;
-        if tag.starts_with(['/', '?', '!']) {
-            continue;
-        }
-        let name = tag
-            .split(|c: char| c.is_ascii_whitespace() || c == '/')
-            .next()
-            .unwrap_or_default();
-        let local_name = name.rsplit_once(':').map_or(name, |(_, l)| l);
-        if local_name != local {
-            continue;
-        }
-        if tag.ends_with('/') {
-            return Some("");
-        }
-        let close = format!("</{name}>");
-        let text_end = xml[pos..].find(&close)?;
-        return Some(xml[pos..pos + text_end].trim());
-    }
-    None
-}
-
-fn xml_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
-fn soap_response(status: &str, body: &str, keep_alive: bool) -> String {
+fn soap_response(ctx: &DeviceState, status: &str, body: &str, keep_alive: bool) -> String {
     let connection = if keep_alive {
         ""
     } else {
@@ -421,10 +362,11 @@ fn soap_response(status: &str, body: &str, keep_alive: bool) -> String {
          Content-Type: application/soap+xml; charset=UTF-8\r\n\
          Transfer-Encoding: chunked\r\n\
          X-Frame-Options: DENY\r\n\
-         Server: {SERVER_HEADER}\r\n\
+         Server: {server}\r\n\
          {connection}\r\n\
          {len:x}\r\n{body}\r\n0\r\n\r\n",
-        len = body.len()
+        len = body.len(),
+        server = server_header(ctx),
     )
 }
 
@@ -433,119 +375,40 @@ fn unauthorized(ctx: &DeviceState) -> String {
         "HTTP/1.1 401 Unauthorized\r\n\
          WWW-Authenticate: Digest realm=\"{realm}\", nonce=\"{nonce}\",stale=\"false\",qop=\"auth\"\r\n\
          Content-Type: text/html\r\n\
-         Server: {SERVER_HEADER}\r\n\
+         Server: {server}\r\n\
          Content-Length: 0\r\n\
          Connection: close\r\n\r\n",
         realm = ctx.realm,
         nonce = ctx.nonces.issue(),
+        server = server_header(ctx),
     )
 }
 
-fn not_found() -> String {
+fn not_found(ctx: &DeviceState) -> String {
     format!(
         "HTTP/1.1 404 Not Found\r\n\
-         Server: {SERVER_HEADER}\r\n\
+         Server: {}\r\n\
          Content-Length: 0\r\n\
-         Connection: close\r\n\r\n"
+         Connection: close\r\n\r\n",
+        server_header(ctx)
     )
 }
 
-fn identify_response() -> String {
+fn identify_response(ctx: &DeviceState) -> String {
+    // "AMT 16.1": the major and minor of the firmware version.
+    let version = ctx.profile.firmware_version();
+    let product_version = version.rsplit_once('.').map_or(version, |(mm, _)| mm);
     format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
 <a:Envelope xmlns:a=\"http://www.w3.org/2003/05/soap-envelope\" xmlns:b=\"{IDENTITY_NS}\" xmlns:c=\"http://schemas.dmtf.org/wbem/dash/1/dash.xsd\">\
 <a:Header></a:Header><a:Body><b:IdentifyResponse>\
 <b:ProtocolVersion>http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd</b:ProtocolVersion>\
 <b:ProductVendor>Intel Corporation</b:ProductVendor>\
-<b:ProductVersion>AMT 16.1</b:ProductVersion>\
+<b:ProductVersion>AMT {product_version}</b:ProductVersion>\
 <c:DASHVersion>1.0.0</c:DASHVersion>\
 <b:SecurityProfiles>\
 <b:SecurityProfileName>http://schemas.dmtf.org/wbem/wsman/1/wsman/secprofile/https/digest</b:SecurityProfileName>\
 </b:SecurityProfiles></b:IdentifyResponse></a:Body></a:Envelope>"
-    )
-}
-
-fn response_header(ctx: &DeviceState, relates_to: &str, action: &str, resource: &str) -> String {
-    format!(
-        "<a:Header>\
-<b:To>http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</b:To>\
-<b:RelatesTo>{relates}</b:RelatesTo>\
-<b:Action a:mustUnderstand=\"true\">{action}</b:Action>\
-<b:MessageID>{id}</b:MessageID>{resource}</a:Header>",
-        relates = xml_escape(relates_to),
-        id = ctx.next_message_id(),
-    )
-}
-
-const ENVELOPE_OPEN: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
-<a:Envelope xmlns:a=\"http://www.w3.org/2003/05/soap-envelope\" \
-xmlns:b=\"http://schemas.xmlsoap.org/ws/2004/08/addressing\" \
-xmlns:c=\"http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd\" \
-xmlns:g=\"http://intel.com/wbem/wscim/1/amt-schema/1/AMT_GeneralSettings\">";
-
-fn general_settings(ctx: &DeviceState, relates_to: &str) -> String {
-    let header = response_header(
-        ctx,
-        relates_to,
-        "http://schemas.xmlsoap.org/ws/2004/09/transfer/GetResponse",
-        &format!("<c:ResourceURI>{GENERAL_SETTINGS_URI}</c:ResourceURI>"),
-    );
-    format!(
-        "{ENVELOPE_OPEN}{header}<a:Body><g:AMT_GeneralSettings>\
-<g:AMTNetworkEnabled>1</g:AMTNetworkEnabled>\
-<g:DDNSPeriodicUpdateInterval>1440</g:DDNSPeriodicUpdateInterval>\
-<g:DDNSTTL>900</g:DDNSTTL>\
-<g:DDNSUpdateByDHCPServerEnabled>true</g:DDNSUpdateByDHCPServerEnabled>\
-<g:DDNSUpdateEnabled>false</g:DDNSUpdateEnabled>\
-<g:DigestRealm>{realm}</g:DigestRealm>\
-<g:DomainName>localdomain</g:DomainName>\
-<g:ElementName>Intel(r) AMT: General Settings</g:ElementName>\
-<g:HostName>{name}</g:HostName>\
-<g:IdleWakeTimeout>65535</g:IdleWakeTimeout>\
-<g:InstanceID>Intel(r) AMT: General Settings</g:InstanceID>\
-<g:NetworkInterfaceEnabled>true</g:NetworkInterfaceEnabled>\
-<g:PingResponseEnabled>true</g:PingResponseEnabled>\
-<g:PowerSource>0</g:PowerSource>\
-<g:PreferredAddressFamily>0</g:PreferredAddressFamily>\
-<g:PresenceNotificationInterval>0</g:PresenceNotificationInterval>\
-<g:PrivacyLevel>0</g:PrivacyLevel>\
-<g:RmcpPingResponseEnabled>true</g:RmcpPingResponseEnabled>\
-<g:SharedFQDN>true</g:SharedFQDN>\
-<g:WsmanOnlyMode>false</g:WsmanOnlyMode>\
-</g:AMT_GeneralSettings></a:Body></a:Envelope>",
-        realm = xml_escape(&ctx.realm),
-        name = xml_escape(&ctx.name),
-    )
-}
-
-#[derive(Clone, Copy)]
-enum Fault {
-    ActionNotSupported,
-    DestinationUnreachable,
-}
-
-fn fault(ctx: &DeviceState, relates_to: &str, kind: Fault) -> String {
-    let (subcode, reason) = match kind {
-        Fault::ActionNotSupported => (
-            "b:ActionNotSupported",
-            "The action is not supported by the service.",
-        ),
-        Fault::DestinationUnreachable => (
-            "b:DestinationUnreachable",
-            "No route can be determined to reach the destination role defined by the WS-Addressing To.",
-        ),
-    };
-    let header = response_header(
-        ctx,
-        relates_to,
-        "http://schemas.xmlsoap.org/ws/2004/08/addressing/fault",
-        "",
-    );
-    format!(
-        "{ENVELOPE_OPEN}{header}<a:Body><a:Fault>\
-<a:Code><a:Value>a:Sender</a:Value><a:Subcode><a:Value>{subcode}</a:Value></a:Subcode></a:Code>\
-<a:Reason><a:Text xml:lang=\"en-US\">{reason}</a:Text></a:Reason>\
-<a:Detail></a:Detail></a:Fault></a:Body></a:Envelope>"
     )
 }
 
@@ -681,7 +544,7 @@ mod tests {
             assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
             assert!(head.contains("Content-Type: application/soap+xml; charset=UTF-8\r\n"));
             assert!(head.contains("X-Frame-Options: DENY\r\n"));
-            assert!(head.contains(&format!("Server: {SERVER_HEADER}\r\n")));
+            assert!(head.contains("Server: Intel(R) Active Management Technology 16.1.27\r\n"));
             assert!(!head.contains("Connection: close"));
             assert_eq!(
                 element_text(&body, "ProductVendor"),
@@ -804,6 +667,24 @@ mod tests {
             .unwrap();
         let (_, body) = read_response(&mut client).await;
         assert!(body.contains("ActionNotSupported"));
+
+        // Garbage, not even UTF-8: a fault too, and the connection still serves.
+        let garbage = b"\xff\xfe<\x00garbage";
+        let head = post("", &auth).replace(
+            "Content-Length: 0",
+            &format!("Content-Length: {}", garbage.len()),
+        );
+        client.write_all(head.as_bytes()).await.unwrap();
+        client.write_all(garbage).await.unwrap();
+        let (head, body) = read_response(&mut client).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+        assert!(body.contains("DestinationUnreachable"), "{body}");
+        client
+            .write_all(post(GET_SETTINGS, &auth).as_bytes())
+            .await
+            .unwrap();
+        let (head, _) = read_response(&mut client).await;
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     }
 
     #[tokio::test]
@@ -841,14 +722,5 @@ mod tests {
             .unwrap();
         let (head, _) = read_response(&mut client).await;
         assert!(head.starts_with("HTTP/1.1 200 OK"));
-    }
-
-    #[test]
-    fn element_text_ignores_prefixes_and_attributes() {
-        let xml = r#"<a:H><b:Action a:mustUnderstand="true"> x </b:Action><Empty/><c:IdentifyResponse></c:IdentifyResponse></a:H>"#;
-        assert_eq!(element_text(xml, "Action"), Some("x"));
-        assert_eq!(element_text(xml, "Empty"), Some(""));
-        assert_eq!(element_text(xml, "Identify"), None);
-        assert_eq!(element_text(xml, "Missing"), None);
     }
 }

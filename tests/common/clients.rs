@@ -35,6 +35,33 @@ pub fn get_settings_xml() -> String {
         .to_string()
 }
 
+/// `program` of the virtualenv `venv` that a scripts/install-*.sh put under
+/// `${AMTGW_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/amtgw-tools}`, or `$override_var` when
+/// set. Fails the test (never skips it) when it is not there.
+pub fn venv_program(override_var: &str, venv: &str, program: &str, installer: &str) -> PathBuf {
+    let path = match std::env::var_os(override_var) {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let tools = std::env::var_os("AMTGW_TOOLS_DIR")
+                .map(PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("amtgw-tools"))
+                })
+                .or_else(|| {
+                    std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/amtgw-tools"))
+                })
+                .unwrap();
+            tools.join(venv).join("bin").join(program)
+        }
+    };
+    assert!(
+        path.is_file(),
+        "{} not found: run scripts/install-test-deps.sh (or scripts/{installer})",
+        path.display()
+    );
+    path
+}
+
 /// The first of `names` found on PATH; fails the test (never skips it) when none is.
 pub fn require_program(names: &[&str]) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -65,6 +92,23 @@ pub async fn gateway_for(sim: &SimDevice) -> TestGateway {
 /// Like [`gateway_for`], with the device's trust and TLS keys (`device_toml`, e.g.
 /// `trust = "tofu"` and `tls_backend = "legacy"`) and extra `[gateway]` keys given.
 pub async fn gateway_with(sim: &SimDevice, device_toml: &str, gateway_toml: &str) -> TestGateway {
+    gateway_listening(
+        sim,
+        device_toml,
+        gateway_toml,
+        "listen_port = 0\nbind = [\"127.0.0.1\"]",
+    )
+    .await
+}
+
+/// Like [`gateway_with`], the WS-Man service's listening keys given (`wsman_listen`, e.g. a
+/// fixed port on this process's private loopback address for a console that dials 16992 only).
+pub async fn gateway_listening(
+    sim: &SimDevice,
+    device_toml: &str,
+    gateway_toml: &str,
+    wsman_listen: &str,
+) -> TestGateway {
     TestGateway::start(&format!(
         r#"
 [gateway]
@@ -78,8 +122,7 @@ shutdown_timeout = "5s"
 listen = "127.0.0.1:0"
 
 [services.wsman]
-listen_port = 0
-bind = ["127.0.0.1"]
+{wsman_listen}
 default_device = "sim"
 
 [services.redirection]
@@ -366,6 +409,22 @@ pub async fn amtterm_session(addr: SocketAddr, host_name: &str) -> String {
 
 /// [`amtterm_session`], inside the network namespace `netns` when one is given.
 pub async fn amtterm_session_in(netns: Option<&str>, addr: SocketAddr, host_name: &str) -> String {
+    let mut amtterm = amtterm_logged_in(netns, addr, host_name).await;
+
+    // Typed keys travel as SOL data; the console echoes them, then answers the line (amtterm
+    // sends Enter as CR) with a fresh prompt.
+    let prompt = format!("{host_name} login: ");
+    amtterm.send(b"root\r");
+    amtterm.expect("root").await;
+    amtterm
+        .expect(&format!("{host_name}: received \"root\""))
+        .await;
+    amtterm.expect(&prompt).await;
+    amtterm_quit(amtterm).await
+}
+
+/// amtterm started against `addr` and shown the simulated console's banner and login prompt.
+pub async fn amtterm_logged_in(netns: Option<&str>, addr: SocketAddr, host_name: &str) -> Spawned {
     require_program(&["amtterm"]);
     let script = require_program(&["script"]);
     let netns = match netns {
@@ -392,18 +451,12 @@ pub async fn amtterm_session_in(netns: Option<&str>, addr: SocketAddr, host_name
     amtterm
         .expect(&format!("{host_name} (simulated Intel AMT host) ttyS0"))
         .await;
-    let prompt = format!("{host_name} login: ");
-    amtterm.expect(&prompt).await;
-
-    // Typed keys travel as SOL data; the console echoes them, then answers the line (amtterm
-    // sends Enter as CR) with a fresh prompt.
-    amtterm.send(b"root\r");
-    amtterm.expect("root").await;
+    amtterm.expect(&format!("{host_name} login: ")).await;
     amtterm
-        .expect(&format!("{host_name}: received \"root\""))
-        .await;
-    amtterm.expect(&prompt).await;
+}
 
+/// Leaves amtterm with ^] and checks it ended cleanly; returns what it printed.
+pub async fn amtterm_quit(mut amtterm: Spawned) -> String {
     // ^] makes amtterm send EndSOL; on the device's reply it ends the redirection session
     // and exits. Its state trace shows a clean close, not ERROR.
     amtterm.send(&[CTRL_RIGHT_BRACKET]);
