@@ -25,6 +25,7 @@ mod digest;
 mod host;
 mod profile;
 mod redirection;
+mod rfb;
 mod soap;
 mod tls;
 mod wsman;
@@ -170,6 +171,8 @@ pub(crate) struct DeviceState {
     pub(crate) host: tokio::sync::watch::Sender<HostStatus>,
     pub(crate) enumerations: std::sync::Mutex<cim::Enumerations>,
     message_ids: AtomicU64,
+    /// Frames of the KVM test pattern sent so far, across sessions: each update shows the next.
+    pub(crate) frames: AtomicU64,
 }
 
 impl DeviceState {
@@ -192,6 +195,7 @@ impl DeviceState {
             host: tokio::sync::watch::Sender::new(HostStatus::default()),
             enumerations: std::sync::Mutex::default(),
             message_ids: AtomicU64::new(1),
+            frames: AtomicU64::new(0),
         }
     }
 
@@ -320,6 +324,15 @@ impl SimDevice {
     /// redirection settings, as consoles left them.
     pub fn host(&self) -> HostStatus {
         self.shared.state.host.borrow().clone()
+    }
+
+    /// Enables or disables KVM as a console's RequestStateChange on CIM_KVMRedirectionSAP does
+    /// (enabled from the start); new KVM sessions are refused while it is disabled.
+    pub fn set_kvm_enabled(&self, enabled: bool) {
+        self.shared
+            .state
+            .host
+            .send_modify(|host| host.kvm_enabled = enabled);
     }
 
     /// Like unprovisioning real firmware: a new key pair and self-signed

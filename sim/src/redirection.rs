@@ -13,6 +13,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 use super::DeviceState;
 use super::digest::{DigestFields, QOP_AUTH, REDIRECTION_METHOD, REDIRECTION_URI};
 use super::host::{BootSource, HostStatus, PowerState};
+use super::rfb::{self, RfbError};
 
 const START_REDIRECTION_SESSION: u8 = 0x10;
 const START_REDIRECTION_SESSION_REPLY: u8 = 0x11;
@@ -40,6 +41,9 @@ const STATUS_SUCCESS: u8 = 0;
 const STATUS_FAILURE: u8 = 1;
 const STATUS_TYPE_UNKNOWN: u8 = 1;
 const STATUS_NOT_SUPPORTED: u8 = 2;
+/// StartRedirectionSessionReply for a session type the device has switched off (KVM disabled
+/// through CIM_KVMRedirectionSAP).
+const STATUS_UNSUPPORTED: u8 = 3;
 
 const AUTH_QUERY: u8 = 0;
 const AUTH_USERPASS: u8 = 1;
@@ -54,10 +58,6 @@ const SOL_DATA_HEADER_LEN: usize = 10;
 
 const MAX_MESSAGE: usize = 64 * 1024;
 
-const RFB_VERSION: &[u8; 12] = b"RFB 003.008\n";
-const RFB_SECURITY_NONE: u8 = 1;
-const RFB_WIDTH: u16 = 640;
-const RFB_HEIGHT: u16 = 480;
 /// Before SOL runs nothing keeps the connection busy, so a console must make
 /// progress within this time.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -91,6 +91,8 @@ pub(crate) enum RedirectionError {
     AuthFailed,
     #[error("connection closed mid-message")]
     Truncated,
+    #[error("KVM: {0}")]
+    Rfb(#[from] RfbError),
 }
 
 impl RedirectionError {
@@ -106,6 +108,7 @@ impl RedirectionError {
             Self::Malformed(_) => "malformed_message",
             Self::AuthFailed => "auth_failed",
             Self::Truncated => "truncated_message",
+            Self::Rfb(e) => e.kind(),
         }
     }
 }
@@ -470,6 +473,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                 let mut reply = [0u8; START_REDIRECTION_SESSION_REPLY_LEN];
                 reply[0] = START_REDIRECTION_SESSION_REPLY;
                 reply[1] = match session_type {
+                    // What a console sees when KVM is disabled (RequestStateChange 3 on
+                    // CIM_KVMRedirectionSAP): the session type is refused up front.
+                    Some(SessionType::Kvm) if !self.ctx.host.borrow().kvm_enabled => {
+                        STATUS_UNSUPPORTED
+                    }
                     Some(t) => {
                         self.phase = Phase::Started(t);
                         STATUS_SUCCESS
@@ -607,52 +615,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         Ok(())
     }
 
-    /// Bytes from the buffer first, then the socket; used once the stream
-    /// stops being redirection messages (RFB).
-    async fn take(&mut self, n: usize) -> Result<Vec<u8>, RedirectionError> {
-        let mut chunk = [0u8; 256];
-        while self.buf.len() < n {
-            let read = tokio::time::timeout(SETUP_TIMEOUT, self.stream.read(&mut chunk))
-                .await
-                .map_err(|_| RedirectionError::SetupTimeout)??;
-            if read == 0 {
-                return Err(RedirectionError::Truncated);
-            }
-            self.buf.extend_from_slice(&chunk[..read]);
-        }
-        Ok(self.buf.drain(..n).collect())
-    }
-
-    /// A minimal RFB 3.8 server: version, security type None (the
-    /// redirection layer already authenticated, which is why MeshCommander
-    /// picks None), ServerInit for a blank screen. Client messages after that
-    /// are read and dropped; no framebuffer updates are sent.
+    /// From here the socket carries raw RFB (§5 KVM): the host's screen, until the viewer
+    /// closes.
     async fn serve_rfb(&mut self) -> Result<RedirectionClose, RedirectionError> {
-        self.send(RFB_VERSION).await?;
-        let version = self.take(RFB_VERSION.len()).await?;
-        if !version.starts_with(b"RFB 003.") {
-            return Err(RedirectionError::Malformed("RFB version"));
-        }
-        self.send(&[1, RFB_SECURITY_NONE]).await?;
-        if self.take(1).await? != [RFB_SECURITY_NONE] {
-            return Err(RedirectionError::Malformed("RFB security type"));
-        }
-        self.send(&0u32.to_be_bytes()).await?;
-        self.take(1).await?; // ClientInit (shared flag)
-
-        let name = self.ctx.name.as_bytes();
-        let mut init = Vec::with_capacity(24 + name.len());
-        init.extend_from_slice(&RFB_WIDTH.to_be_bytes());
-        init.extend_from_slice(&RFB_HEIGHT.to_be_bytes());
-        // 32 bpp, depth 24, little-endian, true colour, 8 bits per channel.
-        init.extend_from_slice(&[32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0]);
-        init.extend_from_slice(&(name.len() as u32).to_be_bytes());
-        init.extend_from_slice(name);
-        self.send(&init).await?;
-
-        self.buf.clear();
-        let mut chunk = [0u8; 4096];
-        while self.stream.read(&mut chunk).await? > 0 {}
+        let read_ahead = std::mem::take(&mut self.buf);
+        rfb::serve(&mut self.stream, read_ahead, self.ctx).await?;
         crate::answer_close(&mut self.stream).await;
         Ok(RedirectionClose::ClientClosed)
     }
@@ -1080,13 +1047,42 @@ mod tests {
         client.write_all(&[1]).await.unwrap();
         let init = read_n(&mut client, 24).await;
         assert_eq!(u16::from_be_bytes([init[0], init[1]]), 640);
+        assert_eq!(u16::from_be_bytes([init[2], init[3]]), 400);
         let name_len = u32::from_be_bytes(init[20..24].try_into().unwrap()) as usize;
         assert_eq!(read_n(&mut client, name_len).await, b"simhost");
 
-        // SetEncodings (RAW) is accepted; closing ends the session cleanly.
+        // SetEncodings (RAW) is accepted; a full update request gets the whole screen in RAW,
+        // and the next one shows a different frame.
         client.write_all(&[2, 0, 0, 1, 0, 0, 0, 0]).await.unwrap();
+        let mut frames = Vec::new();
+        for _ in 0..2 {
+            client
+                .write_all(&[3, 0, 0, 0, 0, 0, 2, 128, 1, 144])
+                .await
+                .unwrap();
+            let header = read_n(&mut client, 16).await;
+            assert_eq!(&header[..4], [0, 0, 0, 1], "one rectangle");
+            assert_eq!(&header[8..12], [2, 128, 1, 144], "640x400");
+            assert_eq!(&header[12..16], [0, 0, 0, 0], "RAW");
+            frames.push(read_n(&mut client, 640 * 400 * 4).await);
+        }
+        assert_ne!(frames[0], frames[1], "the pattern moves");
         drop(client);
         assert_eq!(task.await.unwrap().unwrap(), RedirectionClose::ClientClosed);
+    }
+
+    #[tokio::test]
+    async fn kvm_is_refused_while_disabled() {
+        let ctx = device(Duration::from_secs(60));
+        ctx.host.send_modify(|host| host.kvm_enabled = false);
+        let (mut client, _task) = spawn(ctx.clone());
+        assert_eq!(
+            start_session(&mut client, b"KVMR").await[1],
+            STATUS_UNSUPPORTED
+        );
+        // SOL is another matter.
+        let (mut client, _task) = spawn(ctx);
+        assert_eq!(start_session(&mut client, b"SOL ").await[1], STATUS_SUCCESS);
     }
 
     #[tokio::test]
