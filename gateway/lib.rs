@@ -20,7 +20,8 @@
 //! from the devices' status and `recent_failures`, which the connection recorder fills.
 //! [`http_head`] reads console request heads for WS-Man routed by `Host`; pure, over bytes.
 //! [`probe`] handshakes with a device only to report its certificate (for `amtgw pin`, whose
-//! command code is in the binary). [`tls`] depends on no other module here.
+//! command code is in the binary). [`tls`] depends on no other module here. [`vnc`] is the
+//! VNC bridge's two protocol ends (viewer and device), which `proxy` runs for `services.vnc`.
 //!
 //! The simulated AMT device is its own crate, `amtgw-sim` (sim/ in this workspace). With the
 //! `sim` feature (the default) `demo` runs two of them behind a gateway for `amtgw demo`;
@@ -49,6 +50,7 @@ pub mod state;
 pub mod systemd;
 pub mod tls;
 pub mod upstream;
+pub mod vnc;
 pub mod workers;
 
 mod expiry;

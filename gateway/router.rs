@@ -103,7 +103,7 @@ pub trait Router: Send + Sync + 'static {
 /// original destination (a device's own address).
 pub struct AddressRouter {
     by_listen: HashMap<IpAddr, Arc<Device>>,
-    defaults: [Option<Arc<Device>>; 3],
+    defaults: [Option<Arc<Device>>; Service::ALL.len()],
     /// Listed devices by the IP address they are reached at, for routing by original
     /// destination. Devices named by DNS name are reachable through aliases only.
     by_host: HashMap<IpAddr, Arc<Device>>,
@@ -129,7 +129,7 @@ impl AddressRouter {
                 Host::Dns(_) => None,
             })
             .collect();
-        let mut defaults: [Option<Arc<Device>>; 3] = Default::default();
+        let mut defaults: [Option<Arc<Device>>; Service::ALL.len()] = Default::default();
         for service in &config.services {
             defaults[service.service.index()] = service
                 .default_device

@@ -1,4 +1,5 @@
-//! The three AMT services amtgw relays, and their well-known ports.
+//! The three AMT services amtgw relays, the VNC bridge into the fourth (KVM), and their
+//! well-known ports.
 
 use std::fmt;
 use std::time::Duration;
@@ -16,10 +17,21 @@ pub enum Service {
     Redirection,
     /// DASH WS-Management: 623 plain, 664 TLS.
     Dash,
+    /// The VNC bridge: standard VNC viewers on 5900, AMT KVM inside the redirection protocol
+    /// on the device's 16995. Not byte-transparent: the gateway speaks both ends (`vnc`).
+    Vnc,
 }
 
 impl Service {
-    pub const ALL: [Service; 3] = [Service::Wsman, Service::Redirection, Service::Dash];
+    pub const ALL: [Service; 4] = [
+        Service::Wsman,
+        Service::Redirection,
+        Service::Dash,
+        Service::Vnc,
+    ];
+    /// The services whose device port is configured per device (`ports`): VNC uses the
+    /// redirection port.
+    pub const RELAYED: [Service; 3] = [Service::Wsman, Service::Redirection, Service::Dash];
 
     /// Stable name used in config keys, log fields and metric labels.
     pub fn as_str(self) -> &'static str {
@@ -27,6 +39,7 @@ impl Service {
             Service::Wsman => "wsman",
             Service::Redirection => "redirection",
             Service::Dash => "dash",
+            Service::Vnc => "vnc",
         }
     }
 
@@ -36,6 +49,7 @@ impl Service {
             Service::Wsman => 16992,
             Service::Redirection => 16994,
             Service::Dash => 623,
+            Service::Vnc => 5900,
         }
     }
 
@@ -45,13 +59,35 @@ impl Service {
             Service::Wsman => 16993,
             Service::Redirection => 16995,
             Service::Dash => 664,
+            Service::Vnc => 16995,
         }
+    }
+
+    /// The relayed service whose TLS port on the device this one connects to: KVM lives inside
+    /// the redirection protocol.
+    pub fn device_service(self) -> Service {
+        match self {
+            Service::Vnc => Service::Redirection,
+            relayed => relayed,
+        }
+    }
+
+    /// Whether the console speaks first (every AMT protocol), so the device is not contacted
+    /// before it has. A VNC viewer waits for the server's version instead.
+    pub(crate) fn console_speaks_first(self) -> bool {
+        self != Service::Vnc
     }
 
     /// Idle timeout when the config names none. AMT WS-Man operations may take 30 s and more,
     /// and SOL sessions can sit quiet between heartbeats, so the default is generous.
     pub fn default_idle_timeout(self) -> Duration {
-        Duration::from_secs(600)
+        match self {
+            // A KVM screen that does not change sends nothing, and a viewer waiting for a
+            // change sends nothing either: an operator may leave one open for hours. AMT's own
+            // SessionTimeout (IPS_KVMRedirectionSettingData) ends idle sessions when wanted.
+            Service::Vnc => Duration::from_secs(8 * 3600),
+            _ => Duration::from_secs(600),
+        }
     }
 
     /// Whether request/response latency per exchange is meaningful for this protocol: WS-Man is

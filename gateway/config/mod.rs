@@ -133,6 +133,44 @@ pub struct ServiceSettings {
     /// Connections come through an L4 load balancer that writes a PROXY protocol header
     /// first (`proxy_protocol`, `proxy_protocol_from`).
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// `services.vnc.password_file`: the VNC password viewers give, unless a device has its
+    /// own. `None` (allowed on loopback only): viewers are not asked for one.
+    pub password: Option<Secret>,
+}
+
+/// A password read from a file (`*_password_file`): its file for messages, its value for the
+/// protocol only. Never printed, not even by `Debug`.
+#[derive(Clone)]
+pub struct Secret {
+    pub file: PathBuf,
+    value: String,
+}
+
+impl Secret {
+    pub(crate) fn new(file: PathBuf, value: String) -> Secret {
+        Secret { file, value }
+    }
+
+    /// The password itself, for the protocol that needs it.
+    pub fn expose(&self) -> &str {
+        &self.value
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secret")
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The AMT account the VNC bridge opens KVM sessions with (`amt_username`,
+/// `amt_password_file`).
+#[derive(Debug, Clone)]
+pub struct AmtCredentials {
+    pub username: String,
+    pub password: Secret,
 }
 
 /// A listener behind a load balancer: every connection must come from one of `from` and
@@ -209,11 +247,15 @@ pub struct DeviceSettings {
     pub max_connections: usize,
     /// Connections to this device at once from one console address.
     pub max_connections_per_source: usize,
+    /// For the VNC bridge; `None`: KVM through the bridge is refused (`amt_auth_failed`).
+    pub amt_credentials: Option<AmtCredentials>,
+    /// This device's viewer password (`vnc_password_file`), before `services.vnc`'s.
+    pub vnc_password: Option<Secret>,
 }
 
 impl DeviceSettings {
     pub fn port(&self, service: Service) -> u16 {
-        self.ports[service.index()]
+        self.ports[service.device_service().index()]
     }
 }
 
@@ -261,6 +303,8 @@ impl RangeSettings {
             tls: self.tls.clone(),
             max_connections: self.max_connections,
             max_connections_per_source: self.max_connections_per_source,
+            amt_credentials: None,
+            vnc_password: None,
         }
     }
 }
@@ -499,6 +543,15 @@ impl Config {
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = self.path.iter().cloned().collect();
         files.extend(self.admin_token.iter().map(|token| token.file.clone()));
+        // A changed password applies to the next session, through a reload.
+        let secrets = self.services.iter().filter_map(|s| s.password.as_ref());
+        let secrets = secrets.chain(self.devices.iter().flat_map(|d| {
+            d.amt_credentials
+                .iter()
+                .map(|c| &c.password)
+                .chain(d.vnc_password.iter())
+        }));
+        files.extend(secrets.map(|secret| secret.file.clone()));
         if self.uses_pin_store() {
             match &self.gateway.pin_store {
                 PinStoreSettings::File(path) => files.push(path.clone()),

@@ -66,6 +66,7 @@ pub(crate) struct RawServices {
     pub(crate) wsman: RawService,
     pub(crate) redirection: RawService,
     pub(crate) dash: RawService,
+    pub(crate) vnc: RawService,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -80,6 +81,8 @@ pub(crate) struct RawService {
     pub(crate) routing: Option<String>,
     pub(crate) proxy_protocol: Option<String>,
     pub(crate) proxy_protocol_from: Option<Vec<String>>,
+    /// `services.vnc` only: the viewers' VNC password, gateway-wide.
+    pub(crate) password_file: Option<String>,
 }
 
 /// Trust settings: fleet-wide under `[defaults]`, overridable per device.
@@ -105,6 +108,11 @@ pub(crate) struct RawDevice {
     pub(crate) listen: Option<String>,
     pub(crate) server_name: Option<String>,
     pub(crate) ports: BTreeMap<String, u16>,
+    /// The VNC bridge: the AMT account it opens KVM sessions with, and this device's own
+    /// viewer password.
+    pub(crate) amt_username: Option<String>,
+    pub(crate) amt_password_file: Option<String>,
+    pub(crate) vnc_password_file: Option<String>,
     // The trust keys of `RawTrust`, spelled out: serde cannot combine `flatten` with
     // `deny_unknown_fields`, and rejecting typos matters more here.
     pub(crate) trust: Option<String>,

@@ -20,8 +20,8 @@ use super::raw::{RawConfig, RawDevice, RawGateway, RawRange, RawService, RawTrus
 /// sessions in the firmware.
 const DEVICE_MAX_CONNECTIONS: usize = 8;
 use super::{
-    AdminToken, Cidr, Config, ConfigError, DeviceSettings, GatewaySettings, Host, LogFormat,
-    MetricsSettings, ProxyProtocol, RangeSettings, Routing, ServiceSettings,
+    AdminToken, AmtCredentials, Cidr, Config, ConfigError, DeviceSettings, GatewaySettings, Host,
+    LogFormat, MetricsSettings, ProxyProtocol, RangeSettings, Routing, Secret, ServiceSettings,
 };
 use crate::proxy_protocol::Accept;
 use crate::service::Service;
@@ -221,6 +221,7 @@ impl Validator<'_> {
                 Service::Wsman => &raw.services.wsman,
                 Service::Redirection => &raw.services.redirection,
                 Service::Dash => &raw.services.dash,
+                Service::Vnc => &raw.services.vnc,
             };
             if let Some(settings) = self.service(service, raw_service, &devices)? {
                 services.push(settings);
@@ -461,10 +462,24 @@ impl Validator<'_> {
         raw: &RawService,
         devices: &[DeviceSettings],
     ) -> Result<Option<ServiceSettings>, ConfigError> {
-        if !raw.enabled.unwrap_or(true) {
+        let key = |k: &str| format!("services.{service}.{k}");
+        // The VNC bridge opens KVM sessions with stored AMT credentials: only where asked for.
+        if !raw.enabled.unwrap_or(service != Service::Vnc) {
             return Ok(None);
         }
-        let key = |k: &str| format!("services.{service}.{k}");
+        if service != Service::Vnc && raw.password_file.is_some() {
+            return Err(self.err(
+                key("password_file"),
+                "only services.vnc takes a password_file (the VNC viewers' password); remove it",
+            ));
+        }
+        if service == Service::Vnc && raw.device_port.is_some() {
+            return Err(self.err(
+                key("device_port"),
+                "KVM is reached inside the redirection protocol, on the device's redirection \
+                 port: set services.redirection.device_port or a device's ports.redirection",
+            ));
+        }
         let bind = match &raw.bind {
             None => vec![IpAddr::from([127, 0, 0, 1])],
             Some(list) => list
@@ -524,6 +539,25 @@ impl Validator<'_> {
             }
         }
         let proxy_protocol = self.proxy_protocol(service, raw)?;
+        let password = raw
+            .password_file
+            .as_deref()
+            .map(|file| self.secret(&key("password_file"), file))
+            .transpose()?;
+        if service == Service::Vnc
+            && password.is_none()
+            && let Some(open) = bind.iter().find(|ip| !ip.is_loopback())
+        {
+            return Err(self.err(
+                key("password_file"),
+                format!(
+                    "services.vnc binds {open}, not a loopback address, so anyone who reaches it \
+                     would get the devices' screens and keyboards; set services.vnc.password_file \
+                     to a file holding the viewers' VNC password (at most 8 characters count), \
+                     or bind 127.0.0.1 only"
+                ),
+            ));
+        }
         Ok(Some(ServiceSettings {
             service,
             listen_port: raw.listen_port.unwrap_or(service.legacy_port()),
@@ -537,7 +571,27 @@ impl Validator<'_> {
             default_device: raw.default_device.clone(),
             routing,
             proxy_protocol,
+            password,
         }))
+    }
+
+    /// A password file (`*_password_file`): read, its trailing newline dropped; not empty.
+    fn secret(&self, key: &str, file: &str) -> Result<Secret, ConfigError> {
+        let path = self.base.join(file);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            self.err(
+                key,
+                format!("cannot read the password file {}: {e}", path.display()),
+            )
+        })?;
+        let value = text.trim_end_matches(['\r', '\n']);
+        if value.is_empty() {
+            return Err(self.err(
+                key,
+                format!("{} is empty; write the password into it", path.display()),
+            ));
+        }
+        Ok(Secret::new(path, value.to_owned()))
     }
 
     /// `proxy_protocol` and `proxy_protocol_from`: both or neither. No default for the
@@ -659,7 +713,34 @@ impl Validator<'_> {
         )?;
         let (max_connections, max_connections_per_source) =
             self.device_limits(&format!("devices[{i}]"), &trust)?;
+        let amt_credentials = match (&raw.amt_username, &raw.amt_password_file) {
+            (_, Some(file)) => Some(AmtCredentials {
+                // AMT's built-in administrator, which every provisioned device has.
+                username: raw
+                    .amt_username
+                    .clone()
+                    .unwrap_or_else(|| "admin".to_owned()),
+                password: self.secret(&key("amt_password_file"), file)?,
+            }),
+            (Some(_), None) => {
+                return Err(self.err(
+                    key("amt_password_file"),
+                    format!(
+                        "device `{name}` has an amt_username but no amt_password_file; the VNC \
+                         bridge needs both (a file holding the AMT password)"
+                    ),
+                ));
+            }
+            (None, None) => None,
+        };
+        let vnc_password = raw
+            .vnc_password_file
+            .as_deref()
+            .map(|file| self.secret(&key("vnc_password_file"), file))
+            .transpose()?;
         Ok(DeviceSettings {
+            amt_credentials,
+            vnc_password,
             name,
             host,
             listen,
@@ -681,16 +762,16 @@ impl Validator<'_> {
     ) -> Result<[u16; 3], ConfigError> {
         let key = |k: &str| format!("{prefix}.{k}");
         let mut ports = [0u16; 3];
-        for service in Service::ALL {
+        for service in Service::RELAYED {
             let configured = match service {
                 Service::Wsman => whole.services.wsman.device_port,
-                Service::Redirection => whole.services.redirection.device_port,
+                Service::Redirection | Service::Vnc => whole.services.redirection.device_port,
                 Service::Dash => whole.services.dash.device_port,
             };
             ports[service.index()] = configured.unwrap_or(service.device_port());
         }
         for (svc, port) in raw {
-            let service = Service::ALL
+            let service = Service::RELAYED
                 .into_iter()
                 .find(|s| s.as_str() == svc)
                 .ok_or_else(|| {

@@ -31,6 +31,7 @@ use crate::shutdown::Lifecycle;
 use crate::socket;
 use crate::state::Snapshot;
 use crate::upstream::{self, UpstreamError};
+use crate::vnc::{self, KvmError, ViewerError};
 
 use record::Recorder;
 
@@ -116,6 +117,12 @@ pub(crate) enum ConnectionError {
     Relay(#[from] RelayError),
     #[error("cut at the end of the shutdown drain")]
     CutAtDrain,
+    /// `services.vnc`: the viewer's side of the RFB handshake failed.
+    #[error("VNC viewer: {0} ({kind})", kind = .0.kind())]
+    Viewer(ViewerError),
+    /// `services.vnc`: opening KVM on the device failed.
+    #[error("KVM: {0} ({kind})", kind = .0.kind())]
+    Kvm(KvmError),
 }
 
 impl From<UpstreamError> for ConnectionError {
@@ -149,6 +156,8 @@ impl ConnectionError {
             ConnectionError::HostPort { .. } => Reason::NoRoute,
             ConnectionError::Upstream(e) => e.reason(),
             ConnectionError::Relay(e) => e.reason(),
+            ConnectionError::Viewer(e) => e.reason(),
+            ConnectionError::Kvm(e) => e.reason(),
         }
     }
 
@@ -322,7 +331,31 @@ async fn connection(
     // The console speaks first in every AMT protocol. Until it has, the device is not
     // contacted: AMT firmware holds only a few TLS sessions, and an idle console must not
     // occupy one. (With routing by Host it has already sent a whole request head.)
-    if first_request.is_none() {
+    // A VNC viewer waits for the server instead: the gateway authenticates it, and only then
+    // is the device contacted.
+    let mut viewer = None;
+    if !service.console_speaks_first() {
+        let credentials = device.settings.amt_credentials.clone().ok_or_else(|| {
+            ConnectionError::Kvm(KvmError::NoCredentials {
+                device: device.name().to_owned(),
+            })
+        })?;
+        let password = device
+            .settings
+            .vnc_password
+            .as_ref()
+            .or(settings.password.as_ref());
+        let handshake = Box::pin(vnc::viewer_handshake(
+            console,
+            password.map(|p| p.expose()),
+            vnc::VIEWER_HANDSHAKE_TIMEOUT,
+        ));
+        let greeted = tokio::select! {
+            greeted = handshake => greeted.map_err(ConnectionError::Viewer)?,
+            () = ctx.lifecycle.stopping() => return Err(ConnectionError::ShuttingDown),
+        };
+        viewer = Some((greeted, credentials));
+    } else if first_request.is_none() {
         tokio::select! {
             spoke = first_byte(console, gateway.console_first_byte_timeout) => spoke?,
             () = ctx.lifecycle.stopping() => return Err(ConnectionError::ShuttingDown),
@@ -357,6 +390,22 @@ async fn connection(
     };
     recorder.device_leg(&device, connected.as_ref());
     let mut tls = connected?;
+    if let Some((greeted, credentials)) = viewer {
+        // Boxed like the connect: its state is over once KVM runs.
+        let opening = Box::pin(vnc::open_kvm(
+            &mut tls,
+            &credentials,
+            greeted.shared,
+            gateway.handshake_timeout,
+        ));
+        let init = tokio::select! {
+            init = opening => init.map_err(ConnectionError::Kvm)?,
+            () = ctx.lifecycle.stopping() => return Err(ConnectionError::ShuttingDown),
+        };
+        vnc::server_init(console, &init)
+            .await
+            .map_err(ConnectionError::Viewer)?;
+    }
 
     recorder.established();
     let observer = recorder.relay_observer();
