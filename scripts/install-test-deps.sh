@@ -19,6 +19,8 @@
 #                                passwd to a newer point release for it: they are kept
 #   file, readelf    file, binutils  check that the image's binary is static
 #   chromium         chromium    headless, renders the admin status page (tests/status_page.rs)
+#   vncsnapshot      vncsnapshot a VNC client (RFB 3.3) that screenshots KVM through the VNC
+#                                bridge (tests/vnc_bridge.rs)
 # and from PyPI, each in a virtualenv of its own: kubernetes-validate (tests/kubernetes.rs
 # validates deploy/kubernetes/ with it, offline; scripts/install-kubernetes-validate.sh) and the
 # `amt` package's amtctrl, a WS-Man console (tests/console_clients.rs;
@@ -33,7 +35,7 @@ set -euo pipefail
 "$(dirname "$0")/apt-install.sh" curl=curl amtterm=amtterm 'stunnel4|stunnel=stunnel4' \
   script=bsdutils openssl=openssl ip=iproute2 nft=nftables systemd-analyze=systemd \
   promtool=prometheus haproxy=haproxy podman=podman file=file readelf=binutils \
-  chromium=chromium
+  chromium=chromium vncsnapshot=vncsnapshot
 
 # PostgreSQL: the server binaries, whichever major version Debian ships. Installed only when no
 # version is there. Debian's package would create and start a "main" cluster; the tests need
@@ -55,7 +57,7 @@ fi
 # Fail loudly if a package is installed but the program the tests spawn is still not on PATH
 # (Debian names the stunnel binary stunnel4; others stunnel).
 for program in curl amtterm script openssl ip nft systemd-analyze promtool haproxy podman file \
-  readelf chromium; do
+  readelf chromium vncsnapshot; do
   if ! command -v "$program" >/dev/null 2>&1; then
     echo "install-test-deps: $program not found on PATH" >&2
     exit 1

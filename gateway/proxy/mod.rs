@@ -433,6 +433,11 @@ async fn connection(
     };
     recorder.relayed(&relay, relayed.is_some());
     let relayed = relayed.ok_or(ConnectionError::CutAtDrain)?;
+    // AMT ends a KVM session only when the viewer does (or with a clean close, for its own
+    // SessionTimeout): a device that vanished without TLS close_notify dropped it.
+    if service == Service::Vnc && relayed.is_ok() && relay.device_closed_uncleanly() {
+        return Err(ConnectionError::Kvm(KvmError::Dropped));
+    }
     if let (Ok(()), Some(refused)) = (&relayed, later_request) {
         return Err(ConnectionError::LaterRequest(refused));
     }

@@ -55,6 +55,8 @@ pub(crate) enum KvmError {
     Io(io::Error),
     #[error("no random numbers for the digest cnonce")]
     Random,
+    #[error("the device dropped the KVM session mid-session (closed without TLS close_notify)")]
+    Dropped,
 }
 
 impl KvmError {
@@ -69,6 +71,7 @@ impl KvmError {
             KvmError::Closed => "closed",
             KvmError::Io(_) => "io",
             KvmError::Random => "random",
+            KvmError::Dropped => "dropped",
         }
     }
 
@@ -80,7 +83,7 @@ impl KvmError {
             KvmError::Refused(_) => Reason::KvmRefused,
             KvmError::Protocol(_) | KvmError::Random => Reason::KvmProtocol,
             KvmError::Timeout(_) => Reason::HandshakeTimeout,
-            KvmError::Closed | KvmError::Io(_) => Reason::DeviceReset,
+            KvmError::Closed | KvmError::Io(_) | KvmError::Dropped => Reason::DeviceReset,
         }
     }
 }
