@@ -54,6 +54,8 @@ pub struct DemoOptions {
     pub wsman_port: u16,
     pub redirection_port: u16,
     pub dash_port: u16,
+    /// The VNC bridge (every device's KVM, the first device's by default).
+    pub vnc_port: u16,
     pub admin: SocketAddr,
     /// Where the effective config and the pin store are written. Created if missing, else it
     /// must be empty; when the demo ends only what it wrote there is removed (and the
@@ -67,6 +69,7 @@ impl Default for DemoOptions {
             wsman_port: Service::Wsman.legacy_port(),
             redirection_port: Service::Redirection.legacy_port(),
             dash_port: Service::Dash.legacy_port(),
+            vnc_port: Service::Vnc.legacy_port(),
             admin: SocketAddr::from(([127, 0, 0, 1], 9716)),
             state_dir: std::env::temp_dir().join(format!("amtgw-demo-{}", std::process::id())),
         }
@@ -122,6 +125,13 @@ pub struct DemoState {
 
 /// The pin store's file name in the demo config; its lock and temporary files start with it.
 const PIN_STORE: &str = "pins.toml";
+/// The VNC viewers' password (`services.vnc.password_file`), the same in `vncpasswd`'s format
+/// for `vncsnapshot -passwd`, and the devices' AMT password for the bridge.
+const VNC_PASSWORD_FILE: &str = "vnc.password";
+const VNCPASSWD_FILE: &str = "vnc.passwd";
+const AMT_PASSWORD_FILE: &str = "amt.password";
+/// What the demo's VNC viewers type (RFB passwords count 8 characters).
+pub const DEMO_VNC_PASSWORD: &str = "demo-kvm";
 
 impl DemoState {
     /// Take `dir`: create it when missing, refuse it when it holds anything.
@@ -160,6 +170,9 @@ impl DemoState {
     fn is_ours(name: &std::ffi::OsStr) -> bool {
         let name = name.to_string_lossy();
         name == "amtgw.toml"
+            || name == VNC_PASSWORD_FILE
+            || name == VNCPASSWD_FILE
+            || name == AMT_PASSWORD_FILE
             || name == PIN_STORE
             || name == format!("{PIN_STORE}.lock")
             || name.starts_with(&format!(".{PIN_STORE}.tmp."))
@@ -216,6 +229,16 @@ impl Demo {
         };
         let state = DemoState::prepare(&options.state_dir)?;
         let toml = demo_config(options, &devices, dash_enabled);
+        for (file, contents) in [
+            (VNC_PASSWORD_FILE, DEMO_VNC_PASSWORD.as_bytes().to_vec()),
+            (
+                VNCPASSWD_FILE,
+                crate::vnc::vncpasswd_file_contents(DEMO_VNC_PASSWORD).to_vec(),
+            ),
+            (AMT_PASSWORD_FILE, sim::DEMO_PASSWORD.as_bytes().to_vec()),
+        ] {
+            std::fs::write(state.dir.join(file), contents).map_err(state_error)?;
+        }
         std::fs::write(&state.config, toml).map_err(state_error)?;
         let config = Config::load(&state.config)?;
         let gateway = Gateway::bind(config).await?;
@@ -313,6 +336,14 @@ impl Demo {
                 pass = sim::DEMO_PASSWORD,
             );
         }
+        if let Some(vnc) = port(Service::Vnc) {
+            let _ = writeln!(
+                out,
+                "  vncsnapshot -passwd {passwd} 127.0.0.1::{vnc} {name}.jpg   # KVM through the VNC bridge, over TLS\n  vncviewer 127.0.0.1::{vnc}    # any VNC viewer; password {DEMO_VNC_PASSWORD}",
+                passwd = self.state.dir.join(VNCPASSWD_FILE).display(),
+                name = DEVICE_NAMES[0],
+            );
+        }
         let admin = self.gateway.admin_addr();
         if let Some(admin) = admin {
             let _ = writeln!(out, "  curl http://{admin}/metrics        # and /devices");
@@ -395,11 +426,19 @@ default_device = "{default}"
 enabled = {dash_enabled}
 listen_port = {dash}
 default_device = "{default}"
+
+# The VNC bridge: VNC viewers on 127.0.0.1 reach the devices' KVM over TLS.
+[services.vnc]
+enabled = true
+listen_port = {vnc}
+default_device = "{default}"
+password_file = "{VNC_PASSWORD_FILE}"
 "#,
         admin = options.admin,
         wsman = options.wsman_port,
         redirection = options.redirection_port,
         dash = options.dash_port,
+        vnc = options.vnc_port,
         default = DEVICE_NAMES[0],
     );
     for (i, device) in devices.iter().enumerate() {
@@ -424,8 +463,11 @@ name = "{name}"
 host = "127.0.0.1"
 listen = "127.0.0.{alias}"
 ports = {{ wsman = {wsman}, redirection = {redirection}, dash = {dash} }}
+amt_username = "{user}"
+amt_password_file = "{AMT_PASSWORD_FILE}"
 {trust}
 "#,
+            user = sim::DEMO_USERNAME,
             name = DEVICE_NAMES[i],
             alias = i + 1,
             wsman = device.wsman_addr().port(),
@@ -445,6 +487,9 @@ mod tests {
         let state = DemoState::prepare(dir)?;
         for file in [
             "amtgw.toml",
+            VNC_PASSWORD_FILE,
+            VNCPASSWD_FILE,
+            AMT_PASSWORD_FILE,
             PIN_STORE,
             "pins.toml.lock",
             ".pins.toml.tmp.1.2",

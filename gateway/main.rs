@@ -113,6 +113,9 @@ enum Command {
         redirection_port: u16,
         #[arg(long, default_value_t = 623)]
         dash_port: u16,
+        /// The VNC bridge to the first device's KVM.
+        #[arg(long, default_value_t = 5900)]
+        vnc_port: u16,
         #[arg(long, default_value = "127.0.0.1:9716")]
         admin: SocketAddr,
         /// Where the demo writes its effective config and pin store (removed at exit).
@@ -254,6 +257,7 @@ fn main() -> ExitCode {
             wsman_port,
             redirection_port,
             dash_port,
+            vnc_port,
             admin,
             state_dir,
         } => {
@@ -263,6 +267,7 @@ fn main() -> ExitCode {
                 wsman_port,
                 redirection_port,
                 dash_port,
+                vnc_port,
                 admin,
                 state_dir: state_dir.unwrap_or(defaults.state_dir),
             };

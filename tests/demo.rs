@@ -82,7 +82,14 @@ fn pin_row(table: &str, device: &str) -> Vec<String> {
 fn demo_serves_repins_and_exits_cleanly_on_sigterm() {
     let mut demo = Command::new(env!("CARGO_BIN_EXE_amtgw"))
         .args(["demo", "--wsman-port", "0", "--redirection-port", "0"])
-        .args(["--dash-port", "0", "--admin", "127.0.0.1:0"])
+        .args([
+            "--dash-port",
+            "0",
+            "--vnc-port",
+            "0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -118,6 +125,28 @@ fn demo_serves_repins_and_exits_cleanly_on_sigterm() {
         curl_get_settings("127.0.0.3", legacy_wsman)
             .contains("<g:HostName>amt-sim-07</g:HostName>")
     );
+
+    // The printed VNC command captures the first device's simulated screen through the bridge
+    // (vncsnapshot, from scripts/install-test-deps.sh), run as printed but for the output path.
+    let snapshot = printed
+        .lines()
+        .find(|line| line.trim_start().starts_with("vncsnapshot "))
+        .unwrap_or_else(|| panic!("no vncsnapshot command in:\n{printed}"));
+    let shot_dir = tempfile::tempdir().unwrap();
+    let shot = shot_dir.path().join("amt-sim-01.jpg");
+    let words: Vec<&str> = snapshot.split_whitespace().take(4).collect();
+    let output = Command::new(words[0])
+        .args(&words[1..])
+        .arg(&shot)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{snapshot}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(&std::fs::read(&shot).unwrap()[..2], [0xFF, 0xD8], "a JPEG");
 
     let config = printed
         .split_whitespace()

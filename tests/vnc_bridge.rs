@@ -77,20 +77,11 @@ amt_password_file = "{dir}/amt.password"
     TestGateway::start(&toml).await
 }
 
-/// A password file as `vncpasswd` writes it and vncsnapshot's `-passwd` reads it: the password
-/// (8 bytes, zero-padded) DES-encrypted under VNC's fixed key, whose bytes RFB's DES takes
-/// bit-reversed.
+/// A password file as `vncpasswd` writes it and vncsnapshot's `-passwd` reads it (the demo
+/// writes its own the same way).
 fn vncpasswd_file(dir: &Path, name: &str, password: &str) -> PathBuf {
-    const FIXED_KEY: [u8; 8] = [23, 82, 107, 6, 35, 78, 88, 7];
-    let key: Vec<u8> = FIXED_KEY.iter().map(|b| b.reverse_bits()).collect();
-    let mut block = [0u8; 8];
-    for (b, p) in block.iter_mut().zip(password.as_bytes()) {
-        *b = *p;
-    }
-    let mut block = GenericArray::from(block);
-    Des::new(GenericArray::from_slice(&key)).encrypt_block(&mut block);
     let path = dir.join(name);
-    std::fs::write(&path, block.as_slice()).unwrap();
+    std::fs::write(&path, amtgw::vnc::vncpasswd_file_contents(password)).unwrap();
     path
 }
 

@@ -13,6 +13,7 @@ mod viewer;
 use std::time::Duration;
 
 pub(crate) use device::{KvmError, open_kvm};
+pub use viewer::vncpasswd_file_contents;
 pub(crate) use viewer::{ViewerError, handshake as viewer_handshake, server_init};
 
 /// How long a viewer has for its side of the handshake, password included: a person may be

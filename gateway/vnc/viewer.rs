@@ -105,6 +105,24 @@ pub(crate) fn vnc_auth_response(password: &[u8], challenge: &[u8; CHALLENGE_LEN]
     response
 }
 
+/// A password file as `vncpasswd` writes it and viewers' `-passwd` options read it: the
+/// password's first 8 bytes, zero-padded, DES-encrypted under VNC's fixed key (RFB's DES, key
+/// bytes bit-reversed). Obfuscation, not protection: the demo writes one for its printed
+/// command.
+pub fn vncpasswd_file_contents(password: &str) -> [u8; 8] {
+    const FIXED_KEY: [u8; 8] = [23, 82, 107, 6, 35, 78, 88, 7];
+    let mut block = [0u8; 8];
+    for (b, p) in block.iter_mut().zip(password.as_bytes()) {
+        *b = *p;
+    }
+    let mut doubled = [0u8; CHALLENGE_LEN];
+    doubled[..8].copy_from_slice(&block);
+    let encrypted = vnc_auth_response(&FIXED_KEY, &doubled);
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&encrypted[..8]);
+    out
+}
+
 /// Serves the viewer's handshake up to its ClientInit: version, security (VNC Authentication
 /// with `password`, or None when there is none), the security result. The password itself is
 /// never sent or logged; a wrong answer gets RFB's failure and [`ViewerError::AuthFailed`].
