@@ -187,10 +187,10 @@ fn pattern(x: u16, y: u16, frame: u64) -> (u8, u8, u8) {
         return (255, 255, 255);
     }
     let digits_top = HEIGHT - 40;
-    if y >= digits_top && y < digits_top + 24 {
+    if (digits_top..digits_top + 24).contains(&y) {
         let (digit, within) = (x / 32, x % 32);
         let one = (frame >> (19 - u64::from(digit.min(19)))) & 1 == 1;
-        return if within >= 4 && within < 28 && y >= digits_top + 4 && y < digits_top + 20 {
+        return if (4..28).contains(&within) && (digits_top + 4..digits_top + 20).contains(&y) {
             if one { (255, 255, 255) } else { (64, 64, 64) }
         } else {
             (0, 0, 0)
