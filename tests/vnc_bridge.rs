@@ -301,3 +301,37 @@ trust = "tofu"
     let loopback = toml.replace("0.0.0.0", "127.0.0.1");
     Config::from_toml("test", Path::new("."), &loopback).unwrap();
 }
+
+#[test]
+fn the_amt_password_may_come_from_the_environment_and_a_missing_variable_is_named() {
+    let device = |env: &str| {
+        format!(
+            r#"
+[services.vnc]
+enabled = true
+
+[[devices]]
+name = "d"
+host = "192.0.2.1"
+trust = "tofu"
+amt_password_env = "{env}"
+"#
+        )
+    };
+    // PATH: a variable every test process has (tests cannot set one without `unsafe`).
+    let config = Config::from_toml("test", Path::new("."), &device("PATH")).unwrap();
+    let credentials = config.devices[0].amt_credentials.as_ref().unwrap();
+    assert_eq!(credentials.username, "admin");
+    assert!(credentials.password.file.is_none());
+    assert!(
+        !format!("{config:?}").contains(credentials.password.expose()),
+        "never printed"
+    );
+    let error = Config::from_toml("test", Path::new("."), &device("AMTGW_TEST_NO_SUCH_VAR"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("devices[0].amt_password_env") && error.contains("AMTGW_TEST_NO_SUCH_VAR"),
+        "{error}"
+    );
+}

@@ -138,16 +138,19 @@ pub struct ServiceSettings {
     pub password: Option<Secret>,
 }
 
-/// A password read from a file (`*_password_file`): its file for messages, its value for the
-/// protocol only. Never printed, not even by `Debug`.
+/// A password from a file (`*_password_file`) or an environment variable (`amt_password_env`):
+/// where it came from, for messages and the file watcher; its value for the protocol only.
+/// Never printed, not even by `Debug`.
 #[derive(Clone)]
 pub struct Secret {
-    pub file: PathBuf,
+    /// The file it was read from (watched: a change applies through a reload); `None` when it
+    /// came from the environment.
+    pub file: Option<PathBuf>,
     value: String,
 }
 
 impl Secret {
-    pub(crate) fn new(file: PathBuf, value: String) -> Secret {
+    pub(crate) fn new(file: Option<PathBuf>, value: String) -> Secret {
         Secret { file, value }
     }
 
@@ -166,7 +169,7 @@ impl fmt::Debug for Secret {
 }
 
 /// The AMT account the VNC bridge opens KVM sessions with (`amt_username`,
-/// `amt_password_file`).
+/// `amt_password_file` or `amt_password_env`).
 #[derive(Debug, Clone)]
 pub struct AmtCredentials {
     pub username: String,
@@ -551,7 +554,7 @@ impl Config {
                 .map(|c| &c.password)
                 .chain(d.vnc_password.iter())
         }));
-        files.extend(secrets.map(|secret| secret.file.clone()));
+        files.extend(secrets.filter_map(|secret| secret.file.clone()));
         if self.uses_pin_store() {
             match &self.gateway.pin_store {
                 PinStoreSettings::File(path) => files.push(path.clone()),

@@ -112,6 +112,7 @@ pub(crate) struct RawDevice {
     /// viewer password.
     pub(crate) amt_username: Option<String>,
     pub(crate) amt_password_file: Option<String>,
+    pub(crate) amt_password_env: Option<String>,
     pub(crate) vnc_password_file: Option<String>,
     // The trust keys of `RawTrust`, spelled out: serde cannot combine `flatten` with
     // `deny_unknown_fields`, and rejecting typos matters more here.

@@ -591,7 +591,7 @@ impl Validator<'_> {
                 format!("{} is empty; write the password into it", path.display()),
             ));
         }
-        Ok(Secret::new(path, value.to_owned()))
+        Ok(Secret::new(Some(path), value.to_owned()))
     }
 
     /// `proxy_protocol` and `proxy_protocol_from`: both or neither. No default for the
@@ -713,21 +713,45 @@ impl Validator<'_> {
         )?;
         let (max_connections, max_connections_per_source) =
             self.device_limits(&format!("devices[{i}]"), &trust)?;
-        let amt_credentials = match (&raw.amt_username, &raw.amt_password_file) {
-            (_, Some(file)) => Some(AmtCredentials {
+        let amt_password = match (&raw.amt_password_file, &raw.amt_password_env) {
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    key("amt_password_env"),
+                    "give the AMT password one way: amt_password_file or amt_password_env, not both",
+                ));
+            }
+            (Some(file), None) => Some(self.secret(&key("amt_password_file"), file)?),
+            (None, Some(variable)) => {
+                // Read like PGPASSWORD for the pin store: the process's own environment.
+                let value = std::env::var(variable).ok().filter(|v| !v.is_empty());
+                let value = value.ok_or_else(|| {
+                    self.err(
+                        key("amt_password_env"),
+                        format!(
+                            "the environment variable {variable} is not set (or empty); set it to \
+                             device `{name}`'s AMT password, or use amt_password_file"
+                        ),
+                    )
+                })?;
+                Some(Secret::new(None, value))
+            }
+            (None, None) => None,
+        };
+        let amt_credentials = match (&raw.amt_username, amt_password) {
+            (_, Some(password)) => Some(AmtCredentials {
                 // AMT's built-in administrator, which every provisioned device has.
                 username: raw
                     .amt_username
                     .clone()
                     .unwrap_or_else(|| "admin".to_owned()),
-                password: self.secret(&key("amt_password_file"), file)?,
+                password,
             }),
             (Some(_), None) => {
                 return Err(self.err(
                     key("amt_password_file"),
                     format!(
-                        "device `{name}` has an amt_username but no amt_password_file; the VNC \
-                         bridge needs both (a file holding the AMT password)"
+                        "device `{name}` has an amt_username but no amt_password_file (or \
+                         amt_password_env); the VNC bridge needs the AMT password too"
                     ),
                 ));
             }
