@@ -229,14 +229,9 @@ async fn a_device_with_kvm_disabled_is_refused_as_kvm_refused() {
     sim.shutdown().await;
 }
 
-/// A device that goes away mid-session (here: the simulator stops, aborting its connections)
-/// ends the viewer's session with the relay's reason for a device that dropped.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_dropping_mid_session_ends_it_as_device_reset() {
-    let dir = tempfile::tempdir().unwrap();
-    let sim = start_sim("kvm-host").await;
-    let gateway = vnc_gateway(&sim, dir.path(), DEMO_PASSWORD).await;
-    // A minimal RFB 3.8 viewer, to hold the session open while the device goes.
+/// A minimal RFB 3.8 viewer through the gateway, up to the device's ServerInit, to hold a KVM
+/// session open.
+async fn open_viewer(gateway: &TestGateway) -> tokio::net::TcpStream {
     let mut viewer = gateway.connect(Service::Vnc).await;
     let mut version = [0u8; 12];
     viewer.read_exact(&mut version).await.unwrap();
@@ -272,6 +267,18 @@ async fn a_device_dropping_mid_session_ends_it_as_device_reset() {
         "the device's ServerInit"
     );
 
+    viewer
+}
+
+/// A device that goes away mid-session (here: the simulator stops, aborting its connections)
+/// ends the viewer's session with the relay's reason for a device that dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_dropping_mid_session_ends_it_as_device_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim("kvm-host").await;
+    let gateway = vnc_gateway(&sim, dir.path(), DEMO_PASSWORD).await;
+    let mut viewer = open_viewer(&gateway).await;
+
     sim.shutdown().await;
     // The viewer sees the end of the stream and, as viewers do, closes.
     let mut rest = Vec::new();
@@ -279,6 +286,23 @@ async fn a_device_dropping_mid_session_ends_it_as_device_reset() {
     drop(viewer);
     failed_with(&gateway, "device_reset", 1.0).await;
     gateway.stop().await;
+}
+
+/// AMT has one screen to share: a second viewer while the first one's session runs is refused
+/// by the device (BUSY), which the gateway reports as kvm_refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_viewer_while_kvm_is_taken_is_refused_as_kvm_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim("kvm-host").await;
+    let gateway = vnc_gateway(&sim, dir.path(), DEMO_PASSWORD).await;
+    let first = open_viewer(&gateway).await;
+    let passwd = vncpasswd_file(dir.path(), "passwd", VIEWER_PASSWORD);
+    let output = vncsnapshot(&gateway, &passwd, &dir.path().join("shot.jpg")).await;
+    assert!(!output.status.success(), "{}", transcript(&output));
+    failed_with(&gateway, "kvm_refused", 1.0).await;
+    drop(first);
+    gateway.stop().await;
+    sim.shutdown().await;
 }
 
 #[test]

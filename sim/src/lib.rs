@@ -173,6 +173,8 @@ pub(crate) struct DeviceState {
     message_ids: AtomicU64,
     /// Frames of the KVM test pattern sent so far, across sessions: each update shows the next.
     pub(crate) frames: AtomicU64,
+    /// A KVM session is open: AMT serves one at a time, a second gets BUSY.
+    pub(crate) kvm_busy: std::sync::atomic::AtomicBool,
 }
 
 impl DeviceState {
@@ -196,6 +198,7 @@ impl DeviceState {
             enumerations: std::sync::Mutex::default(),
             message_ids: AtomicU64::new(1),
             frames: AtomicU64::new(0),
+            kvm_busy: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -5,6 +5,7 @@
 //! the same `read()` after 0x14, 0x21 and 0x23 (§9).
 
 use std::io;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
@@ -40,6 +41,8 @@ const KVM_START_LEN: usize = 8;
 const STATUS_SUCCESS: u8 = 0;
 const STATUS_FAILURE: u8 = 1;
 const STATUS_TYPE_UNKNOWN: u8 = 1;
+/// StartRedirectionSessionReply while the device's one KVM session is taken.
+const STATUS_BUSY: u8 = 2;
 const STATUS_NOT_SUPPORTED: u8 = 2;
 /// StartRedirectionSessionReply for a session type the device has switched off (KVM disabled
 /// through CIM_KVMRedirectionSAP).
@@ -327,6 +330,16 @@ struct Session<'a, S> {
     heartbeat: Option<Interval>,
     /// The host's state, watched during SOL; `None` if its sender were gone.
     host: Option<tokio::sync::watch::Receiver<HostStatus>>,
+    /// This session holds the device's one KVM session (released when it ends).
+    holds_kvm: bool,
+}
+
+impl<S> Drop for Session<'_, S> {
+    fn drop(&mut self) {
+        if self.holds_kvm {
+            self.ctx.kvm_busy.store(false, Ordering::Release);
+        }
+    }
 }
 
 enum Event {
@@ -356,6 +369,7 @@ where
         console: Console::new(&ctx.host.borrow()),
         heartbeat: None,
         host: Some(ctx.host.subscribe()),
+        holds_kvm: false,
     };
     session.run().await
 }
@@ -478,7 +492,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                     Some(SessionType::Kvm) if !self.ctx.host.borrow().kvm_enabled => {
                         STATUS_UNSUPPORTED
                     }
+                    // One KVM session per device, as AMT has one screen to share.
+                    Some(SessionType::Kvm) if self.ctx.kvm_busy.swap(true, Ordering::AcqRel) => {
+                        STATUS_BUSY
+                    }
                     Some(t) => {
+                        self.holds_kvm = t == SessionType::Kvm;
                         self.phase = Phase::Started(t);
                         STATUS_SUCCESS
                     }
@@ -1083,6 +1102,19 @@ mod tests {
         // SOL is another matter.
         let (mut client, _task) = spawn(ctx);
         assert_eq!(start_session(&mut client, b"SOL ").await[1], STATUS_SUCCESS);
+    }
+
+    #[tokio::test]
+    async fn one_kvm_session_at_a_time() {
+        let ctx = device(Duration::from_secs(60));
+        let (mut first, first_task) = spawn(ctx.clone());
+        assert_eq!(start_session(&mut first, b"KVMR").await[1], STATUS_SUCCESS);
+        let (mut second, _task) = spawn(ctx.clone());
+        assert_eq!(start_session(&mut second, b"KVMR").await[1], STATUS_BUSY);
+        drop(first);
+        first_task.await.unwrap().unwrap();
+        let (mut third, _task) = spawn(ctx);
+        assert_eq!(start_session(&mut third, b"KVMR").await[1], STATUS_SUCCESS);
     }
 
     #[tokio::test]
