@@ -13,7 +13,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::clients::{Spawned, assert_general_settings, curl_get_settings, repo_path, start_sim};
+use common::clients::{
+    Spawned, announced_listener, assert_general_settings, curl_get_settings, repo_path, start_sim,
+};
 
 /// Runs `program` with `args`; its stdout, or the test fails naming everything it printed.
 fn run(program: &str, args: &[&str]) -> String {
@@ -128,14 +130,10 @@ trust = "tofu"
 /// The addresses the gateway logged for WS-Man and the admin listener.
 fn listening(transcript: &str) -> (Option<SocketAddr>, Option<SocketAddr>) {
     let (mut wsman, mut admin) = (None, None);
-    for line in transcript.lines() {
-        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let addr = event["addr"].as_str().and_then(|a| a.parse().ok());
-        match event["message"].as_str() {
-            Some("listening") => wsman = addr,
-            Some(m) if m.starts_with("admin listening") => admin = addr,
+    for (service, addr) in transcript.lines().filter_map(announced_listener) {
+        match service.as_str() {
+            "wsman" => wsman = Some(addr),
+            "admin" => admin = Some(addr),
             _ => {}
         }
     }

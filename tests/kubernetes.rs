@@ -167,16 +167,7 @@ fn amtgw_check_accepts_the_configmap_config_with_the_secret_files_beside_it() {
     let config = lay_out_config_volume(dir.path());
     let mut check = Command::new(env!("CARGO_BIN_EXE_amtgw"));
     check.arg("check").arg("--config").arg(&config);
-    for (name, _) in std::env::vars_os() {
-        if name
-            .to_string_lossy()
-            .to_ascii_uppercase()
-            .starts_with("AMTGW_")
-            || name == "PGPASSWORD"
-        {
-            check.env_remove(name);
-        }
-    }
+    common::clients::without_amtgw_env(&mut check).env_remove("PGPASSWORD");
     // What Kubernetes injects into the pods for the Service named amtgw: ignored.
     check.env("AMTGW_SERVICE_HOST", "10.96.0.10");
     check.env("AMTGW_PORT_16992_TCP_PORT", "16992");

@@ -325,16 +325,9 @@ async fn amtgw_run(dir: &std::path::Path, toml: &str) -> (Spawned, SocketAddr) {
     std::fs::write(&path, toml).unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_amtgw"));
     command.args(["run", "--config", path.to_str().unwrap()]);
-    for (name, _) in std::env::vars_os() {
-        if name
-            .to_string_lossy()
-            .to_ascii_uppercase()
-            .starts_with("AMTGW_")
-        {
-            command.env_remove(name);
-        }
-    }
-    command.env("RUST_LOG", "info").env("NO_COLOR", "1");
+    without_amtgw_env(&mut command)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
     let mut gateway = Spawned::start(&mut command);
     gateway.expect("listening service=\"wsman\"").await;
     let transcript = gateway.transcript();

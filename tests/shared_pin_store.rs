@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use amtgw::tls::Fingerprints;
 use amtgw_sim::{SimConfig, SimDevice};
+use common::clients::announced_listener;
 use common::{Metrics, exchange, http_get, http_request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -331,13 +332,9 @@ impl Replica {
                 .recv_timeout(started.saturating_duration_since(Instant::now()))
                 .unwrap_or_else(|e| panic!("amtgw did not start listening: {e}"));
             log.lock().unwrap().push(line.clone());
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            let addr = || event["addr"].as_str().and_then(|a| a.parse().ok());
-            match event["message"].as_str() {
-                Some("listening") if event["service"] == "wsman" => wsman = addr(),
-                Some(m) if m.starts_with("admin listening") => admin = addr(),
+            match announced_listener(&line) {
+                Some((service, addr)) if service == "wsman" => wsman = Some(addr),
+                Some((service, addr)) if service == "admin" => admin = Some(addr),
                 _ => {}
             }
         }

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use amtgw::Service;
-use common::clients::Spawned;
+use common::clients::{Spawned, announced_listener, without_amtgw_env};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -131,28 +131,16 @@ impl Running {
         std::fs::write(&path, &config).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_amtgw"));
         command.arg("run").arg("--config").arg(&path);
-        for (name, _) in std::env::vars_os() {
-            if name
-                .to_string_lossy()
-                .to_ascii_uppercase()
-                .starts_with("AMTGW_")
-            {
-                command.env_remove(name);
-            }
-        }
+        without_amtgw_env(&mut command);
         command.env("RUST_LOG", "info");
         let mut process = Spawned::start(&mut command);
         // The accept loop's line comes after the admin listener's.
         process.expect("\"listening\"").await;
         let (mut wsman, mut admin) = (None, None);
-        for line in process.transcript().lines() {
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            let addr = event["addr"].as_str().and_then(|a| a.parse().ok());
-            match event["message"].as_str() {
-                Some("listening") => wsman = addr,
-                Some(m) if m.starts_with("admin listening") => admin = addr,
+        for (service, addr) in process.transcript().lines().filter_map(announced_listener) {
+            match service.as_str() {
+                "wsman" => wsman = Some(addr),
+                "admin" => admin = Some(addr),
                 _ => {}
             }
         }

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::clients::{repo_path, require_program};
+use common::clients::{announced_listener, repo_path, require_program, without_amtgw_env};
 use common::http_get;
 
 const UNIT: &str = "deploy/systemd/amtgw.service";
@@ -179,11 +179,7 @@ impl Notified {
             Some(usec) => command.env("WATCHDOG_USEC", usec),
             None => command.env_remove("WATCHDOG_USEC"),
         };
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("AMTGW_") {
-                command.env_remove(name);
-            }
-        }
+        without_amtgw_env(&mut command);
         let mut child = command.spawn().unwrap();
         let (wsman, admin) = listening(child.stderr.take().unwrap());
         Notified {
@@ -288,13 +284,9 @@ fn listening_then(
         let line = lines
             .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|e| panic!("amtgw did not start listening: {e}"));
-        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        let addr = || event["addr"].as_str().and_then(|a| a.parse().ok());
-        match event["message"].as_str() {
-            Some("listening") if event["service"] == "wsman" => wsman = addr(),
-            Some(m) if m.starts_with("admin listening") => admin = addr(),
+        match announced_listener(&line) {
+            Some((service, addr)) if service == "wsman" => wsman = Some(addr),
+            Some((service, addr)) if service == "admin" => admin = Some(addr),
             _ => {}
         }
     }
@@ -408,11 +400,7 @@ fn activated(config: &str, listener: std::net::TcpListener) -> (Child, tempfile:
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("AMTGW_") {
-            command.env_remove(name);
-        }
-    }
+    without_amtgw_env(&mut command);
     command
         .fd_mappings(vec![FdMapping {
             parent_fd: listener.into(),

@@ -475,3 +475,33 @@ pub async fn amtterm_quit(mut amtterm: Spawned) -> String {
     );
     transcript
 }
+
+// ---------------------------------------------------------------------------------------------
+// `amtgw run` as a process
+
+/// `command` without the `AMTGW_` variables (any case) of the environment the tests run in:
+/// the configuration under test is the file, and nothing a developer exported may leak in.
+pub fn without_amtgw_env(command: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        if name
+            .to_string_lossy()
+            .to_ascii_uppercase()
+            .starts_with("AMTGW_")
+        {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// The listener a JSON log line of `amtgw run` announces: its service (`"admin"` for the admin
+/// listener) and address; `None` for every other line.
+pub fn announced_listener(line: &str) -> Option<(String, SocketAddr)> {
+    let event: serde_json::Value = serde_json::from_str(line).ok()?;
+    let addr = event["addr"].as_str()?.parse().ok()?;
+    match event["message"].as_str()? {
+        "listening" => Some((event["service"].as_str()?.to_owned(), addr)),
+        m if m.starts_with("admin listening") => Some(("admin".to_owned(), addr)),
+        _ => None,
+    }
+}
